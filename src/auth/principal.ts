@@ -1,0 +1,22 @@
+/**
+ * Who a request comes from. With `auth.mode: none` (loopback only) every
+ * request is the same anonymous local principal; JWT authentication fills
+ * this from verified claims.
+ */
+
+export interface Principal {
+  readonly tenant: string;
+  readonly subject: string;
+  readonly scopes: readonly string[];
+}
+
+export const ANONYMOUS: Principal = Object.freeze({
+  tenant: 'local',
+  subject: 'anonymous',
+  scopes: Object.freeze([]) as readonly string[],
+});
+
+/** The key a session is bound to: a session is only ever usable by the principal that opened it. */
+export function ownerKey(p: Principal): string {
+  return `${p.tenant}\u0000${p.subject}`;
+}

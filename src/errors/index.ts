@@ -1,0 +1,204 @@
+/**
+ * Every error the gateway can return, in one place: a stable code
+ * (`PORTCULLIS_ERR_<AREA>_<WHAT>`), the HTTP status, the JSON-RPC code and a
+ * message that tells the agent or the operator what to do next.
+ *
+ * JSON-RPC codes are the standard ones (-32700, -32600..-32603) plus the
+ * MCP-defined -32020 (HeaderMismatch). The gateway allocates nothing in the
+ * -32000..-32099 range: -32000..-32019 SHOULD NOT be used by new
+ * implementations and -32020..-32099 is reserved for the MCP specification
+ * (spec/2026-07-28/basic/index.mdx, "Error Codes"). The gateway's own code
+ * travels in `error.data.code` instead, so agents can switch on it.
+ */
+
+export const JSONRPC_PARSE_ERROR = -32700;
+export const JSONRPC_INVALID_REQUEST = -32600;
+export const JSONRPC_METHOD_NOT_FOUND = -32601;
+export const JSONRPC_INVALID_PARAMS = -32602;
+export const JSONRPC_INTERNAL_ERROR = -32603;
+/** spec/2026-07-28/basic/transports/streamable-http.mdx, "Server Validation". */
+export const MCP_HEADER_MISMATCH = -32020;
+
+interface ErrorSpec {
+  readonly status: number;
+  readonly rpc: number;
+  readonly message: string;
+}
+
+const SPECS = {
+  PORTCULLIS_ERR_HTTP_BODY_TOO_LARGE: {
+    status: 413,
+    rpc: JSONRPC_INVALID_REQUEST,
+    message: 'Request body exceeds the gateway limit; send a smaller message',
+  },
+  PORTCULLIS_ERR_HTTP_UNSUPPORTED_MEDIA_TYPE: {
+    status: 415,
+    rpc: JSONRPC_INVALID_REQUEST,
+    message: 'Content-Type must be application/json',
+  },
+  PORTCULLIS_ERR_HTTP_NOT_ACCEPTABLE: {
+    status: 406,
+    rpc: JSONRPC_INVALID_REQUEST,
+    message: 'Accept must list both application/json and text/event-stream',
+  },
+  PORTCULLIS_ERR_HTTP_NOT_ACCEPTABLE_STREAM: {
+    status: 406,
+    rpc: JSONRPC_INVALID_REQUEST,
+    message: 'Accept must list text/event-stream to open a stream',
+  },
+  PORTCULLIS_ERR_HTTP_METHOD_NOT_ALLOWED: {
+    status: 405,
+    rpc: JSONRPC_INVALID_REQUEST,
+    message: 'Method not allowed on an MCP endpoint',
+  },
+  PORTCULLIS_ERR_HTTP_FORBIDDEN_ORIGIN: {
+    status: 403,
+    rpc: JSONRPC_INVALID_REQUEST,
+    message: 'Origin is not allowed by this gateway',
+  },
+  PORTCULLIS_ERR_HTTP_FORBIDDEN_HOST: {
+    status: 403,
+    rpc: JSONRPC_INVALID_REQUEST,
+    message: 'Host is not allowed by this gateway',
+  },
+  PORTCULLIS_ERR_HTTP_NOT_FOUND: {
+    status: 404,
+    rpc: JSONRPC_INVALID_REQUEST,
+    message: 'Not found; MCP servers live at /mcp/<name>',
+  },
+  PORTCULLIS_ERR_HTTP_SHUTTING_DOWN: {
+    status: 503,
+    rpc: JSONRPC_INTERNAL_ERROR,
+    message: 'The gateway is shutting down; retry on another instance',
+  },
+  PORTCULLIS_ERR_AUTH_NOT_ALLOWED: {
+    status: 401,
+    rpc: JSONRPC_INVALID_REQUEST,
+    message: 'Authentication required',
+  },
+  PORTCULLIS_ERR_JSONRPC_PARSE: {
+    status: 400,
+    rpc: JSONRPC_PARSE_ERROR,
+    message: 'Body is not valid JSON',
+  },
+  PORTCULLIS_ERR_JSONRPC_INVALID: {
+    status: 400,
+    rpc: JSONRPC_INVALID_REQUEST,
+    message: 'Body is not a JSON-RPC 2.0 message',
+  },
+  PORTCULLIS_ERR_JSONRPC_BATCH: {
+    status: 400,
+    rpc: JSONRPC_INVALID_REQUEST,
+    message: 'JSON-RPC batches are not allowed in this protocol version; send one message per POST',
+  },
+  PORTCULLIS_ERR_JSONRPC_RESPONSE_NOT_ALLOWED: {
+    status: 400,
+    rpc: JSONRPC_INVALID_REQUEST,
+    message: 'A modern (2026-07-28) client must not POST JSON-RPC responses',
+  },
+  PORTCULLIS_ERR_ROUTE_UNKNOWN_SERVER: {
+    status: 404,
+    rpc: JSONRPC_INVALID_REQUEST,
+    message: 'No MCP server by this name is available to you',
+  },
+  PORTCULLIS_ERR_SESSION_MISSING: {
+    status: 400,
+    rpc: JSONRPC_INVALID_REQUEST,
+    message: 'Mcp-Session-Id header is required; send initialize first to get one',
+  },
+  PORTCULLIS_ERR_SESSION_UNKNOWN: {
+    status: 404,
+    rpc: JSONRPC_INVALID_REQUEST,
+    message: 'Session not found or expired; start a new session with initialize',
+  },
+  PORTCULLIS_ERR_SESSION_LIMIT: {
+    status: 503,
+    rpc: JSONRPC_INTERNAL_ERROR,
+    message: 'Too many open sessions on this gateway; retry later',
+  },
+  PORTCULLIS_ERR_PROTOCOL_VERSION: {
+    status: 400,
+    rpc: JSONRPC_INVALID_REQUEST,
+    message: 'MCP-Protocol-Version header does not match the session',
+  },
+  PORTCULLIS_ERR_PROTOCOL_HEADER_MISMATCH: {
+    status: 400,
+    rpc: MCP_HEADER_MISMATCH,
+    message: 'Header mismatch',
+  },
+  PORTCULLIS_ERR_UPSTREAM_UNREACHABLE: {
+    status: 502,
+    rpc: JSONRPC_INTERNAL_ERROR,
+    message: 'Upstream MCP server is unreachable',
+  },
+  PORTCULLIS_ERR_UPSTREAM_TIMEOUT: {
+    status: 504,
+    rpc: JSONRPC_INTERNAL_ERROR,
+    message: 'Upstream MCP server did not answer in time',
+  },
+  PORTCULLIS_ERR_UPSTREAM_BAD_RESPONSE: {
+    status: 502,
+    rpc: JSONRPC_INTERNAL_ERROR,
+    message: 'Upstream MCP server sent a response the gateway cannot relay',
+  },
+  PORTCULLIS_ERR_UPSTREAM_STREAM_ENDED: {
+    status: 502,
+    rpc: JSONRPC_INTERNAL_ERROR,
+    message: 'Upstream MCP server closed the stream before answering; retry the request',
+  },
+  PORTCULLIS_ERR_INTERNAL: {
+    status: 500,
+    rpc: JSONRPC_INTERNAL_ERROR,
+    message: 'Internal gateway error',
+  },
+} as const satisfies Record<string, ErrorSpec>;
+
+export type ErrorCode = keyof typeof SPECS;
+
+export type JsonRpcId = string | number | null;
+
+/** The error object of a JSON-RPC error response, as the gateway emits it. */
+export interface JsonRpcErrorBody {
+  code: number;
+  message: string;
+  data: { code: ErrorCode; server?: string; [key: string]: unknown };
+}
+
+/**
+ * An error the gateway answers with. `detail` is appended to the standard
+ * message; `data` carries machine-readable context (never another tenant's).
+ */
+export class GatewayError extends Error {
+  readonly code: ErrorCode;
+  readonly status: number;
+  readonly rpcCode: number;
+  readonly data: Record<string, unknown>;
+
+  constructor(code: ErrorCode, detail?: string, data: Record<string, unknown> = {}) {
+    const spec: ErrorSpec = SPECS[code];
+    super(detail ? `${spec.message}: ${detail}` : spec.message);
+    this.name = 'GatewayError';
+    this.code = code;
+    this.status = spec.status;
+    this.rpcCode = spec.rpc;
+    this.data = data;
+  }
+
+  toJsonRpc(): JsonRpcErrorBody {
+    return { code: this.rpcCode, message: this.message, data: { ...this.data, code: this.code } };
+  }
+
+  /** A whole JSON-RPC error response; `id` is null when the request's id is unknown. */
+  toResponse(id: JsonRpcId = null): { jsonrpc: '2.0'; id: JsonRpcId; error: JsonRpcErrorBody } {
+    return { jsonrpc: '2.0', id, error: this.toJsonRpc() };
+  }
+}
+
+export function isGatewayError(err: unknown): err is GatewayError {
+  return err instanceof GatewayError;
+}
+
+/** All codes, for documentation and tests. */
+export function errorCatalog(): ReadonlyArray<{ code: ErrorCode } & ErrorSpec> {
+  return Object.entries(SPECS).map(([code, spec]) => ({ code: code as ErrorCode, ...spec }));
+}

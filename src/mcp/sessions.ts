@@ -1,0 +1,109 @@
+/**
+ * Legacy-era sessions (protocol 2025-11-25 and before). The gateway issues its
+ * own session ids: random, never derived from the upstream's, bound to the
+ * principal that created them and never accepted as authentication (a session
+ * id presented by anyone else is simply unknown). Each maps to the upstream's
+ * session id, which never leaves the gateway.
+ *
+ * spec/2025-11-25/basic/transports.mdx, "Session Management": the id SHOULD be
+ * globally unique and cryptographically secure and MUST only contain visible
+ * ASCII; requests for an ended session MUST get 404.
+ */
+import { randomBytes } from 'node:crypto';
+
+export interface Session {
+  readonly id: string;
+  readonly server: string;
+  /** `tenant/subject` of the principal that initialized the session. */
+  readonly owner: string;
+  /** The upstream's own Mcp-Session-Id, if it issued one. */
+  upstreamId: string | undefined;
+  /** The protocol version the upstream answered `initialize` with. */
+  protocolVersion: string | undefined;
+  readonly createdAt: number;
+  lastSeenAt: number;
+  /** Open response streams; a session with one open is never idle. */
+  streams: number;
+}
+
+export interface SessionStore {
+  create(server: string, owner: string, upstreamId: string | undefined): Session | undefined;
+  /** The session, if it exists, belongs to `server` and to `owner`; refreshes its idle timer. */
+  get(id: string, server: string, owner: string): Session | undefined;
+  delete(id: string): Session | undefined;
+  /** Sessions idle longer than the timeout, removed from the store. */
+  sweep(now: number): Session[];
+  all(): Iterable<Session>;
+  readonly size: number;
+}
+
+/** 32 random bytes, base64url: 43 visible ASCII characters. */
+export function newSessionId(): string {
+  return randomBytes(32).toString('base64url');
+}
+
+export class MemorySessionStore implements SessionStore {
+  private readonly sessions = new Map<string, Session>();
+  constructor(
+    private readonly idleTimeoutMs: number,
+    private readonly max: number,
+  ) {}
+
+  get size(): number {
+    return this.sessions.size;
+  }
+
+  create(server: string, owner: string, upstreamId: string | undefined): Session | undefined {
+    if (this.sessions.size >= this.max) return undefined;
+    const now = Date.now();
+    const session: Session = {
+      id: newSessionId(),
+      server,
+      owner,
+      upstreamId,
+      protocolVersion: undefined,
+      createdAt: now,
+      lastSeenAt: now,
+      streams: 0,
+    };
+    this.sessions.set(session.id, session);
+    return session;
+  }
+
+  get(id: string, server: string, owner: string): Session | undefined {
+    const session = this.sessions.get(id);
+    if (!session || session.server !== server || session.owner !== owner) return undefined;
+    const now = Date.now();
+    if (this.isIdle(session, now)) {
+      this.sessions.delete(id);
+      return undefined;
+    }
+    session.lastSeenAt = now;
+    return session;
+  }
+
+  delete(id: string): Session | undefined {
+    const session = this.sessions.get(id);
+    this.sessions.delete(id);
+    return session;
+  }
+
+  sweep(now: number): Session[] {
+    const expired: Session[] = [];
+    for (const session of this.sessions.values()) {
+      if (this.isIdle(session, now)) {
+        this.sessions.delete(session.id);
+        expired.push(session);
+      }
+    }
+    return expired;
+  }
+
+  all(): Iterable<Session> {
+    return this.sessions.values();
+  }
+
+  private isIdle(session: Session, now: number): boolean {
+    return session.streams === 0 && now - session.lastSeenAt > this.idleTimeoutMs;
+  }
+}

@@ -1,0 +1,421 @@
+/**
+ * The gateway's public listener as a Fastify app. The pipeline runs in this
+ * fixed order for every request (drawn in docs/architecture.md):
+ *
+ *   listener  Host/Origin allowlist, drain gate (onRequest hook);
+ *             Content-Type and body limit (the one content-type parser)
+ *   authenticate  → Principal (auth.mode none: the anonymous local principal)
+ *   route     /mcp/<name> → upstream; unknown → 404 naming nothing else
+ *   frame     parse JSON-RPC, detect the era, check headers against the body,
+ *             resolve the legacy session
+ *   credential    upstream headers are built from scratch: the client's
+ *             Authorization and cookies never reach an upstream
+ *   forward   undici Pool per upstream
+ *   relay     JSON or SSE, framed message by message (relay.ts)
+ */
+import Fastify, {
+  LogController,
+  type FastifyInstance,
+  type FastifyReply,
+  type FastifyRequest,
+} from 'fastify';
+import type { Logger } from 'pino';
+import { readFileSync } from 'node:fs';
+import { GatewayError, type JsonRpcId } from '../errors/index.js';
+import type { Config } from '../config/schema.js';
+import { parseBody, requestIds, type Frame } from '../mcp/frame.js';
+import type {
+  ToolHeaderRegistry} from '../mcp/era.js';
+import {
+  BATCHING_VERSION,
+  detectEra,
+  headerValue,
+  isModernVersion,
+  validateModernRequest,
+} from '../mcp/era.js';
+import type { Session, SessionStore } from '../mcp/sessions.js';
+import { ANONYMOUS, ownerKey, type Principal } from '../auth/principal.js';
+import type { HttpUpstream, UpstreamRequest } from '../upstream/http.js';
+import { toGatewayError } from '../upstream/http.js';
+import { compileHostCheck, compileOriginCheck } from './allowlist.js';
+import { relayResponse, sendError, type Exchange } from './relay.js';
+import type { StreamRegistry } from './streams.js';
+
+export interface Route {
+  readonly name: string;
+  readonly http: HttpUpstream;
+  readonly toolHeaders: ToolHeaderRegistry;
+}
+
+export interface AppDeps {
+  config: Config;
+  log: Logger;
+  routes: ReadonlyMap<string, Route>;
+  sessions: SessionStore;
+  streams: StreamRegistry;
+  isDraining: () => boolean;
+}
+
+/** Client request headers an upstream may see; everything else (Authorization, Cookie…) stays here. */
+const FORWARDED_HEADERS = ['mcp-protocol-version', 'mcp-method', 'mcp-name', 'last-event-id'];
+const UPSTREAM_ACCEPT = 'application/json, text/event-stream';
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    principal: Principal;
+  }
+}
+
+function acceptsBoth(accept: string | undefined): boolean {
+  return (
+    accept !== undefined &&
+    accept.includes('application/json') &&
+    accept.includes('text/event-stream')
+  );
+}
+
+function upstreamHeaders(
+  req: FastifyRequest,
+  session: Session | undefined,
+): Record<string, string> {
+  const out: Record<string, string> = {};
+  const h = req.headers;
+  for (const name of FORWARDED_HEADERS) {
+    const v = h[name];
+    if (typeof v === 'string') out[name] = v;
+  }
+  // Intermediaries MUST forward Mcp-Param-* they do not recognise (RFC 9110, spec "Server Behavior for Custom Headers").
+  for (const name in h) {
+    if (name.startsWith('mcp-param-')) {
+      const v = h[name];
+      if (typeof v === 'string') out[name] = v;
+    }
+  }
+  if (session?.upstreamId !== undefined) out['mcp-session-id'] = session.upstreamId;
+  return out;
+}
+
+export function buildApp(deps: AppDeps): FastifyInstance {
+  const { config, log, routes, sessions, streams } = deps;
+  const listen = config.listen;
+  const https = listen.tls
+    ? { cert: readFileSync(listen.tls.cert), key: readFileSync(listen.tls.key) }
+    : null;
+  const app = Fastify({
+    loggerInstance: log,
+    logController: new LogController({ disableRequestLogging: true }),
+    bodyLimit: listen.bodyLimitBytes,
+    // Socket inactivity timeout off: live SSE streams are quiet for long stretches.
+    connectionTimeout: 0,
+    keepAliveTimeout: listen.keepAliveTimeoutMs,
+    // Bounds receiving the request only; a response stream is never cut by it.
+    requestTimeout: listen.requestTimeoutMs,
+    return503OnClosing: true,
+    forceCloseConnections: 'idle',
+    ...(https ? { https } : {}),
+  }) as unknown as FastifyInstance;
+  app.server.headersTimeout = Math.min(
+    listen.headersTimeoutMs,
+    listen.requestTimeoutMs || Infinity,
+  );
+
+  const hostAllowed = compileHostCheck(listen.host, listen.allowedHosts);
+  const originAllowed = compileOriginCheck(listen.host, listen.allowedOrigins);
+
+  app.decorateRequest('principal', null as unknown as Principal);
+
+  app.removeAllContentTypeParsers();
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, (_req, body, done) =>
+    done(null, body),
+  );
+
+  app.addHook('onRequest', (req, reply, done) => {
+    req.principal = ANONYMOUS;
+    if (!hostAllowed(req.headers.host)) {
+      log.warn(
+        { host: req.headers.host, url: req.url },
+        'refused a request for a host not on the allowlist',
+      );
+      return sendError(reply, new GatewayError('PORTCULLIS_ERR_HTTP_FORBIDDEN_HOST'));
+    }
+    if (!originAllowed(req.headers.origin)) {
+      log.warn(
+        { origin: req.headers.origin, url: req.url },
+        'refused a request from an origin not on the allowlist',
+      );
+      return sendError(reply, new GatewayError('PORTCULLIS_ERR_HTTP_FORBIDDEN_ORIGIN'));
+    }
+    if (deps.isDraining()) {
+      reply.header('connection', 'close');
+      return sendError(reply, new GatewayError('PORTCULLIS_ERR_HTTP_SHUTTING_DOWN'));
+    }
+    done();
+  });
+
+  app.setErrorHandler((err: Error & { code?: string; statusCode?: number }, req, reply) => {
+    let gerr: GatewayError;
+    if (err instanceof GatewayError) gerr = err;
+    else if (err.code === 'FST_ERR_CTP_BODY_TOO_LARGE') {
+      gerr = new GatewayError(
+        'PORTCULLIS_ERR_HTTP_BODY_TOO_LARGE',
+        `limit is ${listen.bodyLimitBytes} bytes`,
+      );
+    } else if (err.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') {
+      gerr = new GatewayError('PORTCULLIS_ERR_HTTP_UNSUPPORTED_MEDIA_TYPE');
+    } else if (err.code === 'FST_ERR_CTP_EMPTY_JSON_BODY') {
+      gerr = new GatewayError('PORTCULLIS_ERR_JSONRPC_PARSE', 'empty body');
+    } else if (err.statusCode && err.statusCode >= 400 && err.statusCode < 500) {
+      gerr = new GatewayError('PORTCULLIS_ERR_JSONRPC_INVALID', err.message);
+    } else {
+      req.log.error({ err }, 'unexpected error');
+      gerr = new GatewayError('PORTCULLIS_ERR_INTERNAL');
+    }
+    sendError(reply, gerr);
+  });
+
+  app.setNotFoundHandler((_req, reply) =>
+    sendError(reply, new GatewayError('PORTCULLIS_ERR_HTTP_NOT_FOUND')),
+  );
+
+  const routeFor = (req: FastifyRequest<{ Params: { server: string } }>): Route => {
+    const route = routes.get(req.params.server);
+    // Tenants learn nothing about servers they cannot reach: the error names none.
+    if (!route) throw new GatewayError('PORTCULLIS_ERR_ROUTE_UNKNOWN_SERVER');
+    return route;
+  };
+
+  const sessionFor = (
+    req: FastifyRequest,
+    route: Route,
+  ): { id: string | undefined; session: Session | undefined } => {
+    const id = headerValue(req.headers['mcp-session-id']);
+    if (id === undefined) return { id, session: undefined };
+    return { id, session: sessions.get(id, route.name, ownerKey(req.principal)) };
+  };
+
+  /** Sends the request upstream and relays the answer; upstream failures answer every pending id. */
+  const forward = async (
+    reply: FastifyReply,
+    route: Route,
+    x: Omit<Exchange, 'abort' | 'toolHeaders' | 'maxResponseBytes' | 'log'>,
+    req: Omit<UpstreamRequest, 'signal'>,
+    onAnswer?: (status: number, upstreamSessionId: string | undefined) => Session | undefined,
+  ): Promise<void> => {
+    const controller = new AbortController();
+    const onClose = () => {
+      if (!reply.raw.writableFinished) controller.abort();
+    };
+    reply.raw.once('close', onClose);
+    const ids = [...x.pending];
+    try {
+      const up = await route.http.request({
+        ...req,
+        signal: controller.signal,
+        ...(x.longLived ? { idleMs: 0 } : {}),
+      });
+      let session = x.session;
+      let responseHeaders = x.responseHeaders;
+      if (onAnswer) {
+        const upstreamId = headerValue(up.headers['mcp-session-id']);
+        session = onAnswer(up.statusCode, upstreamId);
+        if (session) responseHeaders = { ...responseHeaders, 'mcp-session-id': session.id };
+      }
+      if (up.statusCode === 404 && x.session) {
+        // The upstream ended the session: drop the mapping so the client re-initializes.
+        sessions.delete(x.session.id);
+        log.info({ server: route.name, session: x.session.id }, 'upstream ended the session');
+      }
+      await relayResponse(
+        {
+          ...x,
+          session,
+          responseHeaders,
+          toolHeaders: route.toolHeaders,
+          maxResponseBytes: route.http.maxResponseBytes,
+          log,
+          abort: () => controller.abort(),
+        },
+        up,
+        reply,
+        streams,
+      );
+    } catch (err) {
+      if (controller.signal.aborted && reply.raw.destroyed) return;
+      const gerr = toGatewayError(err, route.name);
+      log.warn(
+        { server: route.name, code: gerr.code, err: (err as Error).message },
+        'upstream request failed',
+      );
+      sendError(reply, gerr, ids);
+    } finally {
+      reply.raw.off('close', onClose);
+    }
+  };
+
+  app.post<{ Params: { server: string } }>('/mcp/:server', async (req, reply) => {
+    const route = routeFor(req);
+    if (typeof req.body !== 'string')
+      throw new GatewayError('PORTCULLIS_ERR_HTTP_UNSUPPORTED_MEDIA_TYPE');
+    if (!acceptsBoth(req.headers.accept))
+      throw new GatewayError('PORTCULLIS_ERR_HTTP_NOT_ACCEPTABLE');
+    const { id: sessionId, session } = sessionFor(req, route);
+
+    let frames: Frame[];
+    let batch: boolean;
+    try {
+      ({ frames, batch } = parseBody(
+        req.body,
+        'client-to-server',
+        session?.protocolVersion === BATCHING_VERSION,
+      ));
+    } catch (err) {
+      if (err instanceof GatewayError) return sendError(reply, err);
+      throw err;
+    }
+    const ids = requestIds(frames);
+    const fail = (err: GatewayError) => sendError(reply, err, ids);
+
+    const era = detectEra(frames, req.headers);
+    const first = frames[0] as Frame;
+    const initialize = frames.some((f) => f.kind === 'request' && f.method === 'initialize');
+    if (era === 'modern') {
+      try {
+        validateModernRequest(first, req.headers, route.toolHeaders);
+      } catch (err) {
+        return fail(err as GatewayError);
+      }
+    } else if (initialize) {
+      if (batch)
+        return fail(
+          new GatewayError(
+            'PORTCULLIS_ERR_JSONRPC_INVALID',
+            'initialize must not be part of a batch',
+          ),
+        );
+      if (sessionId !== undefined) {
+        return fail(
+          new GatewayError(
+            'PORTCULLIS_ERR_JSONRPC_INVALID',
+            'initialize must not carry Mcp-Session-Id',
+          ),
+        );
+      }
+      if (sessions.size >= config.sessions.max)
+        return fail(new GatewayError('PORTCULLIS_ERR_SESSION_LIMIT'));
+    } else {
+      if (sessionId === undefined) return fail(new GatewayError('PORTCULLIS_ERR_SESSION_MISSING'));
+      if (!session) return fail(new GatewayError('PORTCULLIS_ERR_SESSION_UNKNOWN'));
+      const version = headerValue(req.headers['mcp-protocol-version']);
+      if (
+        version !== undefined &&
+        session.protocolVersion !== undefined &&
+        version !== session.protocolVersion
+      ) {
+        return fail(
+          new GatewayError(
+            'PORTCULLIS_ERR_PROTOCOL_VERSION',
+            `got '${version}', the session negotiated '${session.protocolVersion}'`,
+          ),
+        );
+      }
+    }
+
+    const methodsById = new Map<JsonRpcId, string>();
+    for (const f of frames)
+      if (f.kind === 'request' && f.id !== undefined) methodsById.set(f.id, f.method as string);
+    const owner = ownerKey(req.principal);
+    const headers = upstreamHeaders(req, session);
+    headers['content-type'] = 'application/json';
+    headers.accept = UPSTREAM_ACCEPT;
+
+    await forward(
+      reply,
+      route,
+      {
+        server: route.name,
+        era,
+        session,
+        pending: new Set(ids),
+        methodsById,
+        responseHeaders: session ? { 'mcp-session-id': session.id } : {},
+        longLived: era === 'modern' && first.method === 'subscriptions/listen',
+      },
+      { method: 'POST', headers, body: req.body },
+      initialize
+        ? (status, upstreamId) => {
+            if (status !== 200) return undefined;
+            const created = sessions.create(route.name, owner, upstreamId);
+            if (created) log.info({ server: route.name, session: created.id }, 'session opened');
+            return created;
+          }
+        : undefined,
+    );
+  });
+
+  app.get<{ Params: { server: string } }>('/mcp/:server', async (req, reply) => {
+    const route = routeFor(req);
+    const accept = req.headers.accept;
+    if (!accept?.includes('text/event-stream'))
+      throw new GatewayError('PORTCULLIS_ERR_HTTP_NOT_ACCEPTABLE_STREAM');
+    const { id: sessionId, session } = sessionFor(req, route);
+    if (sessionId === undefined) {
+      // A modern client has no GET stream (spec/2026-07-28: respond 405); a legacy one forgot its session.
+      if (isModernVersion(headerValue(req.headers['mcp-protocol-version']))) {
+        throw new GatewayError(
+          'PORTCULLIS_ERR_HTTP_METHOD_NOT_ALLOWED',
+          'the 2026-07-28 transport has no GET stream',
+        );
+      }
+      throw new GatewayError('PORTCULLIS_ERR_SESSION_MISSING');
+    }
+    if (!session) throw new GatewayError('PORTCULLIS_ERR_SESSION_UNKNOWN');
+    const headers = upstreamHeaders(req, session);
+    headers.accept = 'text/event-stream';
+    await forward(
+      reply,
+      route,
+      {
+        server: route.name,
+        era: 'legacy',
+        session,
+        pending: new Set(),
+        methodsById: new Map(),
+        responseHeaders: { 'mcp-session-id': session.id },
+        longLived: true,
+      },
+      { method: 'GET', headers },
+    );
+  });
+
+  app.delete<{ Params: { server: string } }>('/mcp/:server', async (req, reply) => {
+    const route = routeFor(req);
+    const { id: sessionId, session } = sessionFor(req, route);
+    if (sessionId === undefined) throw new GatewayError('PORTCULLIS_ERR_SESSION_MISSING');
+    if (!session) throw new GatewayError('PORTCULLIS_ERR_SESSION_UNKNOWN');
+    // DELETE ends both sides: the gateway's mapping goes whatever the upstream says.
+    sessions.delete(session.id);
+    log.info({ server: route.name, session: session.id }, 'session closed by the client');
+    if (session.upstreamId === undefined) return reply.code(200).send();
+    try {
+      const up = await route.http.request({
+        method: 'DELETE',
+        headers: upstreamHeaders(req, session),
+      });
+      await up.body.dump();
+      // 405 means the upstream does not let clients end sessions; the gateway's side has ended anyway.
+      return reply.code(up.statusCode === 405 ? 200 : up.statusCode).send();
+    } catch (err) {
+      throw toGatewayError(err, route.name);
+    }
+  });
+
+  app.route({
+    method: ['PUT', 'PATCH', 'OPTIONS'],
+    url: '/mcp/:server',
+    handler: async () => {
+      throw new GatewayError('PORTCULLIS_ERR_HTTP_METHOD_NOT_ALLOWED', 'use POST, GET or DELETE');
+    },
+  });
+
+  return app;
+}

@@ -1,0 +1,385 @@
+/**
+ * Relaying an upstream's answer to the client. Every message is framed on the
+ * way through — a JSON body as a whole, an SSE stream event by event, each
+ * re-emitted as soon as it is framed, never buffered to the end of the stream.
+ *
+ * The stream rules, in order of precedence:
+ * 1. Backpressure both ways: a slow client pauses the upstream body.
+ * 2. When the upstream stream ends or dies while requests are still pending,
+ *    the client gets a JSON-RPC error for each of them, then the stream ends
+ *    — unless it was a legacy upstream closing a resumable stream on purpose
+ *    (an event id and a `retry` hint were sent: spec/2025-11-25/basic/
+ *    transports.mdx lets the server close and the client resume with
+ *    Last-Event-ID). No client request is left hanging.
+ * 3. The client going away aborts the upstream request; in the modern era
+ *    that is the cancellation (spec/2026-07-28/basic/transports/
+ *    streamable-http.mdx, "Cancellation").
+ */
+import type { FastifyReply } from 'fastify';
+import type { Logger } from 'pino';
+import { createParser } from 'eventsource-parser';
+import { GatewayError, type JsonRpcId } from '../errors/index.js';
+import { toFrame, type Frame } from '../mcp/frame.js';
+import { encodeEvent, encodeMessage, encodeRetry, SSE_HEADERS } from '../mcp/sse.js';
+import type { Session } from '../mcp/sessions.js';
+import type { Era, ToolHeaderRegistry } from '../mcp/era.js';
+import type { UpstreamResponse } from '../upstream/http.js';
+import type { ClientStream, StreamRegistry } from './streams.js';
+
+/** One client request on its way through the gateway. */
+export interface Exchange {
+  readonly server: string;
+  readonly era: Era;
+  readonly session: Session | undefined;
+  /** Ids of the client's requests that still need an answer. */
+  readonly pending: Set<JsonRpcId>;
+  /** Method of each pending request, to recognise the answers the gateway learns from. */
+  readonly methodsById: ReadonlyMap<JsonRpcId, string>;
+  readonly toolHeaders: ToolHeaderRegistry;
+  readonly maxResponseBytes: number;
+  readonly log: Logger;
+  /** Extra response headers (the gateway's own Mcp-Session-Id). */
+  readonly responseHeaders: Record<string, string>;
+  /** Aborts the upstream request. */
+  readonly abort: () => void;
+  /** GET streams and modern `subscriptions/listen` streams: long-lived, nothing pending. */
+  readonly longLived: boolean;
+}
+
+/** What the gateway itself learns from answers passing through. */
+function observe(x: Exchange, frame: Frame): void {
+  if (frame.kind !== 'response' || frame.id === undefined || frame.id === null) return;
+  const method = x.methodsById.get(frame.id);
+  if (method === undefined) return;
+  const result = frame.message.result as { protocolVersion?: unknown } | undefined;
+  if (method === 'initialize' && x.session && typeof result?.protocolVersion === 'string') {
+    x.session.protocolVersion = result.protocolVersion;
+  } else if (method === 'tools/list') {
+    x.toolHeaders.learn(result);
+  }
+}
+
+/** Frames a parsed server-to-client value (one message or a 2025-03-26 batch). */
+function framesOf(value: unknown): Frame[] {
+  return Array.isArray(value)
+    ? value.map((v) => toFrame(v, 'server-to-client'))
+    : [toFrame(value, 'server-to-client')];
+}
+
+function settle(x: Exchange, frames: readonly Frame[]): void {
+  for (const f of frames) {
+    if ((f.kind === 'response' || f.kind === 'error') && f.id !== undefined) {
+      observe(x, f);
+      x.pending.delete(f.id);
+    }
+  }
+}
+
+/** A JSON-RPC error body for every pending request (one object, or an array for a batch). */
+export function errorPayload(err: GatewayError, ids: readonly JsonRpcId[]): unknown {
+  if (ids.length <= 1) return err.toResponse(ids[0] ?? null);
+  return ids.map((id) => err.toResponse(id));
+}
+
+export function sendError(
+  reply: FastifyReply,
+  err: GatewayError,
+  ids: readonly JsonRpcId[] = [],
+): void {
+  if (reply.raw.headersSent) return;
+  void reply
+    .code(err.status)
+    .header('content-type', 'application/json')
+    .send(JSON.stringify(errorPayload(err, ids)));
+}
+
+async function readLimited(body: UpstreamResponse['body'], limit: number): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of body) {
+    size += (chunk as Buffer).length;
+    if (size > limit) {
+      body.destroy();
+      throw new GatewayError(
+        'PORTCULLIS_ERR_UPSTREAM_BAD_RESPONSE',
+        `response larger than ${limit} bytes`,
+      );
+    }
+    chunks.push(chunk as Buffer);
+  }
+  return chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks);
+}
+
+/** Upstream statuses passed on to the client as they are; others become 502. */
+const PASSED_CLIENT_ERRORS = new Set([400, 404, 405, 406, 409, 413, 415, 422, 429]);
+
+/**
+ * Relays an upstream answer: 202, a JSON body, an SSE stream, or an error
+ * status. Resolves when the client's response is complete.
+ */
+export async function relayResponse(
+  x: Exchange,
+  up: UpstreamResponse,
+  reply: FastifyReply,
+  streams: StreamRegistry,
+): Promise<void> {
+  const contentType = String(up.headers['content-type'] ?? '');
+  if (up.statusCode >= 300) return relayErrorStatus(x, up, reply, contentType);
+  if (contentType.startsWith('text/event-stream')) return relayStream(x, up, reply, streams);
+  if (up.statusCode === 202 || up.statusCode === 204 || !contentType) {
+    await up.body.dump();
+    if (x.pending.size > 0 && up.statusCode !== 204) {
+      throw new GatewayError(
+        'PORTCULLIS_ERR_UPSTREAM_BAD_RESPONSE',
+        `server '${x.server}' sent no answer`,
+        {
+          server: x.server,
+        },
+      );
+    }
+    void reply.code(up.statusCode).headers(x.responseHeaders).send();
+    return;
+  }
+  if (!contentType.startsWith('application/json')) {
+    await up.body.dump();
+    throw new GatewayError(
+      'PORTCULLIS_ERR_UPSTREAM_BAD_RESPONSE',
+      `server '${x.server}' answered with Content-Type '${contentType}'`,
+      { server: x.server },
+    );
+  }
+  const raw = await readLimited(up.body, x.maxResponseBytes);
+  let frames: Frame[];
+  try {
+    frames = framesOf(JSON.parse(raw.toString('utf8')));
+  } catch (err) {
+    throw new GatewayError(
+      'PORTCULLIS_ERR_UPSTREAM_BAD_RESPONSE',
+      `server '${x.server}' sent a body that is not JSON-RPC (${(err as Error).message})`,
+      { server: x.server },
+    );
+  }
+  settle(x, frames);
+  void reply
+    .code(up.statusCode)
+    .headers(x.responseHeaders)
+    .header('content-type', 'application/json')
+    .send(raw);
+}
+
+async function relayErrorStatus(
+  x: Exchange,
+  up: UpstreamResponse,
+  reply: FastifyReply,
+  contentType: string,
+): Promise<void> {
+  const status = up.statusCode;
+  let raw: Buffer | undefined;
+  try {
+    raw = await readLimited(up.body, 64 * 1024);
+  } catch {
+    raw = undefined;
+  }
+  if (PASSED_CLIENT_ERRORS.has(status)) {
+    // A body is passed on only if it is JSON-RPC; anything else is replaced.
+    if (raw && contentType.startsWith('application/json')) {
+      try {
+        framesOf(JSON.parse(raw.toString('utf8')));
+        void reply
+          .code(status)
+          .headers(x.responseHeaders)
+          .header('content-type', 'application/json')
+          .send(raw);
+        return;
+      } catch {
+        // fall through to a gateway-made body
+      }
+    }
+    const err =
+      status === 404 && x.session
+        ? new GatewayError(
+            'PORTCULLIS_ERR_SESSION_UNKNOWN',
+            `server '${x.server}' ended the session`,
+          )
+        : new GatewayError(
+            'PORTCULLIS_ERR_UPSTREAM_BAD_RESPONSE',
+            `server '${x.server}' answered ${status}`,
+            {
+              server: x.server,
+              upstreamStatus: status,
+            },
+          );
+    void reply
+      .code(status)
+      .headers(x.responseHeaders)
+      .header('content-type', 'application/json')
+      .send(JSON.stringify(errorPayload(err, [...x.pending])));
+    return;
+  }
+  throw new GatewayError(
+    'PORTCULLIS_ERR_UPSTREAM_BAD_RESPONSE',
+    `server '${x.server}' answered ${status}`,
+    {
+      server: x.server,
+      upstreamStatus: status,
+    },
+  );
+}
+
+function relayStream(
+  x: Exchange,
+  up: UpstreamResponse,
+  reply: FastifyReply,
+  streams: StreamRegistry,
+): Promise<void> {
+  reply.hijack();
+  const res = reply.raw;
+  res.writeHead(up.statusCode, { ...SSE_HEADERS, ...x.responseHeaders });
+  res.flushHeaders();
+  if (x.session) x.session.streams++;
+
+  const body = up.body;
+  let sawEventId = false;
+  let sawRetry = false;
+  let finished = false;
+
+  const write = (chunk: string): void => {
+    stream.lastWriteAt = Date.now();
+    if (!res.write(chunk)) {
+      body.pause();
+      res.once('drain', () => body.resume());
+    }
+  };
+
+  /** Ends the client stream, first answering every pending request with `err`. */
+  const finish = (err: GatewayError | undefined, retryHintMs?: number): void => {
+    if (finished) return;
+    finished = true;
+    if (x.session) x.session.streams--;
+    streams.remove(stream);
+    if (!res.writableEnded && !res.destroyed) {
+      if (err) for (const id of x.pending) res.write(encodeMessage(err.toResponse(id)));
+      res.end(retryHintMs !== undefined ? encodeRetry(retryHintMs) : undefined);
+    }
+    x.pending.clear();
+  };
+
+  const stream: ClientStream = {
+    res,
+    pending: x.pending,
+    lastWriteAt: Date.now(),
+    terminate: () => {
+      x.abort();
+      finish(
+        new GatewayError(
+          'PORTCULLIS_ERR_HTTP_SHUTTING_DOWN',
+          `request to '${x.server}' interrupted`,
+          {
+            server: x.server,
+          },
+        ),
+      );
+    },
+  };
+  streams.add(stream);
+
+  const parser = createParser({
+    maxBufferSize: x.maxResponseBytes,
+    onEvent(ev) {
+      if (ev.id !== undefined) sawEventId = true;
+      // An event with empty data primes resumption (an id to come back to); it carries no message.
+      if (ev.data !== '') {
+        let frames: Frame[];
+        try {
+          frames = framesOf(JSON.parse(ev.data));
+        } catch (err) {
+          x.log.warn(
+            { server: x.server, err: (err as Error).message },
+            'dropped an upstream SSE event that is not JSON-RPC',
+          );
+          return;
+        }
+        const before = x.pending.size;
+        settle(x, frames);
+        write(encodeEvent({ id: ev.id, event: ev.event, data: ev.data }));
+        if (before > 0 && x.pending.size === 0) streams.noteIdle(stream);
+        return;
+      }
+      write(encodeEvent({ id: ev.id, event: ev.event, data: '' }));
+    },
+    onRetry(ms) {
+      sawRetry = true;
+      write(encodeRetry(ms));
+    },
+    onError(err) {
+      if (err.type === 'max-buffer-size-exceeded') {
+        x.abort();
+        finish(
+          new GatewayError(
+            'PORTCULLIS_ERR_UPSTREAM_BAD_RESPONSE',
+            `server '${x.server}' sent an oversized event`,
+            {
+              server: x.server,
+            },
+          ),
+        );
+      }
+    },
+  });
+
+  return new Promise<void>((resolve) => {
+    res.once('close', () => {
+      // The client went away (or the stream was finished): stop the upstream side.
+      if (!finished) {
+        x.abort();
+        finished = true;
+        if (x.session) x.session.streams--;
+        streams.remove(stream);
+      }
+      resolve();
+    });
+    // Multi-byte characters may straddle chunks: decode in streaming mode.
+    const decoder = new TextDecoder();
+    body.on('data', (chunk: Buffer) => {
+      if (finished) return;
+      try {
+        parser.feed(decoder.decode(chunk, { stream: true }));
+      } catch (err) {
+        x.log.error({ server: x.server, err }, 'failed to relay an upstream event');
+        x.abort();
+        finish(new GatewayError('PORTCULLIS_ERR_INTERNAL', `relaying from '${x.server}' failed`));
+      }
+    });
+    body.on('end', () => {
+      if (x.pending.size === 0 || (x.era === 'legacy' && sawEventId && sawRetry))
+        return finish(undefined);
+      finish(
+        new GatewayError(
+          'PORTCULLIS_ERR_UPSTREAM_STREAM_ENDED',
+          `server '${x.server}' ended the stream without answering`,
+          { server: x.server },
+        ),
+      );
+    });
+    body.on('error', (err) => {
+      if (finished) return;
+      x.log.warn({ server: x.server, err: err.message }, 'upstream stream failed');
+      const code = (err as { code?: string }).code;
+      finish(
+        code === 'UND_ERR_BODY_TIMEOUT'
+          ? new GatewayError(
+              'PORTCULLIS_ERR_UPSTREAM_TIMEOUT',
+              `server '${x.server}' went silent mid-stream`,
+              {
+                server: x.server,
+              },
+            )
+          : new GatewayError(
+              'PORTCULLIS_ERR_UPSTREAM_STREAM_ENDED',
+              `server '${x.server}' stream failed (${code ?? err.message})`,
+              { server: x.server },
+            ),
+      );
+    });
+  });
+}

@@ -1,0 +1,97 @@
+/**
+ * The gateway's open SSE streams to clients: one heartbeat ticker for all of
+ * them (not a timer per stream), and the drain that SIGTERM starts.
+ */
+import { HEARTBEAT, encodeRetry } from '../mcp/sse.js';
+import type { ServerResponse } from 'node:http';
+
+export interface ClientStream {
+  readonly res: ServerResponse;
+  /** Requests still waiting for their response on this stream. */
+  readonly pending: ReadonlySet<unknown>;
+  lastWriteAt: number;
+  /** Ends the stream now: errors for every pending request, then the retry hint. */
+  terminate(reason: 'drain'): void;
+}
+
+export class StreamRegistry {
+  private readonly streams = new Set<ClientStream>();
+  private readonly ticker: NodeJS.Timeout;
+  private draining = false;
+  private idleWaiters: Array<() => void> = [];
+
+  constructor(
+    private readonly heartbeatMs: number,
+    private readonly retryHintMs: number,
+  ) {
+    // Ticks at half the interval so a quiet stream never waits much past it.
+    this.ticker = setInterval(() => this.beat(), Math.max(50, Math.floor(heartbeatMs / 2)));
+    this.ticker.unref();
+  }
+
+  get size(): number {
+    return this.streams.size;
+  }
+
+  add(stream: ClientStream): void {
+    this.streams.add(stream);
+    // A stream opened while draining that waits for nothing (a GET stream) closes at once.
+    if (this.draining && stream.pending.size === 0) this.closeIdle(stream);
+  }
+
+  remove(stream: ClientStream): void {
+    this.streams.delete(stream);
+    if (this.streams.size === 0) this.settle();
+  }
+
+  /** Called by a stream whose last pending request was answered. */
+  noteIdle(stream: ClientStream): void {
+    if (this.draining) this.closeIdle(stream);
+  }
+
+  private closeIdle(stream: ClientStream): void {
+    if (!stream.res.writableEnded) {
+      stream.res.end(encodeRetry(this.retryHintMs));
+    }
+  }
+
+  private beat(): void {
+    const now = Date.now();
+    for (const s of this.streams) {
+      if (now - s.lastWriteAt >= this.heartbeatMs && !s.res.writableEnded) {
+        s.res.write(HEARTBEAT);
+        s.lastWriteAt = now;
+      }
+    }
+  }
+
+  /**
+   * Closes streams that wait for nothing now (with an SSE `retry` hint so
+   * clients reconnect elsewhere), lets streams with pending requests finish
+   * within `timeoutMs`, then terminates the rest.
+   */
+  async drain(timeoutMs: number): Promise<void> {
+    this.draining = true;
+    for (const s of this.streams) if (s.pending.size === 0) this.closeIdle(s);
+    if (this.streams.size === 0) return;
+    let timer: NodeJS.Timeout | undefined;
+    await new Promise<void>((resolve) => {
+      this.idleWaiters.push(resolve);
+      timer = setTimeout(() => {
+        for (const s of [...this.streams]) s.terminate('drain');
+        resolve();
+      }, timeoutMs);
+    });
+    clearTimeout(timer);
+  }
+
+  private settle(): void {
+    const waiters = this.idleWaiters;
+    this.idleWaiters = [];
+    for (const w of waiters) w();
+  }
+
+  close(): void {
+    clearInterval(this.ticker);
+  }
+}
