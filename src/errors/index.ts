@@ -119,7 +119,7 @@ const SPECS = {
   PORTCULLIS_ERR_PROTOCOL_VERSION: {
     status: 400,
     rpc: JSONRPC_INVALID_REQUEST,
-    message: 'MCP-Protocol-Version header does not match the session',
+    message: 'Unsupported MCP-Protocol-Version header',
   },
   PORTCULLIS_ERR_PROTOCOL_HEADER_MISMATCH: {
     status: 400,

@@ -14,6 +14,13 @@ import type { Frame } from './frame.js';
 export type Era = 'legacy' | 'modern';
 
 export const FIRST_MODERN_VERSION = '2026-07-28';
+/** The revisions that use the `initialize` handshake and sessions. */
+export const LEGACY_VERSIONS: ReadonlySet<string> = new Set([
+  '2024-11-05',
+  '2025-03-26',
+  '2025-06-18',
+  '2025-11-25',
+]);
 /** The only legacy revision that allowed JSON-RPC batches over HTTP. */
 export const BATCHING_VERSION = '2025-03-26';
 export const META_PROTOCOL_VERSION = 'io.modelcontextprotocol/protocolVersion';

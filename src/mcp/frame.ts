@@ -21,6 +21,20 @@ export interface Frame {
   message: JsonRpcMessage;
 }
 
+/** Where a frame was seen; what policy and audit will need beside the message. */
+export interface FrameContext {
+  readonly server: string;
+  readonly era: 'legacy' | 'modern';
+  /** The gateway's session id (legacy era). */
+  readonly session: string | undefined;
+}
+
+/**
+ * Called for every framed message in either direction, before it is
+ * forwarded. The attachment point for policy and audit.
+ */
+export type FrameObserver = (frame: Frame, context: FrameContext) => void;
+
 export type JsonRpcMessage = Record<string, unknown> & { jsonrpc: '2.0' };
 
 /** Methods whose target is `params.name` or `params.uri`, as mirrored in `Mcp-Name`. */

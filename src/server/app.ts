@@ -23,14 +23,14 @@ import type { Logger } from 'pino';
 import { readFileSync } from 'node:fs';
 import { GatewayError, type JsonRpcId } from '../errors/index.js';
 import type { Config } from '../config/schema.js';
-import { parseBody, requestIds, type Frame } from '../mcp/frame.js';
-import type {
-  ToolHeaderRegistry} from '../mcp/era.js';
+import { parseBody, requestIds, type Frame, type FrameObserver } from '../mcp/frame.js';
+import type { ToolHeaderRegistry } from '../mcp/era.js';
 import {
   BATCHING_VERSION,
   detectEra,
   headerValue,
   isModernVersion,
+  LEGACY_VERSIONS,
   validateModernRequest,
 } from '../mcp/era.js';
 import type { Session, SessionStore } from '../mcp/sessions.js';
@@ -54,6 +54,7 @@ export interface AppDeps {
   sessions: SessionStore;
   streams: StreamRegistry;
   isDraining: () => boolean;
+  onFrame?: FrameObserver | undefined;
 }
 
 /** Client request headers an upstream may see; everything else (Authorization, Cookie…) stays here. */
@@ -197,7 +198,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
   const forward = async (
     reply: FastifyReply,
     route: Route,
-    x: Omit<Exchange, 'abort' | 'toolHeaders' | 'maxResponseBytes' | 'log'>,
+    x: Omit<Exchange, 'abort' | 'toolHeaders' | 'maxResponseBytes' | 'log' | 'onFrame'>,
     req: Omit<UpstreamRequest, 'signal'>,
     onAnswer?: (status: number, upstreamSessionId: string | undefined) => Session | undefined,
   ): Promise<void> => {
@@ -233,6 +234,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
           toolHeaders: route.toolHeaders,
           maxResponseBytes: route.http.maxResponseBytes,
           log,
+          onFrame: deps.onFrame,
           abort: () => controller.abort(),
         },
         up,
@@ -305,21 +307,24 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     } else {
       if (sessionId === undefined) return fail(new GatewayError('PORTCULLIS_ERR_SESSION_MISSING'));
       if (!session) return fail(new GatewayError('PORTCULLIS_ERR_SESSION_UNKNOWN'));
+      // spec/2025-11-25/basic/transports.mdx: an invalid or unsupported
+      // MCP-Protocol-Version MUST get 400. Any legacy revision is accepted, as
+      // the SDKs do; the upstream judges the rest.
       const version = headerValue(req.headers['mcp-protocol-version']);
-      if (
-        version !== undefined &&
-        session.protocolVersion !== undefined &&
-        version !== session.protocolVersion
-      ) {
+      if (version !== undefined && !LEGACY_VERSIONS.has(version)) {
         return fail(
           new GatewayError(
             'PORTCULLIS_ERR_PROTOCOL_VERSION',
-            `got '${version}', the session negotiated '${session.protocolVersion}'`,
+            `'${version}' is not a revision a session can use (this one negotiated '${session.protocolVersion ?? 'unknown'}')`,
           ),
         );
       }
     }
 
+    if (deps.onFrame) {
+      const context = { server: route.name, era, session: session?.id };
+      for (const f of frames) deps.onFrame(f, context);
+    }
     const methodsById = new Map<JsonRpcId, string>();
     for (const f of frames)
       if (f.kind === 'request' && f.id !== undefined) methodsById.set(f.id, f.method as string);

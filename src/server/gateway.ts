@@ -8,6 +8,7 @@ import pino, { type Logger } from 'pino';
 import type { AddressInfo } from 'node:net';
 import type { Config } from '../config/schema.js';
 import { ToolHeaderRegistry } from '../mcp/era.js';
+import type { FrameObserver } from '../mcp/frame.js';
 import { MemorySessionStore } from '../mcp/sessions.js';
 import { HttpUpstream } from '../upstream/http.js';
 import { buildApp, type Route } from './app.js';
@@ -26,6 +27,8 @@ export interface Gateway {
 
 export interface StartOptions {
   log?: Logger;
+  /** Sees every framed message in both directions (policy and audit attach here). */
+  onFrame?: FrameObserver;
 }
 
 function baseUrl(app: FastifyInstance, tls: boolean): string {
@@ -64,7 +67,15 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
   let draining = false;
   let listening = false;
 
-  const app = buildApp({ config, log, routes, sessions, streams, isDraining: () => draining });
+  const app = buildApp({
+    config,
+    log,
+    routes,
+    sessions,
+    streams,
+    isDraining: () => draining,
+    onFrame: options.onFrame,
+  });
 
   // Idle sessions are ended on both sides: the upstream gets a best-effort DELETE.
   const sweeper = setInterval(

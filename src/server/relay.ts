@@ -19,7 +19,7 @@ import type { FastifyReply } from 'fastify';
 import type { Logger } from 'pino';
 import { createParser } from 'eventsource-parser';
 import { GatewayError, type JsonRpcId } from '../errors/index.js';
-import { toFrame, type Frame } from '../mcp/frame.js';
+import { toFrame, type Frame, type FrameObserver } from '../mcp/frame.js';
 import { encodeEvent, encodeMessage, encodeRetry, SSE_HEADERS } from '../mcp/sse.js';
 import type { Session } from '../mcp/sessions.js';
 import type { Era, ToolHeaderRegistry } from '../mcp/era.js';
@@ -44,6 +44,7 @@ export interface Exchange {
   readonly abort: () => void;
   /** GET streams and modern `subscriptions/listen` streams: long-lived, nothing pending. */
   readonly longLived: boolean;
+  readonly onFrame: FrameObserver | undefined;
 }
 
 /** What the gateway itself learns from answers passing through. */
@@ -67,6 +68,10 @@ function framesOf(value: unknown): Frame[] {
 }
 
 function settle(x: Exchange, frames: readonly Frame[]): void {
+  if (x.onFrame) {
+    const context = { server: x.server, era: x.era, session: x.session?.id };
+    for (const f of frames) x.onFrame(f, context);
+  }
   for (const f of frames) {
     if ((f.kind === 'response' || f.kind === 'error') && f.id !== undefined) {
       observe(x, f);
