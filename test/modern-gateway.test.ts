@@ -14,6 +14,10 @@ import {
   type ModernClientOptions,
 } from './helpers/modern-client.js';
 import { startTestGateway, type SeenFrame } from './helpers/gateway.js';
+import { modernCall, post as rawPost } from './helpers/requests.js';
+
+const post = (url: string, body: unknown, headers: Record<string, string>) =>
+  rawPost(url, body, { 'mcp-protocol-version': MODERN_PROTOCOL_VERSION, ...headers });
 
 const CANCELLATION_BOUND_MS = 2_000;
 
@@ -32,42 +36,6 @@ async function setup(t: TestContext, opts: ModernClientOptions = {}) {
 function textOf(result: unknown): string {
   const content = (result as { content?: { type: string; text?: string }[] }).content ?? [];
   return content.map((c) => (c.type === 'text' ? (c.text ?? '') : '')).join('');
-}
-
-function modernCall(
-  name: string,
-  args: Record<string, unknown>,
-  id = 1,
-  capabilities: Record<string, unknown> = {},
-) {
-  return {
-    jsonrpc: '2.0',
-    id,
-    method: 'tools/call',
-    params: {
-      name,
-      arguments: args,
-      _meta: {
-        'io.modelcontextprotocol/protocolVersion': MODERN_PROTOCOL_VERSION,
-        'io.modelcontextprotocol/clientInfo': { name: 'raw', version: '1' },
-        'io.modelcontextprotocol/clientCapabilities': capabilities,
-      },
-    },
-  };
-}
-
-function post(url: string, body: unknown, headers: Record<string, string>, signal?: AbortSignal) {
-  return fetch(url, {
-    method: 'POST',
-    headers: {
-      'content-type': 'application/json',
-      accept: 'application/json, text/event-stream',
-      'mcp-protocol-version': MODERN_PROTOCOL_VERSION,
-      ...headers,
-    },
-    body: JSON.stringify(body),
-    ...(signal ? { signal } : {}),
-  });
 }
 
 test('modern calls pass through statelessly with their metadata headers', async (t) => {
