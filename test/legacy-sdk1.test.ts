@@ -13,14 +13,15 @@ import {
   ResourceUpdatedNotificationSchema,
 } from '@modelcontextprotocol/sdk/types.js';
 import { startEverything } from './helpers/everything.js';
-import { startTestGateway, type TestGateway } from './helpers/gateway.js';
+import { startTestGateway, type SeenFrame, type TestGateway } from './helpers/gateway.js';
 
 let upstream: Awaited<ReturnType<typeof startEverything>>;
 let gateway: TestGateway;
+const frames: SeenFrame[] = [];
 
 before(async () => {
   upstream = await startEverything();
-  gateway = await startTestGateway({ everything: upstream.url });
+  gateway = await startTestGateway({ everything: upstream.url }, {}, frames);
 });
 after(async () => {
   await gateway?.close();
@@ -122,6 +123,8 @@ test('resource subscribe delivers an update notification on the GET stream', asy
     client.setNotificationHandler(ResourceUpdatedNotificationSchema, (n) => resolve(n.params.uri));
   });
   const uri = 'demo://resource/static/document/architecture.md';
+  const { resources } = await client.listResources();
+  assert.ok(resources.length > 0);
   await client.subscribeResource({ uri });
   await client.callTool({ name: 'toggle-subscriber-updates', arguments: {} });
   const got = await Promise.race([
@@ -131,6 +134,12 @@ test('resource subscribe delivers an update notification on the GET stream', asy
     ),
   ]);
   assert.equal(got, uri);
+  assert.ok(
+    frames.some(
+      (f) => f.direction === 'server-to-client' && f.method === 'notifications/resources/updated',
+    ),
+    'the update was framed on its way through',
+  );
 });
 
 test('prompts list and get', async (t) => {
@@ -159,8 +168,8 @@ test('logging level is set and log messages arrive', async (t) => {
   assert.ok(level);
 });
 
-test('cancellation: an aborted call rejects and the session keeps working', async (t) => {
-  const { client } = await connect();
+test('cancellation: notifications/cancelled reaches the upstream and the session keeps working', async (t) => {
+  const { client, transport } = await connect();
   t.after(() => client.close());
   const controller = new AbortController();
   const call = client.callTool(
@@ -170,6 +179,25 @@ test('cancellation: an aborted call rejects and the session keeps working', asyn
   );
   setTimeout(() => controller.abort('user gave up'), 300);
   await assert.rejects(call);
+  const callFrame = frames.find(
+    (f) =>
+      f.session === transport.sessionId &&
+      f.method === 'tools/call' &&
+      f.target === 'trigger-long-running-operation',
+  );
+  assert.ok(callFrame, 'the call was framed');
+  const deadline = Date.now() + 2_000;
+  let cancelled: SeenFrame | undefined;
+  while (!cancelled && Date.now() < deadline) {
+    cancelled = frames.find(
+      (f) =>
+        f.session === transport.sessionId &&
+        f.method === 'notifications/cancelled' &&
+        (f.message.params as { requestId?: unknown }).requestId === callFrame.id,
+    );
+    if (!cancelled) await new Promise((r) => setTimeout(r, 20));
+  }
+  assert.ok(cancelled, 'notifications/cancelled for the call passed through the gateway');
   const after = await client.callTool({ name: 'echo', arguments: { message: 'still here' } });
   assert.match(JSON.stringify(after.content), /still here/);
 });

@@ -8,7 +8,7 @@ import { readFile } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import { Ajv2020 } from 'ajv/dist/2020.js';
 import type { ErrorObject } from 'ajv';
-import { parseDocument } from 'yaml';
+import { isPair, isScalar, isSeq, parseDocument, visit, type Document } from 'yaml';
 import { configSchema, type Config } from './schema.js';
 
 export interface ConfigProblem {
@@ -32,55 +32,120 @@ export class ConfigError extends Error {
 const ajv = new Ajv2020({ allErrors: true, useDefaults: true, strict: true });
 const validate = ajv.compile(configSchema);
 
-/** `${NAME}` or `${NAME:-fallback}`; `$${` is a literal `${`. */
-const ENV_REFERENCE = /\$(\$?)\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}/g;
+/**
+ * One token of interpolation: `$${` (a literal `${`), a well-formed
+ * `${NAME}` / `${NAME:-fallback}`, or any other `${`, which is malformed.
+ * A malformed reference is an error rather than literal text: a header like
+ * `Bearer ${TOKEN` must never be sent upstream as written.
+ */
+const ENV_TOKEN = /\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\{/g;
+
+/** A plain (unquoted) scalar's value after interpolation is typed as YAML would type it. */
+const PLAIN_INTEGER = /^[-+]?(?:0|[1-9][0-9]*)$/;
+const PLAIN_BOOLEAN = /^(?:true|True|TRUE|false|False|FALSE)$/;
 
 function joinPath(base: string, key: string | number): string {
   if (typeof key === 'number') return `${base}[${key}]`;
   return base ? `${base}.${key}` : key;
 }
 
-/** Replaces `${ENV}` references in every string value, recording unset names. */
-export function interpolateEnv(
-  value: unknown,
+/**
+ * Replaces `${NAME}` and `${NAME:-fallback}` in one string. As in the shell,
+ * the fallback is used when NAME is unset or empty. An unset NAME without a
+ * fallback, a malformed `${` and a nested reference are recorded in
+ * `problems` under `path`.
+ */
+export function interpolateString(
+  text: string,
   env: NodeJS.ProcessEnv,
   problems: ConfigProblem[],
-  path = '',
-): unknown {
-  if (typeof value === 'string') {
-    return value.replace(ENV_REFERENCE, (whole, escaped: string, name: string, fallback) => {
-      if (escaped) return whole.slice(1);
+  path: string,
+): string {
+  return text.replace(
+    ENV_TOKEN,
+    (whole: string, name: string | undefined, fallback: string | undefined) => {
+      if (whole === '$${') return '${';
+      if (name === undefined) {
+        problems.push({
+          path,
+          message:
+            'malformed ${...} reference; write ${NAME} or ${NAME:-fallback}, or $${ for a literal ${',
+        });
+        return whole;
+      }
+      if (fallback?.includes('${')) {
+        problems.push({
+          path,
+          message: `the fallback of \${${name}:-...} contains \${; nested references are not supported`,
+        });
+        return whole;
+      }
       const found = env[name];
-      if (found !== undefined) return found;
-      if (fallback !== undefined) return fallback as string;
-      problems.push({
-        path: path || '(root)',
-        message: `environment variable ${name} is not set`,
-      });
+      if (found !== undefined && (found !== '' || fallback === undefined)) return found;
+      if (fallback !== undefined) return fallback;
+      problems.push({ path, message: `environment variable ${name} is not set` });
       return '';
-    });
-  }
-  if (Array.isArray(value))
-    return value.map((v, i) => interpolateEnv(v, env, problems, joinPath(path, i)));
-  if (value !== null && typeof value === 'object') {
-    const out: Record<string, unknown> = {};
-    for (const [k, v] of Object.entries(value))
-      out[k] = interpolateEnv(v, env, problems, joinPath(path, k));
-    return out;
-  }
-  return value;
+    },
+  );
 }
 
-function pointerToPath(pointer: string): string {
-  return pointer
-    .split('/')
-    .slice(1)
-    .map((s) => s.replace(/~1/g, '/').replace(/~0/g, '~'))
-    .reduce<string>((acc, seg) => (/^\d+$/.test(seg) ? `${acc}[${seg}]` : joinPath(acc, seg)), '');
+/** The dotted path of a node in a YAML document, from the visitor's ancestors. */
+function yamlPath(ancestors: readonly unknown[], node: unknown): string {
+  const chain = [...ancestors, node];
+  let path = '';
+  for (let i = 0; i + 1 < chain.length; i++) {
+    const parent = chain[i];
+    const child = chain[i + 1];
+    if (isSeq(parent)) path = joinPath(path, parent.items.indexOf(child as never));
+    else if (isPair(parent) && parent.value === child) {
+      path = joinPath(path, String(isScalar(parent.key) ? parent.key.value : parent.key));
+    }
+  }
+  return path || '(root)';
 }
 
-function describeAjvError(err: ErrorObject): ConfigProblem {
-  const base = pointerToPath(err.instancePath);
+/**
+ * Interpolates every scalar value (never a key) of a parsed YAML document in
+ * place. Working on the document rather than on plain data keeps YAML's own
+ * typing: an unquoted `port: ${PORT}` becomes the integer it would have been
+ * had the number been written there, a quoted `"${PORT}"` stays a string.
+ */
+function interpolateDocument(doc: Document, env: NodeJS.ProcessEnv, problems: ConfigProblem[]) {
+  visit(doc, {
+    Scalar(key, node, ancestors) {
+      if (key === 'key' || typeof node.value !== 'string' || !node.value.includes('${')) return;
+      const text = interpolateString(node.value, env, problems, yamlPath(ancestors, node));
+      const plain = node.type === 'PLAIN' && !node.tag;
+      if (plain && PLAIN_INTEGER.test(text)) node.value = Number(text);
+      else if (plain && PLAIN_BOOLEAN.test(text)) node.value = text.toLowerCase() === 'true';
+      else node.value = text;
+    },
+  });
+}
+
+/**
+ * A JSON pointer as a dotted path. The document is walked alongside, so only
+ * array positions become `[i]`; a key that looks like a number (a server
+ * named `1`) stays `servers.1`.
+ */
+function pointerToPath(pointer: string, document: unknown): string {
+  let path = '';
+  let at: unknown = document;
+  for (const raw of pointer.split('/').slice(1)) {
+    const seg = raw.replace(/~1/g, '/').replace(/~0/g, '~');
+    if (Array.isArray(at)) {
+      path = joinPath(path, Number(seg));
+      at = at[Number(seg)];
+    } else {
+      path = joinPath(path, seg);
+      at = at !== null && typeof at === 'object' ? (at as Record<string, unknown>)[seg] : undefined;
+    }
+  }
+  return path;
+}
+
+function describeAjvError(err: ErrorObject, document: unknown): ConfigProblem {
+  const base = pointerToPath(err.instancePath, document);
   switch (err.keyword) {
     case 'additionalProperties':
       return {
@@ -98,6 +163,18 @@ function describeAjvError(err: ErrorObject): ConfigProblem {
         message:
           'server names must be 1-63 letters, digits, "_" or "-", starting with a letter or digit',
       };
+    case 'minProperties':
+      return {
+        path: base || '(root)',
+        message:
+          base === 'servers'
+            ? 'at least one server is required'
+            : `must have at least ${String(err.params.limit)} key(s)`,
+      };
+    case 'pattern':
+      if (err.schemaPath.endsWith('/url/pattern'))
+        return { path: base, message: 'must be an http:// or https:// URL' };
+      return { path: base || '(root)', message: err.message ?? err.keyword };
     case 'enum':
       return {
         path: base || '(root)',
@@ -168,7 +245,13 @@ function deepFreeze<T>(value: T): T {
 export function buildConfig(document: unknown, source = 'inline'): Config {
   const copy = structuredClone(document ?? {});
   if (!validate(copy)) {
-    throw new ConfigError(source, (validate.errors ?? []).map(describeAjvError));
+    // An error inside `propertyNames` is also reported by `propertyNames`
+    // itself, which names the key; keep only that one.
+    const errors = (validate.errors ?? []).filter((e) => e.propertyName === undefined);
+    throw new ConfigError(
+      source,
+      errors.map((e) => describeAjvError(e, copy)),
+    );
   }
   const config = copy as unknown as Config;
   const problems = crossChecks(config);
@@ -193,9 +276,9 @@ export function parseConfigDocument(
     );
   }
   const problems: ConfigProblem[] = [];
-  const interpolated = interpolateEnv(doc.toJS(), env, problems);
+  interpolateDocument(doc, env, problems);
   if (problems.length) throw new ConfigError(source, problems);
-  return interpolated;
+  return doc.toJS();
 }
 
 /** Parses YAML text, interpolates the environment, and builds the Config. */

@@ -28,20 +28,38 @@ export const SERVER_NAME_PATTERN = '^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$';
 const ms = (def: number, description: string) =>
   ({ type: 'integer', minimum: 0, default: def, description }) as const;
 
+const UPSTREAM_TIMEOUT_DESCRIPTIONS = {
+  connectMs: 'Time to open a TCP/TLS connection.',
+  headersMs: 'Time from sending a request to the upstream answering with headers; then 504.',
+  idleMs:
+    'Longest silence on a response stream answering a request; 0 = none. Listen/GET streams are exempt.',
+} as const;
+
 const upstreamTimeouts = {
   type: 'object',
   additionalProperties: false,
   default: {},
   properties: {
-    connectMs: ms(DEFAULT_UPSTREAM_CONNECT_TIMEOUT_MS, 'Time to open a TCP/TLS connection.'),
-    headersMs: ms(
-      DEFAULT_UPSTREAM_HEADERS_TIMEOUT_MS,
-      'Time from sending a request to the upstream answering with headers; then 504.',
-    ),
-    idleMs: ms(
-      DEFAULT_UPSTREAM_IDLE_TIMEOUT_MS,
-      'Longest silence on a response stream answering a request; 0 = none. Listen/GET streams are exempt.',
-    ),
+    connectMs: ms(DEFAULT_UPSTREAM_CONNECT_TIMEOUT_MS, UPSTREAM_TIMEOUT_DESCRIPTIONS.connectMs),
+    headersMs: ms(DEFAULT_UPSTREAM_HEADERS_TIMEOUT_MS, UPSTREAM_TIMEOUT_DESCRIPTIONS.headersMs),
+    idleMs: ms(DEFAULT_UPSTREAM_IDLE_TIMEOUT_MS, UPSTREAM_TIMEOUT_DESCRIPTIONS.idleMs),
+  },
+} as const;
+
+const override = (description: string) => ({ type: 'integer', minimum: 0, description }) as const;
+
+/**
+ * A server's own timeouts carry no defaults: a key left out must fall back to
+ * `upstreamDefaults.timeouts`, not be filled with the built-in value that
+ * would then override the operator's default.
+ */
+const upstreamTimeoutOverrides = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    connectMs: override(UPSTREAM_TIMEOUT_DESCRIPTIONS.connectMs),
+    headersMs: override(UPSTREAM_TIMEOUT_DESCRIPTIONS.headersMs),
+    idleMs: override(UPSTREAM_TIMEOUT_DESCRIPTIONS.idleMs),
   },
 } as const;
 
@@ -166,11 +184,7 @@ export const configSchema = {
             additionalProperties: { type: 'string' },
             description: 'Extra request headers sent upstream (never from the client).',
           },
-          timeouts: {
-            type: 'object',
-            additionalProperties: false,
-            properties: upstreamTimeouts.properties,
-          },
+          timeouts: upstreamTimeoutOverrides,
         },
       },
     },

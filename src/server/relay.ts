@@ -273,17 +273,16 @@ function relayStream(
     res,
     pending: x.pending,
     lastWriteAt: Date.now(),
-    terminate: () => {
+    terminate: (retryHintMs) => {
       x.abort();
-      finish(
-        new GatewayError(
-          'PORTCULLIS_ERR_HTTP_SHUTTING_DOWN',
-          `request to '${x.server}' interrupted`,
-          {
-            server: x.server,
-          },
-        ),
+      const err = new GatewayError(
+        'PORTCULLIS_ERR_HTTP_SHUTTING_DOWN',
+        `request to '${x.server}' interrupted`,
+        {
+          server: x.server,
+        },
       );
+      finish(err, retryHintMs);
     },
   };
   streams.add(stream);

@@ -11,7 +11,7 @@ export interface ClientStream {
   readonly pending: ReadonlySet<unknown>;
   lastWriteAt: number;
   /** Ends the stream now: errors for every pending request, then the retry hint. */
-  terminate(reason: 'drain'): void;
+  terminate(retryHintMs: number): void;
 }
 
 export class StreamRegistry {
@@ -78,7 +78,7 @@ export class StreamRegistry {
     await new Promise<void>((resolve) => {
       this.idleWaiters.push(resolve);
       timer = setTimeout(() => {
-        for (const s of [...this.streams]) s.terminate('drain');
+        for (const s of [...this.streams]) s.terminate(this.retryHintMs);
         resolve();
       }, timeoutMs);
     });
