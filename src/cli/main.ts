@@ -181,6 +181,7 @@ async function start(args: string[]): Promise<void> {
     await demo?.stop();
     fail(`cannot start: ${(err as Error).message}`, 1);
   }
+  if (demo) log.info({ pid: demo.child.pid, url: demo.url }, 'demo upstream running');
   process.stderr.write(banner(gateway, config, demo));
 
   let signals = 0;
