@@ -1,0 +1,280 @@
+/**
+ * The `portcullis` command line, as a user runs it: the built CLI in a child
+ * process, its exit codes, what it prints where, and a real start on port 0
+ * that drains and exits on SIGTERM.
+ */
+import assert from 'node:assert/strict';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { before, test, type TestContext } from 'node:test';
+import { fileURLToPath } from 'node:url';
+
+const ROOT = fileURLToPath(new URL('..', import.meta.url));
+const CLI = join(ROOT, 'dist', 'cli', 'main.js');
+const VERSION = (
+  JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string }
+).version;
+
+/** A command that must finish on its own; generous for a cold start of Node. */
+const RUN_TIMEOUT_MS = 15_000;
+/** How long the gateway may take from SIGTERM to exit with nothing in flight. */
+const SHUTDOWN_BOUND_MS = 5_000;
+/** Nothing listens on port 1: the upstream is never reached in these tests. */
+const DEAD_UPSTREAM = 'a=http://127.0.0.1:1/mcp';
+
+before(() => {
+  // `npm test` builds first; when this file runs alone, build once if needed.
+  if (!existsSync(CLI)) {
+    execFileSync('npx', ['tsc', '-p', 'tsconfig.build.json'], { cwd: ROOT, stdio: 'inherit' });
+  }
+});
+
+/** The environment for a child: ours, without variables that would change the answer. */
+function childEnv(extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
+  const env = { ...process.env, ...extra };
+  if (!('SEARCH_API_TOKEN' in extra)) delete env.SEARCH_API_TOKEN;
+  delete env.NODE_OPTIONS;
+  return env;
+}
+
+function spawnCli(t: TestContext, args: string[], env?: NodeJS.ProcessEnv): ChildProcess {
+  const child = spawn(process.execPath, [CLI, ...args], {
+    cwd: ROOT,
+    env: childEnv(env),
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  t.after(() => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+  });
+  return child;
+}
+
+interface Outcome {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Resolves when the child exits; fails if it does not within `timeoutMs`. */
+function outcome(child: ChildProcess, timeoutMs = RUN_TIMEOUT_MS): Promise<Outcome> {
+  let stdout = '';
+  let stderr = '';
+  child.stdout?.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+  child.stderr?.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(
+        new Error(`CLI did not exit within ${timeoutMs} ms\nstdout: ${stdout}\nstderr: ${stderr}`),
+      );
+    }, timeoutMs);
+    child.once('error', reject);
+    child.once('close', (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code, signal, stdout, stderr });
+    });
+  });
+}
+
+function run(t: TestContext, args: string[], env?: NodeJS.ProcessEnv): Promise<Outcome> {
+  return outcome(spawnCli(t, args, env));
+}
+
+test('--help exits 0 and lists the commands and options', async (t) => {
+  const r = await run(t, ['--help']);
+  assert.equal(r.code, 0, r.stderr);
+  for (const text of [
+    'portcullis start',
+    'portcullis config check FILE',
+    '--version',
+    '--config FILE',
+    '--server NAME=URL',
+    '--auth none',
+  ]) {
+    assert.ok(r.stdout.includes(text), `--help mentions ${text}`);
+  }
+  assert.equal(r.stderr, '');
+});
+
+test('--version prints the package.json version', async (t) => {
+  const r = await run(t, ['--version']);
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(r.stdout, `${VERSION}\n`);
+});
+
+test('config check on the example file exits 0', async (t) => {
+  const r = await run(t, ['config', 'check', 'config/portcullis.example.yaml'], {
+    SEARCH_API_TOKEN: 'example-token',
+  });
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(r.stdout, 'config/portcullis.example.yaml: ok (2 server(s))\n');
+  assert.equal(r.stderr, '');
+});
+
+test('config check exits 1 naming the key when a referenced variable is unset', async (t) => {
+  const r = await run(t, ['config', 'check', 'config/portcullis.example.yaml']);
+  assert.equal(r.code, 1);
+  assert.match(
+    r.stderr,
+    /^ {2}servers\.search\.headers\.Authorization: environment variable SEARCH_API_TOKEN is not set$/m,
+  );
+});
+
+test('config check on a bad file exits 1 and prints every problem with its path', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'portcullis-cli-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  const file = join(dir, 'bad.yaml');
+  await writeFile(
+    file,
+    [
+      'listen:',
+      '  prot: 8080',
+      '  host: 0.0.0.0',
+      'log:',
+      '  level: loud',
+      'servers:',
+      '  "my docs":',
+      '    url: http://127.0.0.1:3001/mcp',
+      '  docs:',
+      '    url: ftp://docs.internal/mcp',
+      '    timeouts:',
+      '      connectMs: -1',
+      '',
+    ].join('\n'),
+  );
+  const r = await run(t, ['config', 'check', file]);
+  assert.equal(r.code, 1);
+  assert.equal(r.stdout, '');
+  const lines = r.stderr.trimEnd().split('\n');
+  assert.equal(lines[0], `${file}: 5 problem(s)`);
+  assert.deepEqual(lines.slice(1).sort(), [
+    '  listen.prot: unknown key',
+    '  log.level: must be one of "fatal", "error", "warn", "info", "debug", "trace", "silent"',
+    '  servers.docs.timeouts.connectMs: must be >= 0',
+    '  servers.docs.url: must be an http:// or https:// URL',
+    '  servers.my docs: server names must be 1-63 letters, digits, "_" or "-", starting with a letter or digit',
+  ]);
+});
+
+test('config check without a file is a usage error (exit 2)', async (t) => {
+  const r = await run(t, ['config', 'check']);
+  assert.equal(r.code, 2);
+  assert.match(r.stderr, /usage: portcullis config check FILE/);
+});
+
+test('an unknown command exits 2 with a hint', async (t) => {
+  const r = await run(t, ['frobnicate']);
+  assert.equal(r.code, 2);
+  assert.match(r.stderr, /unknown command 'frobnicate'/);
+  assert.match(r.stderr, /portcullis --help/);
+  assert.equal(r.stdout, '');
+
+  const sub = await run(t, ['config', 'frobnicate']);
+  assert.equal(sub.code, 2);
+  assert.match(sub.stderr, /portcullis config check FILE/);
+});
+
+test('an unknown flag exits 2 with a hint', async (t) => {
+  const r = await run(t, ['start', '--bogus']);
+  assert.equal(r.code, 2);
+  assert.match(r.stderr, /--bogus/);
+  assert.match(r.stderr, /portcullis --help/);
+  assert.doesNotMatch(r.stdout, /gateway listening/);
+});
+
+test('bad flag values exit 2 before anything listens', async (t) => {
+  for (const args of [
+    ['--port', 'eighty'],
+    ['--admin-port', '70000'],
+    ['--auth', 'jwt'],
+    ['--server', 'no-equals-sign'],
+    ['--server', DEAD_UPSTREAM, '--server', DEAD_UPSTREAM],
+  ]) {
+    const r = await run(t, ['start', '--server', 'z=http://127.0.0.1:1/mcp', ...args]);
+    assert.equal(r.code, 2, `${args.join(' ')}: ${r.stderr}`);
+    assert.doesNotMatch(r.stdout, /gateway listening/);
+  }
+});
+
+test('start --host 0.0.0.0 --auth none is refused without listening', async (t) => {
+  const r = await run(t, [
+    'start',
+    '--host',
+    '0.0.0.0',
+    '--auth',
+    'none',
+    '--server',
+    DEAD_UPSTREAM,
+  ]);
+  assert.equal(r.code, 2);
+  assert.match(r.stderr, /auth\.mode: .*loopback/);
+  assert.doesNotMatch(r.stdout, /gateway listening/);
+  assert.doesNotMatch(r.stderr, /is listening on/);
+});
+
+test('flags are validated together with the file they overlay', async (t) => {
+  // minimal.yaml is valid on its own; --host makes the whole invalid.
+  const r = await run(t, ['start', '--config', 'config/minimal.yaml', '--host', '0.0.0.0']);
+  assert.equal(r.code, 2);
+  assert.match(r.stderr, /config\/minimal\.yaml/);
+  for (const path of ['auth.mode', 'listen.tls', 'listen.allowedHosts']) {
+    assert.ok(r.stderr.includes(`  ${path}: `), `names ${path}`);
+  }
+
+  const named = await run(t, ['start', '--server', 'bad name=http://127.0.0.1:1/mcp']);
+  assert.equal(named.code, 2);
+  assert.match(named.stderr, /servers\.bad name: server names must be/);
+});
+
+test('start on port 0 logs where it listens, serves, and exits 0 on SIGTERM', async (t) => {
+  const child = spawnCli(t, [
+    'start',
+    '--port',
+    '0',
+    '--admin-port',
+    '0',
+    '--server',
+    DEAD_UPSTREAM,
+    '--auth',
+    'none',
+  ]);
+  const exited = outcome(child, RUN_TIMEOUT_MS + SHUTDOWN_BOUND_MS);
+  const lines = createInterface({ input: child.stdout! });
+  let listening: { url?: unknown; adminUrl?: unknown; servers?: unknown } | undefined;
+  for await (const line of lines) {
+    if (line.includes('"msg":"gateway listening"')) {
+      listening = JSON.parse(line) as typeof listening;
+      break;
+    }
+  }
+  // Leaving the loop closes the line reader; keep draining stdout so the child never blocks on it.
+  child.stdout?.resume();
+  assert.ok(listening, 'logged a JSON "gateway listening" line');
+  assert.match(String(listening.url), /^http:\/\/127\.0\.0\.1:\d+$/);
+  assert.notEqual(new URL(String(listening.url)).port, '0');
+  assert.deepEqual(listening.servers, ['a']);
+
+  // Both listeners are real sockets.
+  const live = await fetch(`${String(listening.adminUrl)}/livez`);
+  assert.equal(live.status, 200);
+  assert.deepEqual(await live.json(), { status: 'ok' });
+  const unknown = await fetch(`${String(listening.url)}/mcp/nope`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', accept: 'application/json, text/event-stream' },
+    body: JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'ping' }),
+  });
+  assert.equal(unknown.status, 404);
+  await unknown.body?.cancel();
+
+  const signalledAt = Date.now();
+  child.kill('SIGTERM');
+  const r = await exited;
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(r.signal, null);
+  assert.ok(Date.now() - signalledAt < SHUTDOWN_BOUND_MS, 'exited within the shutdown bound');
+});
