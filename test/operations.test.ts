@@ -134,3 +134,22 @@ test('drain: a call that outlives the bound ends with a JSON-RPC error and a ret
   assert.match(text, /PORTCULLIS_ERR_HTTP_SHUTTING_DOWN/);
   assert.match(text, /retry: 2500/);
 });
+
+test('held streams are not capped by an upstream connection pool (regression: 128 of 5000 held)', async (t) => {
+  const { gateway } = await setup(t, { upstreamDefaults: { timeouts: { idleMs: 0 } } });
+  const STREAMS = 300;
+  const controller = new AbortController();
+  t.after(() => controller.abort());
+  const opened = await Promise.all(
+    Array.from({ length: STREAMS }, (_, i) =>
+      post(
+        gateway.urlFor('quiet'),
+        modernCall('t', {}, i),
+        modernHeaders('t'),
+        AbortSignal.any([controller.signal, AbortSignal.timeout(10_000)]),
+      ),
+    ),
+  );
+  assert.equal(opened.filter((r) => r.status === 200).length, STREAMS);
+  controller.abort();
+});

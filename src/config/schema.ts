@@ -15,7 +15,8 @@ export const DEFAULT_HEARTBEAT_INTERVAL_MS = 15_000;
 export const DEFAULT_UPSTREAM_CONNECT_TIMEOUT_MS = 5_000;
 export const DEFAULT_UPSTREAM_HEADERS_TIMEOUT_MS = 30_000;
 export const DEFAULT_UPSTREAM_IDLE_TIMEOUT_MS = 300_000;
-export const DEFAULT_UPSTREAM_CONNECTIONS = 128;
+/** 0 = no cap: every open SSE stream holds an upstream connection of its own. */
+export const DEFAULT_UPSTREAM_CONNECTIONS = 0;
 export const DEFAULT_UPSTREAM_MAX_RESPONSE_BYTES = 16 * 1024 * 1024;
 export const DEFAULT_SESSION_IDLE_TIMEOUT_MS = 30 * 60_000;
 export const DEFAULT_MAX_SESSIONS = 10_000;
@@ -159,7 +160,13 @@ export const configSchema = {
       default: {},
       properties: {
         timeouts: upstreamTimeouts,
-        connections: { type: 'integer', minimum: 1, default: DEFAULT_UPSTREAM_CONNECTIONS },
+        connections: {
+          type: 'integer',
+          minimum: 0,
+          default: DEFAULT_UPSTREAM_CONNECTIONS,
+          description:
+            'Cap on connections open to each upstream; 0 = no cap. Each open stream holds one, so a cap also caps streams.',
+        },
         maxResponseBytes: {
           type: 'integer',
           minimum: 1024,

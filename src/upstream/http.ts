@@ -91,7 +91,8 @@ export class HttpUpstream {
       Object.entries(server.headers ?? {}).map(([k, v]) => [k.toLowerCase(), v]),
     );
     this.pool = new Pool(this.url.origin, {
-      connections: defaults.connections,
+      // null = no cap: a held SSE stream occupies a connection for its whole life.
+      connections: defaults.connections || null,
       connectTimeout: this.timeouts.connectMs,
       headersTimeout: this.timeouts.headersMs,
       bodyTimeout: this.timeouts.idleMs,
