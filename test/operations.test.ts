@@ -34,6 +34,7 @@ async function setup(t: TestContext, overrides: Record<string, unknown> = {}) {
       drip: fault.url('/drip/800'),
       long: fault.url('/drip/1500'),
       quiet: fault.url('/silent-stream'),
+      flood: fault.url('/flood'),
       legacy: fault.url('/legacy'),
     },
     overrides,
@@ -151,5 +152,30 @@ test('held streams are not capped by an upstream connection pool (regression: 12
     ),
   );
   assert.equal(opened.filter((r) => r.status === 200).length, STREAMS);
+  controller.abort();
+});
+
+test('backpressure: a client that stops reading stops the upstream too', async (t) => {
+  const { gateway, fault } = await setup(t);
+  const controller = new AbortController();
+  t.after(() => controller.abort());
+  const res = await post(
+    gateway.urlFor('flood'),
+    modernCall('t', {}, 1),
+    modernHeaders('t'),
+    controller.signal,
+  );
+  assert.equal(res.status, 200);
+  // The body is never read: once the socket buffers fill, the gateway must stop reading upstream.
+  await new Promise((r) => setTimeout(r, 1_000));
+  const first = fault.flooded.bytes;
+  await new Promise((r) => setTimeout(r, 500));
+  const second = fault.flooded.bytes;
+  assert.ok(first > 0, 'the upstream sent something');
+  assert.ok(
+    second - first < 1024 * 1024,
+    `the upstream kept writing: ${second - first} bytes in 500 ms`,
+  );
+  assert.ok(second < 64 * 1024 * 1024, `the gateway buffered ${second} bytes`);
   controller.abort();
 });

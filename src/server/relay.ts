@@ -248,11 +248,18 @@ function relayStream(
   let sawRetry = false;
   let finished = false;
 
+  // One chunk may hold many events: pause once, resume once on drain.
+  let paused = false;
+  const resume = () => {
+    paused = false;
+    body.resume();
+  };
   const write = (chunk: string): void => {
     stream.lastWriteAt = Date.now();
-    if (!res.write(chunk)) {
+    if (!res.write(chunk) && !paused) {
+      paused = true;
       body.pause();
-      res.once('drain', () => body.resume());
+      res.once('drain', resume);
     }
   };
 
