@@ -199,21 +199,18 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     reply: FastifyReply,
     route: Route,
     x: Omit<Exchange, 'abort' | 'toolHeaders' | 'maxResponseBytes' | 'log' | 'onFrame'>,
-    req: Omit<UpstreamRequest, 'signal'>,
+    req: UpstreamRequest,
     onAnswer?: (status: number, upstreamSessionId: string | undefined) => Session | undefined,
   ): Promise<void> => {
-    const controller = new AbortController();
+    if (x.longLived) req.idleMs = 0;
+    const call = route.http.request(req);
     const onClose = () => {
-      if (!reply.raw.writableFinished) controller.abort();
+      if (!reply.raw.writableFinished) call.abort();
     };
     reply.raw.once('close', onClose);
     const ids = [...x.pending];
     try {
-      const up = await route.http.request({
-        ...req,
-        signal: controller.signal,
-        ...(x.longLived ? { idleMs: 0 } : {}),
-      });
+      const up = await call.response;
       let session = x.session;
       let responseHeaders = x.responseHeaders;
       if (onAnswer) {
@@ -235,14 +232,14 @@ export function buildApp(deps: AppDeps): FastifyInstance {
           maxResponseBytes: route.http.maxResponseBytes,
           log,
           onFrame: deps.onFrame,
-          abort: () => controller.abort(),
+          abort: () => call.abort(),
         },
         up,
         reply,
         streams,
       );
     } catch (err) {
-      if (controller.signal.aborted && reply.raw.destroyed) return;
+      if (call.aborted && reply.raw.destroyed) return;
       const gerr = toGatewayError(err, route.name);
       log.warn(
         { server: route.name, code: gerr.code, err: (err as Error).message },
@@ -405,7 +402,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
       const up = await route.http.request({
         method: 'DELETE',
         headers: upstreamHeaders(req, session),
-      });
+      }).response;
       await up.body.dump();
       // 405 means the upstream does not let clients end sessions; the gateway's side has ended anyway.
       return reply.code(up.statusCode === 405 ? 200 : up.statusCode).send();

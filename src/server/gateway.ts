@@ -86,7 +86,7 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
         if (route && s.upstreamId !== undefined) {
           route.http
             .request({ method: 'DELETE', headers: { 'mcp-session-id': s.upstreamId } })
-            .then((r) => r.body.dump())
+            .response.then((r) => r.body.dump())
             .catch(() => undefined);
         }
       }

@@ -98,23 +98,6 @@ export function sendError(
     .send(JSON.stringify(errorPayload(err, ids)));
 }
 
-async function readLimited(body: UpstreamResponse['body'], limit: number): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of body) {
-    size += (chunk as Buffer).length;
-    if (size > limit) {
-      body.destroy();
-      throw new GatewayError(
-        'PORTCULLIS_ERR_UPSTREAM_BAD_RESPONSE',
-        `response larger than ${limit} bytes`,
-      );
-    }
-    chunks.push(chunk as Buffer);
-  }
-  return chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks);
-}
-
 /** Upstream statuses passed on to the client as they are; others become 502. */
 const PASSED_CLIENT_ERRORS = new Set([400, 404, 405, 406, 409, 413, 415, 422, 429]);
 
@@ -153,7 +136,7 @@ export async function relayResponse(
       { server: x.server },
     );
   }
-  const raw = await readLimited(up.body, x.maxResponseBytes);
+  const raw = await up.body.collect(x.maxResponseBytes);
   let frames: Frame[];
   try {
     frames = framesOf(JSON.parse(raw.toString('utf8')));
@@ -181,7 +164,7 @@ async function relayErrorStatus(
   const status = up.statusCode;
   let raw: Buffer | undefined;
   try {
-    raw = await readLimited(up.body, 64 * 1024);
+    raw = await up.body.collect(64 * 1024);
   } catch {
     raw = undefined;
   }
@@ -281,7 +264,6 @@ function relayStream(
     pending: x.pending,
     lastWriteAt: Date.now(),
     terminate: (retryHintMs) => {
-      x.abort();
       const err = new GatewayError(
         'PORTCULLIS_ERR_HTTP_SHUTTING_DOWN',
         `request to '${x.server}' interrupted`,
@@ -289,7 +271,9 @@ function relayStream(
           server: x.server,
         },
       );
+      // Finish first: aborting reports the upstream's end synchronously.
       finish(err, retryHintMs);
+      x.abort();
     },
   };
   streams.add(stream);
@@ -324,7 +308,6 @@ function relayStream(
     },
     onError(err) {
       if (err.type === 'max-buffer-size-exceeded') {
-        x.abort();
         finish(
           new GatewayError(
             'PORTCULLIS_ERR_UPSTREAM_BAD_RESPONSE',
@@ -334,6 +317,7 @@ function relayStream(
             },
           ),
         );
+        x.abort();
       }
     },
   });
@@ -342,26 +326,26 @@ function relayStream(
     res.once('close', () => {
       // The client went away (or the stream was finished): stop the upstream side.
       if (!finished) {
-        x.abort();
         finished = true;
         if (x.session) x.session.streams--;
         streams.remove(stream);
+        x.abort();
       }
       resolve();
     });
     // Multi-byte characters may straddle chunks: decode in streaming mode.
     const decoder = new TextDecoder();
-    body.on('data', (chunk: Buffer) => {
+    const onData = (chunk: Buffer) => {
       if (finished) return;
       try {
         parser.feed(decoder.decode(chunk, { stream: true }));
       } catch (err) {
         x.log.error({ server: x.server, err }, 'failed to relay an upstream event');
-        x.abort();
         finish(new GatewayError('PORTCULLIS_ERR_INTERNAL', `relaying from '${x.server}' failed`));
+        x.abort();
       }
-    });
-    body.on('end', () => {
+    };
+    const onEnd = () => {
       if (x.pending.size === 0 || (x.era === 'legacy' && sawEventId && sawRetry))
         return finish(undefined);
       finish(
@@ -371,8 +355,8 @@ function relayStream(
           { server: x.server },
         ),
       );
-    });
-    body.on('error', (err) => {
+    };
+    const onError = (err: Error & { code?: string }) => {
       if (finished) return;
       x.log.warn({ server: x.server, err: err.message }, 'upstream stream failed');
       const code = (err as { code?: string }).code;
@@ -391,6 +375,7 @@ function relayStream(
               { server: x.server },
             ),
       );
-    });
+    };
+    body.consume(onData, onEnd, onError);
   });
 }
