@@ -12,6 +12,7 @@
 import http from 'node:http';
 import { parseArgs } from 'node:util';
 import { TOOL_ECHO, TOOL_HOLD, TOOL_PROGRESS } from './mcp.js';
+import { listenAndAnnounce } from './listen.js';
 
 const KEEP_ALIVE_TIMEOUT_MS = 65_000;
 
@@ -165,12 +166,7 @@ server.keepAliveTimeout = KEEP_ALIVE_TIMEOUT_MS;
 server.headersTimeout = KEEP_ALIVE_TIMEOUT_MS + 1_000;
 server.maxConnections = 50_000;
 
-server.listen(0, '127.0.0.1', () => {
-  const address = server.address();
-  if (address !== null && typeof address === 'object') {
-    process.stdout.write(`${JSON.stringify({ port: address.port })}\n`);
-  }
-});
+listenAndAnnounce(server);
 
 for (const signal of ['SIGTERM', 'SIGINT'] as const) {
   process.once(signal, () => {

@@ -21,7 +21,7 @@ const STOP_GRACE_MS = 3_000;
 const POLL_INTERVAL_MS = 50;
 
 /** Files started as child processes, compiled to `<outDir>/<name>.js`. */
-const CHILD_SOURCES = ['mcp', 'origin', 'proxy-node', 'proxy-fastify', 'load'];
+const CHILD_SOURCES = ['mcp', 'listen', 'origin', 'proxy-node', 'proxy-fastify', 'load'];
 
 export function compileBenchChildren(benchDir: string, outDir: string, repoDir: string): void {
   mkdirSync(outDir, { recursive: true });

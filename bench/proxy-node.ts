@@ -8,6 +8,7 @@
 import http from 'node:http';
 import { parseArgs } from 'node:util';
 import { Pool } from 'undici';
+import { listenAndAnnounce } from './listen.js';
 
 const KEEP_ALIVE_TIMEOUT_MS = 65_000;
 
@@ -65,12 +66,7 @@ const server = http.createServer((req, res) => {
 server.keepAliveTimeout = KEEP_ALIVE_TIMEOUT_MS;
 server.headersTimeout = KEEP_ALIVE_TIMEOUT_MS + 1_000;
 
-server.listen(0, '127.0.0.1', () => {
-  const address = server.address();
-  if (address !== null && typeof address === 'object') {
-    process.stdout.write(`${JSON.stringify({ port: address.port })}\n`);
-  }
-});
+listenAndAnnounce(server);
 
 for (const signal of ['SIGTERM', 'SIGINT'] as const) {
   process.once(signal, () => {
