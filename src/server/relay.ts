@@ -148,11 +148,14 @@ export async function relayResponse(
     );
   }
   settle(x, frames);
-  void reply
-    .code(up.statusCode)
-    .headers(x.responseHeaders)
-    .header('content-type', 'application/json')
-    .send(raw);
+  // The hot path: written straight to the socket, past Fastify's reply hooks (none are registered).
+  reply.hijack();
+  reply.raw.writeHead(up.statusCode, {
+    ...x.responseHeaders,
+    'content-type': 'application/json',
+    'content-length': raw.length,
+  });
+  reply.raw.end(raw);
 }
 
 async function relayErrorStatus(
