@@ -21,10 +21,10 @@ import Fastify, {
 } from 'fastify';
 import type { Logger } from 'pino';
 import { readFileSync } from 'node:fs';
+import type { ServerResponse } from 'node:http';
 import { GatewayError, type JsonRpcId } from '../errors/index.js';
 import type { Config } from '../config/schema.js';
 import { parseBody, requestIds, type Frame, type FrameObserver } from '../mcp/frame.js';
-import type { ToolHeaderRegistry } from '../mcp/era.js';
 import {
   BATCHING_VERSION,
   detectEra,
@@ -35,16 +35,14 @@ import {
 } from '../mcp/era.js';
 import type { Session, SessionStore } from '../mcp/sessions.js';
 import { ANONYMOUS, ownerKey, type Principal } from '../auth/principal.js';
-import type { HttpUpstream, UpstreamRequest } from '../upstream/http.js';
+import type { HttpUpstream, UpstreamCall, UpstreamRequest } from '../upstream/http.js';
 import { toGatewayError } from '../upstream/http.js';
 import { compileHostCheck, compileOriginCheck } from './allowlist.js';
-import { relayResponse, sendError, type Exchange } from './relay.js';
+import { Exchange, relayResponse, sendError, type RelayRoute } from './relay.js';
 import type { StreamRegistry } from './streams.js';
 
-export interface Route {
-  readonly name: string;
+export interface Route extends RelayRoute {
   readonly http: HttpUpstream;
-  readonly toolHeaders: ToolHeaderRegistry;
 }
 
 export interface AppDeps {
@@ -94,6 +92,15 @@ function upstreamHeaders(
   }
   if (session?.upstreamId !== undefined) out['mcp-session-id'] = session.upstreamId;
   return out;
+}
+
+/**
+ * The client left before its answer was complete: stop the upstream side.
+ * Bound per request instead of a closure, so the request's state is not kept
+ * reachable through a closure context (see DispatchedCall in upstream/http.ts).
+ */
+function abortUnlessAnswered(this: ServerResponse, call: UpstreamCall): void {
+  if (!this.writableFinished) call.abort();
 }
 
 export function buildApp(deps: AppDeps): FastifyInstance {
@@ -198,46 +205,31 @@ export function buildApp(deps: AppDeps): FastifyInstance {
   const forward = async (
     reply: FastifyReply,
     route: Route,
-    x: Omit<Exchange, 'abort' | 'toolHeaders' | 'maxResponseBytes' | 'log' | 'onFrame'>,
+    x: Exchange,
     req: UpstreamRequest,
     onAnswer?: (status: number, upstreamSessionId: string | undefined) => Session | undefined,
   ): Promise<void> => {
     if (x.longLived) req.idleMs = 0;
     const call = route.http.request(req);
-    const onClose = () => {
-      if (!reply.raw.writableFinished) call.abort();
-    };
+    x.call = call;
+    const onClose = abortUnlessAnswered.bind(reply.raw, call);
     reply.raw.once('close', onClose);
     const ids = [...x.pending];
     try {
       const up = await call.response;
-      let session = x.session;
-      let responseHeaders = x.responseHeaders;
       if (onAnswer) {
-        const upstreamId = headerValue(up.headers['mcp-session-id']);
-        session = onAnswer(up.statusCode, upstreamId);
-        if (session) responseHeaders = { ...responseHeaders, 'mcp-session-id': session.id };
+        const session = onAnswer(up.statusCode, headerValue(up.headers['mcp-session-id']));
+        if (session) {
+          x.session = session;
+          x.responseHeaders = { ...x.responseHeaders, 'mcp-session-id': session.id };
+        }
       }
       if (up.statusCode === 404 && x.session) {
         // The upstream ended the session: drop the mapping so the client re-initializes.
         sessions.delete(x.session.id);
         log.info({ server: route.name, session: x.session.id }, 'upstream ended the session');
       }
-      await relayResponse(
-        {
-          ...x,
-          session,
-          responseHeaders,
-          toolHeaders: route.toolHeaders,
-          maxResponseBytes: route.http.maxResponseBytes,
-          log,
-          onFrame: deps.onFrame,
-          abort: () => call.abort(),
-        },
-        up,
-        reply,
-        streams,
-      );
+      await relayResponse(x, up, reply, streams);
     } catch (err) {
       if (call.aborted && reply.raw.destroyed) return;
       const gerr = toGatewayError(err, route.name);
@@ -333,15 +325,17 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     await forward(
       reply,
       route,
-      {
-        server: route.name,
+      new Exchange(
+        route,
         era,
         session,
-        pending: new Set(ids),
+        new Set(ids),
         methodsById,
-        responseHeaders: session ? { 'mcp-session-id': session.id } : {},
-        longLived: era === 'modern' && first.method === 'subscriptions/listen',
-      },
+        session ? { 'mcp-session-id': session.id } : {},
+        era === 'modern' && first.method === 'subscriptions/listen',
+        log,
+        deps.onFrame,
+      ),
       { method: 'POST', headers, body: req.body },
       initialize
         ? (status, upstreamId) => {
@@ -376,15 +370,17 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     await forward(
       reply,
       route,
-      {
-        server: route.name,
-        era: 'legacy',
+      new Exchange(
+        route,
+        'legacy',
         session,
-        pending: new Set(),
-        methodsById: new Map(),
-        responseHeaders: { 'mcp-session-id': session.id },
-        longLived: true,
-      },
+        new Set(),
+        new Map(),
+        { 'mcp-session-id': session.id },
+        true,
+        log,
+        deps.onFrame,
+      ),
       { method: 'GET', headers },
     );
   });

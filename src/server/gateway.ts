@@ -53,10 +53,12 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
   const log = options.log ?? pino({ level: config.log.level });
   const routes = new Map<string, Route>();
   for (const [name, server] of Object.entries(config.servers)) {
+    const http = new HttpUpstream(name, server, config.upstreamDefaults);
     routes.set(name, {
       name,
-      http: new HttpUpstream(name, server, config.upstreamDefaults),
+      http,
       toolHeaders: new ToolHeaderRegistry(),
+      maxResponseBytes: http.maxResponseBytes,
     });
   }
   const sessions = new MemorySessionStore(config.sessions.idleTimeoutMs, config.sessions.max);

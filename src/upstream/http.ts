@@ -176,6 +176,70 @@ export function toGatewayError(err: unknown, server: string): GatewayError {
   );
 }
 
+/**
+ * One request in flight, and its own undici dispatch handler. A class, not
+ * closures over a per-request scope, on purpose: with closures, much of each
+ * request outlived young-generation collections and was copied and promoted,
+ * and scavenges took 10-30 ms under load (measured: bench/README.md, "What
+ * makes the numbers move").
+ */
+class DispatchedCall implements UpstreamCall, Dispatcher.DispatchHandler {
+  readonly response: Promise<UpstreamResponse>;
+  aborted = false;
+  private controller: Dispatcher.DispatchController | undefined;
+  private body: UpstreamBody | undefined;
+  private resolve!: (res: UpstreamResponse) => void;
+  private reject!: (err: unknown) => void;
+
+  constructor(private readonly server: string) {
+    this.response = new Promise<UpstreamResponse>((resolve, reject) => {
+      this.resolve = resolve;
+      this.reject = reject;
+    });
+  }
+
+  abort(): void {
+    if (this.aborted) return;
+    this.aborted = true;
+    if (this.controller && !this.controller.aborted) this.controller.abort(new UpstreamAbort());
+  }
+
+  onRequestStart(controller: Dispatcher.DispatchController): void {
+    this.controller = controller;
+    if (this.aborted) controller.abort(new UpstreamAbort());
+  }
+
+  onResponseStart(
+    controller: Dispatcher.DispatchController,
+    statusCode: number,
+    headers: IncomingHttpHeaders,
+  ): void {
+    this.body = new UpstreamBody(controller);
+    this.resolve({ statusCode, headers, body: this.body });
+  }
+
+  onResponseData(_controller: Dispatcher.DispatchController, chunk: Buffer): void {
+    this.body?.push(chunk);
+  }
+
+  onResponseEnd(): void {
+    this.body?.end();
+    this.release();
+  }
+
+  onResponseError(_controller: Dispatcher.DispatchController, err: Error): void {
+    if (this.body) this.body.fail(err);
+    else this.reject(toGatewayError(err, this.server));
+    this.release();
+  }
+
+  /** Drops the links to undici's request once it is over. */
+  private release(): void {
+    this.controller = undefined;
+    this.body = undefined;
+  }
+}
+
 export class HttpUpstream {
   readonly name: string;
   readonly url: URL;
@@ -210,58 +274,22 @@ export class HttpUpstream {
   }
 
   /**
-   * Sends one request through undici's dispatch API (no per-request streams
-   * or abort signals); `response` resolves once the upstream has answered
-   * with headers, or rejects with a GatewayError.
+   * Sends one request through undici's dispatch API; `response` resolves once
+   * the upstream has answered with headers, or rejects with a GatewayError.
    */
   request(req: UpstreamRequest): UpstreamCall {
-    const headers = { ...req.headers, ...this.extraHeaders, host: this.url.host };
-    let controller: Dispatcher.DispatchController | undefined;
-    let body: UpstreamBody | undefined;
-    let abortRequested = false;
-    const name = this.name;
-    const response = new Promise<UpstreamResponse>((resolve, reject) => {
-      this.pool.dispatch(
-        {
-          path: this.path,
-          method: req.method,
-          headers,
-          body: req.body ?? null,
-          bodyTimeout: req.idleMs ?? this.timeouts.idleMs,
-        },
-        {
-          onRequestStart(ctl) {
-            controller = ctl;
-            if (abortRequested) ctl.abort(new UpstreamAbort());
-          },
-          onResponseStart(ctl, statusCode, responseHeaders) {
-            body = new UpstreamBody(ctl);
-            resolve({ statusCode, headers: responseHeaders, body });
-          },
-          onResponseData(_ctl, chunk) {
-            body?.push(chunk);
-          },
-          onResponseEnd() {
-            body?.end();
-          },
-          onResponseError(_ctl, err) {
-            if (body) body.fail(err);
-            else reject(toGatewayError(err, name));
-          },
-        },
-      );
-    });
-    return {
-      response,
-      get aborted() {
-        return abortRequested;
+    const call = new DispatchedCall(this.name);
+    this.pool.dispatch(
+      {
+        path: this.path,
+        method: req.method,
+        headers: { ...req.headers, ...this.extraHeaders, host: this.url.host },
+        body: req.body ?? null,
+        bodyTimeout: req.idleMs ?? this.timeouts.idleMs,
       },
-      abort() {
-        if (abortRequested) return;
-        abortRequested = true;
-        if (controller && !controller.aborted) controller.abort(new UpstreamAbort());
-      },
-    };
+      call,
+    );
+    return call;
   }
 
   async close(): Promise<void> {
