@@ -117,9 +117,8 @@ export function combineRounds(rounds: readonly TargetResult[]): TargetResult {
     errors,
   };
   if (up[0]?.url !== undefined) combined.url = up[0].url;
-  // The origin is one process for the whole run: only its first round starts from a fresh heap,
-  // later rounds reuse memory freed by earlier targets. Relays are started anew every round.
-  const idle = first.id === 'direct' ? up[0]?.idle : pick('idle');
+  // Every round's idle phase starts a fresh origin and relay, and direct goes first in it.
+  const idle = pick('idle');
   const throughput = pick('throughput');
   const rate = pick('rate');
   const sse = pick('sse');
@@ -378,7 +377,7 @@ export function renderResults(meta: RunMeta, results: readonly TargetResult[]): 
       ['left', 'left', 'right', 'right', 'right', 'right', 'right', 'right', 'right', 'right'],
     ),
     '',
-    'RSS is the relaying process (nginx: master plus workers; direct: the origin). KiB/stream = (RSS held - RSS before) / streams held. origin KiB/stream is only meaningful for the first target measured, since the origin reuses memory freed by earlier targets. upstream left open counts origin streams still open after every client socket was closed: 0 means the disconnect reached the origin as a cancellation.',
+    'RSS is the relaying process (nginx: master plus workers; direct: the origin). KiB/stream = (RSS held - RSS before) / streams held. origin KiB/stream is only meaningful for the first target of each idle phase (direct), since the origin reuses memory freed by earlier targets. upstream left open counts origin streams still open after every client socket was closed: 0 means the disconnect reached the origin as a cancellation.',
     '',
     '## Ratios',
     '',

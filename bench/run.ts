@@ -6,9 +6,10 @@
 //   node        → the Node floor: node:http + undici Pool, no logic
 //   fastify     → fastify + @fastify/http-proxy, no logic
 //   portcullis  → the gateway, started with its CLI from dist/ (`npm run build`)
-// and for each: idle SSE streams and RSS per stream (first, on a fresh process), closed-loop
-// throughput with wrk, open-loop latency at a fixed rate, and SSE time to first event. Then it
-// writes RESULTS.md (absolute numbers and ratios) and the raw JSON under bench/results/raw/.
+// and for each: closed-loop throughput with wrk, open-loop latency at a fixed rate, SSE time to
+// first event, and then, in a second phase on freshly started processes, idle SSE streams and RSS
+// per stream. Then it writes RESULTS.md (absolute numbers and ratios) and the raw JSON under
+// bench/results/raw/.
 //
 // On a 2-core machine the load side (this process, wrk, bench/load.ts) and the origin share
 // CPU 0 and the target under test gets CPU 1 to itself (taskset), so the proxies never fight
@@ -543,11 +544,52 @@ async function startTarget(id: TargetId, origin: Server, originUrl: string): Pro
   }
 }
 
+type Phase = 'load' | 'idle';
+
+/** Held idle streams and RSS per stream, into `result`; falls back to `tools/call hold`. */
+async function measureIdleStep(
+  id: TargetId,
+  running: Running,
+  origin: Server,
+  originUrl: string,
+  result: { idle?: IdleResult & Noise },
+  errors: Record<string, string>,
+): Promise<void> {
+  log(`${id}: ${settings.idleStreams} idle streams`);
+  const watched = watchedProcesses(running, origin);
+  const idleWith = (method: IdleMethod): Promise<IdleResult & Noise> =>
+    measured(`${id} idle`, watched, false, () => measureIdle(running, origin, originUrl, method));
+  try {
+    result.idle = await idleWith(idleMethod);
+    if (result.idle.opened === 0 && idleMethod === 'listen') {
+      errors.idle = `subscriptions/listen: ${result.idle.firstError ?? 'no stream'}; fell back to tools/call hold`;
+      result.idle = await idleWith('hold');
+    }
+    if (result.idle.failed > 0)
+      errors.idleOpen = `${result.idle.failed} failed: ${result.idle.firstError}`;
+  } catch (err) {
+    errors.idle = errorText(err);
+    if (idleMethod === 'listen') {
+      try {
+        result.idle = await idleWith('hold');
+        errors.idle += '; fell back to tools/call hold';
+      } catch (err2) {
+        errors.idle += `; hold: ${errorText(err2)}`;
+      }
+    }
+  }
+}
+
+/**
+ * The load phase (throughput, fixed rate, SSE) or the idle phase (held streams) of one target,
+ * on a relay started for it alone.
+ */
 async function measureTarget(
   id: TargetId,
   origin: Server,
   originUrl: string,
   script: string,
+  phase: Phase,
 ): Promise<TargetResult> {
   let running: Running;
   try {
@@ -574,28 +616,9 @@ async function measureTarget(
       };
     }
 
-    // Idle streams first, on a fresh process, so its heap has not already grown under load.
-    log(`${id}: ${settings.idleStreams} idle streams`);
-    const idleWith = (method: IdleMethod): Promise<IdleResult & Noise> =>
-      measured(`${id} idle`, watched, false, () => measureIdle(running, origin, originUrl, method));
-    try {
-      result.idle = await idleWith(idleMethod);
-      if (result.idle.opened === 0 && idleMethod === 'listen') {
-        errors.idle = `subscriptions/listen: ${result.idle.firstError ?? 'no stream'}; fell back to tools/call hold`;
-        result.idle = await idleWith('hold');
-      }
-      if (result.idle.failed > 0)
-        errors.idleOpen = `${result.idle.failed} failed: ${result.idle.firstError}`;
-    } catch (err) {
-      errors.idle = errorText(err);
-      if (idleMethod === 'listen') {
-        try {
-          result.idle = await idleWith('hold');
-          errors.idle += '; fell back to tools/call hold';
-        } catch (err2) {
-          errors.idle += `; hold: ${errorText(err2)}`;
-        }
-      }
+    if (phase === 'idle') {
+      await measureIdleStep(id, running, origin, originUrl, result, errors);
+      return result;
     }
 
     log(
@@ -690,6 +713,35 @@ function commandLine(): string {
   return args.length === 0 ? 'npm run bench' : `npm run bench -- ${args.join(' ')}`;
 }
 
+/** The origin for one phase: a fresh process, pinned with the load side. */
+async function startOrigin(): Promise<Server> {
+  const [cmd, args] = launch(loadCpus, process.execPath, [
+    path.join(childDir, 'origin.js'),
+    '--sse-events',
+    String(settings.sseEvents),
+    '--sse-delay-ms',
+    String(settings.sseDelayMs),
+  ]);
+  const origin = await startJsonPortServer('origin', cmd, args);
+  track(origin.child);
+  log(`origin on http://127.0.0.1:${origin.port}`);
+  return origin;
+}
+
+/** One round's result for a target: the load phase's figures and the idle phase's. */
+function mergePhases(load: TargetResult | undefined, idle: TargetResult | undefined): TargetResult {
+  const base = load ?? idle;
+  if (base === undefined) throw new Error('no phase ran');
+  const errors = { ...load?.errors, ...idle?.errors };
+  const unavailable = load?.unavailable ?? idle?.unavailable;
+  return {
+    ...base,
+    ...(idle?.idle === undefined ? {} : { idle: idle.idle }),
+    ...(unavailable === undefined ? {} : { unavailable }),
+    errors,
+  };
+}
+
 // --- main ------------------------------------------------------------------------------------------
 async function main(): Promise<void> {
   if (sh('sh', ['-c', 'command -v wrk']) === '')
@@ -702,32 +754,39 @@ async function main(): Promise<void> {
   compileBenchChildren(benchDir, childDir, repoDir);
   const script = writeWrkScript(tmpDir, toolCall(TOOL_ECHO));
 
-  const [ocmd, oargs] = launch(loadCpus, process.execPath, [
-    path.join(childDir, 'origin.js'),
-    '--sse-events',
-    String(settings.sseEvents),
-    '--sse-delay-ms',
-    String(settings.sseDelayMs),
-  ]);
-  const origin = await startJsonPortServer('origin', ocmd, oargs);
-  track(origin.child);
-  const originUrl = `http://127.0.0.1:${origin.port}`;
-  log(`origin on ${originUrl}; ${pinning}`);
+  log(pinning);
 
   // Rounds interleave the targets, so slow drift in the machine's load spreads over all of them.
+  // Each round runs the load steps of every target, then the idle step of every target, each
+  // phase against a freshly started origin and every target on a freshly started relay: holding
+  // 5,000 streams leaves garbage in every heap it touched (relay and origin), and the longer GC
+  // pauses that follow would otherwise land in the next step's fixed-rate tail (bench/README.md).
   const selected = ALL_TARGETS.filter((t) => targets.includes(t));
   const rounds = new Map<TargetId, TargetResult[]>(selected.map((id) => [id, []]));
+  const label = (id: TargetId, round: number, phase: Phase): string =>
+    `== ${TARGET_LABELS[id]}, ${phase === 'load' ? 'load steps' : 'idle streams'}${settings.rounds > 1 ? ` (round ${round}/${settings.rounds})` : ''}`;
   for (let round = 1; round <= settings.rounds; round++) {
+    const byPhase = new Map<Phase, Map<TargetId, TargetResult>>();
+    for (const phase of ['load', 'idle'] as const) {
+      const origin = await startOrigin();
+      const originUrl = `http://127.0.0.1:${origin.port}`;
+      const results = new Map<TargetId, TargetResult>();
+      try {
+        for (const id of selected) {
+          log(label(id, round, phase));
+          const r = await measureTarget(id, origin, originUrl, script, phase);
+          if (r.unavailable !== undefined) log(`${id}: unavailable: ${r.unavailable}`);
+          results.set(id, r);
+        }
+      } finally {
+        await stop(origin.child);
+      }
+      byPhase.set(phase, results);
+    }
     for (const id of selected) {
-      log(
-        `== ${TARGET_LABELS[id]}${settings.rounds > 1 ? ` (round ${round}/${settings.rounds})` : ''}`,
-      );
-      const r = await measureTarget(id, origin, originUrl, script);
-      if (r.unavailable !== undefined) log(`${id}: unavailable: ${r.unavailable}`);
-      rounds.get(id)?.push(r);
+      rounds.get(id)?.push(mergePhases(byPhase.get('load')?.get(id), byPhase.get('idle')?.get(id)));
     }
   }
-  await stop(origin.child);
   const results = selected.map((id) => combineRounds(rounds.get(id) ?? []));
 
   const meta: RunMeta = {
