@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -25,6 +25,8 @@ const RUN_TIMEOUT_MS = 15_000;
 const SHUTDOWN_BOUND_MS = 5_000;
 /** Nothing listens on port 1: the upstream is never reached in these tests. */
 const DEAD_UPSTREAM = 'a=http://127.0.0.1:1/mcp';
+/** `start` on free ports in front of the dead upstream; tests add the auth flags. */
+const START_FREE_PORTS = ['start', '--port', '0', '--admin-port', '0', '--server', DEAD_UPSTREAM];
 
 before(() => {
   // `npm test` builds first; when this file runs alone, build once if needed.
@@ -110,9 +112,11 @@ test('--version prints the package.json version', async (t) => {
 test('config check on the example file exits 0', async (t) => {
   const r = await run(t, ['config', 'check', 'config/portcullis.example.yaml'], {
     SEARCH_API_TOKEN: 'example-token',
+    PORTCULLIS_ADMIN_TOKEN: 'a'.repeat(64),
+    TICKETS_CLIENT_SECRET: 'example-secret',
   });
   assert.equal(r.code, 0, r.stderr);
-  assert.equal(r.stdout, 'config/portcullis.example.yaml: ok (2 server(s))\n');
+  assert.equal(r.stdout, 'config/portcullis.example.yaml: ok (3 server(s))\n');
   assert.equal(r.stderr, '');
 });
 
@@ -121,7 +125,7 @@ test('config check exits 1 naming the key when a referenced variable is unset', 
   assert.equal(r.code, 1);
   assert.match(
     r.stderr,
-    /^ {2}servers\.search\.headers\.Authorization: environment variable SEARCH_API_TOKEN is not set$/m,
+    /^ {2}servers\.search\.credential\.value: environment variable SEARCH_API_TOKEN is not set$/m,
   );
 });
 
@@ -191,7 +195,9 @@ test('bad flag values exit 2 before anything listens', async (t) => {
   for (const args of [
     ['--port', 'eighty'],
     ['--admin-port', '70000'],
+    ['--auth', 'basic'],
     ['--auth', 'jwt'],
+    ['--auth', 'none', '--issuer', 'https://login.example.com'],
     ['--server', 'no-equals-sign'],
     ['--server', DEAD_UPSTREAM, '--server', DEAD_UPSTREAM],
   ]) {
@@ -222,9 +228,20 @@ test('flags are validated together with the file they overlay', async (t) => {
   const r = await run(t, ['start', '--config', 'config/minimal.yaml', '--host', '0.0.0.0']);
   assert.equal(r.code, 2);
   assert.match(r.stderr, /config\/minimal\.yaml/);
-  for (const path of ['auth.mode', 'listen.tls', 'listen.allowedHosts']) {
+  for (const path of ['listen.tls', 'listen.allowedHosts']) {
     assert.ok(r.stderr.includes(`  ${path}: `), `names ${path}`);
   }
+  const none = await run(t, [
+    'start',
+    '--config',
+    'config/minimal.yaml',
+    '--host',
+    '0.0.0.0',
+    '--auth',
+    'none',
+  ]);
+  assert.equal(none.code, 2);
+  assert.ok(none.stderr.includes('  auth.mode: '), 'names auth.mode');
 
   const named = await run(t, ['start', '--server', 'bad name=http://127.0.0.1:1/mcp']);
   assert.equal(named.code, 2);
@@ -232,17 +249,7 @@ test('flags are validated together with the file they overlay', async (t) => {
 });
 
 test('start on port 0 logs where it listens, serves, and exits 0 on SIGTERM', async (t) => {
-  const child = spawnCli(t, [
-    'start',
-    '--port',
-    '0',
-    '--admin-port',
-    '0',
-    '--server',
-    DEAD_UPSTREAM,
-    '--auth',
-    'none',
-  ]);
+  const child = spawnCli(t, [...START_FREE_PORTS, '--auth', 'none']);
   const exited = outcome(child, RUN_TIMEOUT_MS + SHUTDOWN_BOUND_MS);
   const lines = createInterface({ input: child.stdout! });
   let listening: { url?: unknown; adminUrl?: unknown; servers?: unknown } | undefined;
@@ -277,4 +284,123 @@ test('start on port 0 logs where it listens, serves, and exits 0 on SIGTERM', as
   assert.equal(r.code, 0, r.stderr);
   assert.equal(r.signal, null);
   assert.ok(Date.now() - signalledAt < SHUTDOWN_BOUND_MS, 'exited within the shutdown bound');
+});
+
+// --- identity commands ------------------------------------------------------------
+
+test('keys generate writes a private JWKS (mode 600) and its public half, and refuses to overwrite', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'portcullis-keys-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  const file = join(dir, 'signing.json');
+  const r = await run(t, ['keys', 'generate', '--alg', 'EdDSA', '--kid', 'k1', '--out', file]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /EdDSA key "k1"/);
+  assert.equal(statSync(file).mode & 0o777, 0o600);
+  const priv = JSON.parse(readFileSync(file, 'utf8')) as { keys: Array<Record<string, unknown>> };
+  assert.equal(priv.keys[0]?.kid, 'k1');
+  assert.equal(typeof priv.keys[0]?.d, 'string');
+  const pub = JSON.parse(readFileSync(join(dir, 'signing.pub.json'), 'utf8')) as {
+    keys: Array<Record<string, unknown>>;
+  };
+  assert.equal(pub.keys[0]?.kid, 'k1');
+  assert.equal(pub.keys[0]?.d, undefined, 'the public file holds no private part');
+
+  const again = await run(t, ['keys', 'generate', '--out', file]);
+  assert.equal(again.code, 1);
+  assert.match(again.stderr, /--add/);
+  const added = await run(t, ['keys', 'generate', '--out', file, '--add', '--kid', 'k2']);
+  assert.equal(added.code, 0, added.stderr);
+  assert.deepEqual(
+    (
+      JSON.parse(readFileSync(join(dir, 'signing.pub.json'), 'utf8')) as {
+        keys: Array<{ kid: string }>;
+      }
+    ).keys.map((k) => k.kid),
+    ['k1', 'k2'],
+  );
+  const bad = await run(t, ['keys', 'generate', '--alg', 'HS256']);
+  assert.equal(bad.code, 2);
+});
+
+test('token mint signs the claims asked for, and start --issuer --jwks accepts only such tokens', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'portcullis-keys-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  const file = join(dir, 'signing.json');
+  assert.equal((await run(t, ['keys', 'generate', '--out', file])).code, 0);
+
+  const child = spawnCli(t, [
+    ...START_FREE_PORTS,
+    '--issuer',
+    'https://cli.test',
+    '--jwks',
+    join(dir, 'signing.pub.json'),
+  ]);
+  const lines = createInterface({ input: child.stdout! });
+  let url: string | undefined;
+  for await (const line of lines) {
+    if (line.includes('"msg":"gateway listening"')) {
+      url = (JSON.parse(line) as { url: string }).url;
+      break;
+    }
+  }
+  assert.ok(url);
+
+  const minted = await run(t, [
+    'token',
+    'mint',
+    '--keys',
+    file,
+    '--iss',
+    'https://cli.test',
+    '--aud',
+    url,
+    '--sub',
+    'ci-agent',
+    '--tenant',
+    'acme',
+    '--scope',
+    'mcp tools:call',
+    '--ttl',
+    '10m',
+  ]);
+  assert.equal(minted.code, 0, minted.stderr);
+  const token = minted.stdout.trim();
+  const claims = JSON.parse(
+    Buffer.from(token.split('.')[1] ?? '', 'base64url').toString(),
+  ) as Record<string, unknown>;
+  assert.equal(claims.sub, 'ci-agent');
+  assert.equal(claims.tenant, 'acme');
+  assert.equal(claims.scope, 'mcp tools:call');
+  assert.equal(claims.aud, url);
+  assert.equal((claims.exp as number) - (claims.iat as number), 600);
+
+  const call = (headers: Record<string, string>) =>
+    fetch(`${url}/mcp/a`, {
+      method: 'POST',
+      headers: {
+        'content-type': 'application/json',
+        accept: 'application/json, text/event-stream',
+        ...headers,
+      },
+      body: JSON.stringify({
+        jsonrpc: '2.0',
+        id: 1,
+        method: 'initialize',
+        params: {
+          protocolVersion: '2025-11-25',
+          capabilities: {},
+          clientInfo: { name: 't', version: '1' },
+        },
+      }),
+    });
+  assert.equal((await call({})).status, 401);
+  // Authenticated, the request goes on to the (dead) upstream: 502, not 401.
+  assert.equal((await call({ authorization: `Bearer ${token}` })).status, 502);
+
+  const tooLong = await run(t, ['token', 'mint', '--keys', file, '--ttl', 'forever']);
+  assert.equal(tooLong.code, 2);
+  const missing = await run(t, ['token', 'mint', '--keys', join(dir, 'nope.json')]);
+  assert.equal(missing.code, 1);
+  assert.match(missing.stderr, /cannot mint/);
+  child.kill('SIGTERM');
 });

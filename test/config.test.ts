@@ -20,6 +20,21 @@ import {
 import {
   configSchema,
   DEFAULT_ADMIN_PORT,
+  DEFAULT_CLOCK_SKEW_MS,
+  DEFAULT_DPOP_ALGORITHMS,
+  DEFAULT_DPOP_MAX_AGE_MS,
+  DEFAULT_JWKS_COOLDOWN_MS,
+  DEFAULT_JWKS_REFRESH_INTERVAL_MS,
+  DEFAULT_JWKS_TIMEOUT_MS,
+  DEFAULT_MAX_TOKEN_BYTES,
+  DEFAULT_MAX_TOKEN_LIFETIME_MS,
+  DEFAULT_MINT_TTL_MS,
+  DEFAULT_REDIS_COMMAND_TIMEOUT_MS,
+  DEFAULT_REDIS_CONNECT_TIMEOUT_MS,
+  DEFAULT_REDIS_URL,
+  DEFAULT_STORE_KEY_PREFIX,
+  DEFAULT_TOKEN_CACHE_ENTRIES,
+  DEFAULT_TOKEN_EXCHANGE_TIMEOUT_MS,
   DEFAULT_BODY_LIMIT_BYTES,
   DEFAULT_DRAIN_TIMEOUT_MS,
   DEFAULT_HEADERS_TIMEOUT_MS,
@@ -43,9 +58,33 @@ const EXAMPLE = join(CONFIG_DIR, 'portcullis.example.yaml');
 const DOCS = join(ROOT, 'docs', 'configuration.md');
 
 /** What a deployment sets for the example files' `${NAME}` references that have no fallback. */
-const EXAMPLE_ENV: NodeJS.ProcessEnv = { SEARCH_API_TOKEN: 'example-token' };
+const EXAMPLE_ENV: NodeJS.ProcessEnv = {
+  SEARCH_API_TOKEN: 'example-token',
+  PORTCULLIS_ADMIN_TOKEN: 'a'.repeat(64),
+  TICKETS_CLIENT_SECRET: 'example-secret',
+};
+
+/**
+ * Keys the example shows commented out: TLS needs certificate files that do
+ * not exist here, and the others are alternatives to a key it sets.
+ */
+const EXAMPLE_COMMENTED = [
+  'listen.tls',
+  'admin.tokenFile',
+  'auth.jwt.jwksFile',
+  'auth.jwt.hmacSecret',
+  'servers.<name>.credential.file',
+  'servers.<name>.credential.clientSecretFile',
+];
 
 const URL_A = 'http://127.0.0.1:3001/mcp';
+
+/** For tests about other keys: no client authentication (loopback listeners only). */
+const NO_AUTH = { mode: 'none' };
+/** The least a JWT-authenticated gateway needs. */
+const JWT_AUTH = {
+  jwt: { issuer: 'https://login.example.com', jwksUrl: 'https://login.example.com/jwks' },
+};
 
 /** The problems of a ConfigError thrown by `fn`; fails the test if it does not throw one. */
 function problemsOf(fn: () => unknown): ConfigProblem[] {
@@ -121,17 +160,22 @@ test('every file in config/ validates', async (t) => {
   }
 });
 
-test('config/minimal.yaml is one server and nothing else', async () => {
-  const document = await readConfigDocument(join(CONFIG_DIR, 'minimal.yaml'), {});
-  assert.deepEqual(Object.keys(document as object), ['servers']);
-  assert.equal(Object.keys((document as { servers: object }).servers).length, 1);
+test('config/minimal.yaml is one server behind an issuer, and nothing else', async () => {
+  const document = (await readConfigDocument(join(CONFIG_DIR, 'minimal.yaml'), {})) as {
+    auth: { jwt: object };
+    servers: object;
+  };
+  assert.deepEqual(Object.keys(document), ['auth', 'servers']);
+  assert.deepEqual(Object.keys(document.auth), ['jwt']);
+  assert.deepEqual(Object.keys(document.auth.jwt).sort(), ['issuer', 'jwksUrl']);
+  assert.equal(Object.keys(document.servers).length, 1);
 });
 
 test('config/portcullis.example.yaml sets every key of the schema', async () => {
   const document = (await readConfigDocument(EXAMPLE, EXAMPLE_ENV)) as Record<string, unknown>;
   const text = await readFile(EXAMPLE, 'utf8');
   const servers = Object.values(document.servers as Record<string, unknown>);
-  assert.equal(servers.length, 2);
+  assert.equal(servers.length, 3);
 
   /** Whether `path` (with `<name>` matching any server) is set in the document. */
   const isSet = (path: string): boolean => {
@@ -146,8 +190,7 @@ test('config/portcullis.example.yaml sets every key of the schema', async () => 
     return candidates.length > 0;
   };
   for (const { path } of SCHEMA_KEYS) {
-    // TLS needs certificate files that do not exist here: shown commented out.
-    if (path === 'listen.tls' || path.startsWith('listen.tls.')) {
+    if (EXAMPLE_COMMENTED.some((c) => path === c || path.startsWith(`${c}.`))) {
       const leaf = path.split('.').pop() ?? '';
       assert.match(text, new RegExp(`^\\s*#\\s*${leaf}:`, 'm'), `${path} shown commented out`);
       continue;
@@ -163,7 +206,7 @@ test('config/portcullis.example.yaml sets every key of the schema', async () => 
 // --- defaults and freezing --------------------------------------------------
 
 test('defaults are filled in and the result is deeply frozen', () => {
-  const document = { servers: { a: { url: URL_A } } };
+  const document = { auth: JWT_AUTH, servers: { a: { url: URL_A } } };
   const config = buildConfig(document);
   assert.deepEqual(config, {
     listen: {
@@ -176,7 +219,39 @@ test('defaults are filled in and the result is deeply frozen', () => {
       heartbeatIntervalMs: DEFAULT_HEARTBEAT_INTERVAL_MS,
     },
     admin: { enabled: true, host: '127.0.0.1', port: DEFAULT_ADMIN_PORT },
-    auth: { mode: 'none' },
+    auth: {
+      mode: 'jwt',
+      authorizationServers: [],
+      requiredScopes: [],
+      jwt: {
+        issuer: 'https://login.example.com',
+        jwksUrl: 'https://login.example.com/jwks',
+        audiences: [],
+        jwksTimeoutMs: DEFAULT_JWKS_TIMEOUT_MS,
+        jwksCooldownMs: DEFAULT_JWKS_COOLDOWN_MS,
+        jwksRefreshIntervalMs: DEFAULT_JWKS_REFRESH_INTERVAL_MS,
+        clockSkewMs: DEFAULT_CLOCK_SKEW_MS,
+        maxLifetimeMs: DEFAULT_MAX_TOKEN_LIFETIME_MS,
+        requiredClaims: [],
+        tenantClaim: 'tenant',
+        maxTokenBytes: DEFAULT_MAX_TOKEN_BYTES,
+        cacheMaxEntries: DEFAULT_TOKEN_CACHE_ENTRIES,
+      },
+      dpop: {
+        required: false,
+        algorithms: [...DEFAULT_DPOP_ALGORITHMS],
+        maxAgeMs: DEFAULT_DPOP_MAX_AGE_MS,
+      },
+      revocation: { failClosed: true },
+    },
+    store: {
+      kind: 'memory',
+      url: DEFAULT_REDIS_URL,
+      keyPrefix: DEFAULT_STORE_KEY_PREFIX,
+      commandTimeoutMs: DEFAULT_REDIS_COMMAND_TIMEOUT_MS,
+      connectTimeoutMs: DEFAULT_REDIS_CONNECT_TIMEOUT_MS,
+    },
+    signing: {},
     sessions: { idleTimeoutMs: DEFAULT_SESSION_IDLE_TIMEOUT_MS, max: DEFAULT_MAX_SESSIONS },
     upstreamDefaults: {
       timeouts: {
@@ -187,7 +262,19 @@ test('defaults are filled in and the result is deeply frozen', () => {
       connections: DEFAULT_UPSTREAM_CONNECTIONS,
       maxResponseBytes: DEFAULT_UPSTREAM_MAX_RESPONSE_BYTES,
     },
-    servers: { a: { url: URL_A, transport: 'streamable-http' } },
+    servers: {
+      a: {
+        url: URL_A,
+        transport: 'streamable-http',
+        requiredScopes: [],
+        credential: {
+          mode: 'none',
+          header: 'authorization',
+          ttlMs: DEFAULT_MINT_TTL_MS,
+          timeoutMs: DEFAULT_TOKEN_EXCHANGE_TIMEOUT_MS,
+        },
+      },
+    },
     shutdown: { drainTimeoutMs: DEFAULT_DRAIN_TIMEOUT_MS, retryHintMs: DEFAULT_RETRY_HINT_MS },
     log: { level: 'info' },
   });
@@ -208,7 +295,7 @@ test('defaults are filled in and the result is deeply frozen', () => {
     (config.servers as Record<string, unknown>).b = { url: URL_A };
   }, TypeError);
   // The caller's document is neither filled in nor frozen.
-  assert.deepEqual(document, { servers: { a: { url: URL_A } } });
+  assert.deepEqual(document, { auth: JWT_AUTH, servers: { a: { url: URL_A } } });
   assert.ok(!Object.isFrozen(document));
 });
 
@@ -217,6 +304,7 @@ test('values given are kept over defaults', () => {
     listen: { port: 0, bodyLimitBytes: 2048 },
     admin: { enabled: false },
     log: { level: 'debug' },
+    auth: NO_AUTH,
     servers: { a: { url: URL_A } },
   });
   assert.equal(config.listen.port, 0);
@@ -229,6 +317,7 @@ test('values given are kept over defaults', () => {
 test("a server's partial timeouts fall back to upstreamDefaults, not to built-in defaults", () => {
   const config = buildConfig({
     upstreamDefaults: { timeouts: { headersMs: 60_000, idleMs: 0 } },
+    auth: NO_AUTH,
     servers: { a: { url: URL_A, timeouts: { connectMs: 1_000 } } },
   });
   // The server entry holds only what was written, so merging over the defaults is right.
@@ -270,7 +359,7 @@ listen:
 admin:
   enabled: "yes"
 auth:
-  mode: jwt
+  mode: basic
 log:
   level: loud
 servers:
@@ -295,7 +384,7 @@ servers:
   ]);
   const byPath = new Map(problems.map((p) => [p.path, p.message]));
   assert.equal(byPath.get('servers.b.url'), 'is required');
-  assert.equal(byPath.get('auth.mode'), 'must be one of "none"');
+  assert.equal(byPath.get('auth.mode'), 'must be one of "jwt", "none"');
   assert.match(byPath.get('log.level') ?? '', /"info"/);
   assert.match(byPath.get('listen.port') ?? '', /65535/);
 });
@@ -342,6 +431,8 @@ test('${NAME} and ${NAME:-fallback} are replaced in values', () => {
     `
 listen:
   host: \${HOST:-127.0.0.1}
+auth:
+  mode: none
 servers:
   a:
     url: \${A_URL}
@@ -360,7 +451,7 @@ servers:
 
 test('$${ is a literal ${ and is not interpolated', () => {
   const config = parseConfig(
-    `servers:\n  a:\n    url: ${URL_A}\n    description: "$\${TOKEN} and $\${not a reference"\n`,
+    `auth: {mode: none}\nservers:\n  a:\n    url: ${URL_A}\n    description: "$\${TOKEN} and $\${not a reference"\n`,
     'test',
     { TOKEN: 'leak' },
   );
@@ -414,6 +505,8 @@ listen:
 admin:
   enabled: \${ADMIN}
   port: \${ADMIN_PORT:-9099}
+auth:
+  mode: none
 servers:
   a:
     url: ${URL_A}
@@ -443,7 +536,7 @@ servers:
 
 test('keys are never interpolated', () => {
   const config = parseConfig(
-    `servers:\n  a:\n    url: ${URL_A}\n    headers:\n      "\${NAME}": v\n`,
+    `auth: {mode: none}\nservers:\n  a:\n    url: ${URL_A}\n    headers:\n      "\${NAME}": v\n`,
     'test',
     { NAME: 'X-Injected' },
   );
@@ -463,7 +556,10 @@ test('bad server names are refused, each under its own path', () => {
 
 test('good server names are accepted, and a numeric one keeps a dotted path', () => {
   const good = ['a', '1', 'A_b-c', 'a'.repeat(63)];
-  const config = buildConfig({ servers: Object.fromEntries(good.map((n) => [n, { url: URL_A }])) });
+  const config = buildConfig({
+    auth: NO_AUTH,
+    servers: Object.fromEntries(good.map((n) => [n, { url: URL_A }])),
+  });
   assert.deepEqual(Object.keys(config.servers).sort(), [...good].sort());
   assert.deepEqual(
     problemsOf(() => buildConfig({ servers: { 1: { url: URL_A, x: 1 } } })),
@@ -492,6 +588,7 @@ test('a server URL must be an absolute http(s) URL', () => {
   // Only once the schema is satisfied do the URLs get parsed.
   const unparsable = problemsOf(() =>
     buildConfig({
+      auth: NO_AUTH,
       servers: { empty: { url: 'http://' }, spaces: { url: 'http://exa mple.com/' } },
     }),
   );
@@ -520,7 +617,7 @@ test('auth.mode none is refused on 0.0.0.0, even with tls and allowedHosts', () 
   assert.match(problems[0]?.message ?? '', /0\.0\.0\.0/);
 });
 
-test('auth.mode none is refused by default on any non-loopback address', () => {
+test('auth.mode none is refused on any non-loopback address', () => {
   for (const host of [
     '0.0.0.0',
     '::',
@@ -530,7 +627,7 @@ test('auth.mode none is refused by default on any non-loopback address', () => {
     '::ffff:127.0.0.1',
   ]) {
     const problems = problemsOf(() =>
-      buildConfig({ listen: { host }, servers: { a: { url: URL_A } } }),
+      buildConfig({ listen: { host }, auth: NO_AUTH, servers: { a: { url: URL_A } } }),
     );
     assert.ok(
       problems.some((p) => p.path === 'auth.mode'),
@@ -549,16 +646,16 @@ test('loopback listeners accept auth.mode none', () => {
     '::1',
     '[::1]',
   ]) {
-    const config = buildConfig({ listen: { host }, servers: { a: { url: URL_A } } });
+    const config = buildConfig({ listen: { host }, auth: NO_AUTH, servers: { a: { url: URL_A } } });
     assert.equal(config.auth.mode, 'none', host);
   }
 });
 
 test('a non-loopback listener without tls and allowedHosts is refused', () => {
   const problems = problemsOf(() =>
-    buildConfig({ listen: { host: '10.0.0.5' }, servers: { a: { url: URL_A } } }),
+    buildConfig({ listen: { host: '10.0.0.5' }, auth: JWT_AUTH, servers: { a: { url: URL_A } } }),
   );
-  assert.deepEqual(paths(problems), ['auth.mode', 'listen.allowedHosts', 'listen.tls']);
+  assert.deepEqual(paths(problems), ['listen.allowedHosts', 'listen.tls']);
   const byPath = new Map(problems.map((p) => [p.path, p.message]));
   assert.match(byPath.get('listen.tls') ?? '', /loopback/);
   assert.match(byPath.get('listen.allowedHosts') ?? '', /DNS-rebinding/);
@@ -566,10 +663,11 @@ test('a non-loopback listener without tls and allowedHosts is refused', () => {
   const emptyHosts = problemsOf(() =>
     buildConfig({
       listen: { host: '10.0.0.5', allowedHosts: [], tls: { cert: 'c', key: 'k' } },
+      auth: JWT_AUTH,
       servers: { a: { url: URL_A } },
     }),
   );
-  assert.deepEqual(paths(emptyHosts), ['auth.mode', 'listen.allowedHosts']);
+  assert.deepEqual(paths(emptyHosts), ['listen.allowedHosts']);
 });
 
 test('listen.tls needs both cert and key', () => {
@@ -581,12 +679,142 @@ test('listen.tls needs both cert and key', () => {
 
 test('admin.port must differ from listen.port unless a port is 0 or admin is off', () => {
   const servers = { a: { url: URL_A } };
+  const auth = NO_AUTH;
   assert.deepEqual(
-    problemsOf(() => buildConfig({ listen: { port: 9000 }, admin: { port: 9000 }, servers })),
+    problemsOf(() => buildConfig({ listen: { port: 9000 }, admin: { port: 9000 }, auth, servers })),
     [{ path: 'admin.port', message: 'must differ from listen.port' }],
   );
-  buildConfig({ listen: { port: 0 }, admin: { port: 0 }, servers });
-  buildConfig({ listen: { port: 9000 }, admin: { port: 9000, enabled: false }, servers });
+  buildConfig({ listen: { port: 0 }, admin: { port: 0 }, auth, servers });
+  buildConfig({ listen: { port: 9000 }, admin: { port: 9000, enabled: false }, auth, servers });
+});
+
+test('authentication is JWT by default, and JWT needs an issuer and its keys', () => {
+  const problems = problemsOf(() => buildConfig({ servers: { a: { url: URL_A } } }));
+  assert.deepEqual(paths(problems), ['auth.jwt.issuer', 'auth.jwt.jwksUrl']);
+  assert.match(problems[0]?.message ?? '', /--auth none/);
+  assert.equal(buildConfig({ auth: JWT_AUTH, servers: { a: { url: URL_A } } }).auth.mode, 'jwt');
+  const hmacOnly = buildConfig({
+    auth: { jwt: { issuer: 'iss', hmacSecret: 's'.repeat(32) } },
+    servers: { a: { url: URL_A } },
+  });
+  assert.equal(hmacOnly.auth.jwt.hmacSecret, 's'.repeat(32));
+});
+
+test('JWT key sources and algorithms that cannot work together are refused', () => {
+  const servers = { a: { url: URL_A } };
+  const both = problemsOf(() =>
+    buildConfig({
+      auth: { jwt: { ...JWT_AUTH.jwt, jwksFile: '/etc/keys.json' } },
+      servers,
+    }),
+  );
+  assert.deepEqual(paths(both), ['auth.jwt.jwksFile']);
+  const hmacWithoutSecret = problemsOf(() =>
+    buildConfig({ auth: { jwt: { ...JWT_AUTH.jwt, algorithms: ['ES256', 'HS256'] } }, servers }),
+  );
+  assert.deepEqual(hmacWithoutSecret, [
+    { path: 'auth.jwt.algorithms', message: 'HS256 need auth.jwt.hmacSecret' },
+  ]);
+  // `none` is not an algorithm the schema knows.
+  assert.deepEqual(
+    paths(
+      problemsOf(() =>
+        buildConfig({ auth: { jwt: { ...JWT_AUTH.jwt, algorithms: ['none'] } }, servers }),
+      ),
+    ),
+    ['auth.jwt.algorithms[0]'],
+  );
+  const shortSecret = problemsOf(() =>
+    buildConfig({ auth: { jwt: { issuer: 'iss', hmacSecret: 'short' } }, servers }),
+  );
+  assert.deepEqual(paths(shortSecret), ['auth.jwt.hmacSecret']);
+});
+
+test('each credential mode takes its own keys, and says which are missing or foreign', () => {
+  const auth = JWT_AUTH;
+  const problems = problemsOf(() =>
+    buildConfig({
+      auth,
+      servers: {
+        a: { url: URL_A, credential: { mode: 'static' } },
+        b: { url: URL_A, credential: { mode: 'static', value: 'v', file: '/f' } },
+        c: { url: URL_A, credential: { mode: 'mint', value: 'v' } },
+        d: { url: URL_A, credential: { mode: 'token-exchange', clientSecret: 's' } },
+        e: { url: URL_A, credential: { mode: 'none', scopes: ['x'] } },
+      },
+    }),
+  );
+  assert.deepEqual(problems.map((p) => `${p.path}: ${p.message}`).sort(), [
+    'servers.a.credential: mode "static" needs exactly one of value and file',
+    'servers.b.credential: mode "static" needs exactly one of value and file',
+    'servers.c.credential.value: is not used by mode "mint"',
+    'servers.c.credential: mode "mint" needs signing.keysFile (create one with: portcullis keys generate)',
+    'servers.d.credential.clientId: is required by mode "token-exchange"',
+    'servers.d.credential.tokenEndpoint: is required by mode "token-exchange"',
+    'servers.e.credential.scopes: is not used by mode "none"',
+  ]);
+  const ok = buildConfig({
+    auth,
+    signing: { keysFile: '/etc/portcullis/keys.json' },
+    servers: {
+      a: { url: URL_A, credential: { mode: 'static', header: 'x-api-key', value: 'v' } },
+      b: { url: URL_A, credential: { mode: 'mint', scopes: ['read'] } },
+      c: {
+        url: URL_A,
+        credential: {
+          mode: 'token-exchange',
+          tokenEndpoint: 'https://login.example.com/token',
+          clientId: 'gw',
+          clientSecretFile: '/run/secret',
+        },
+      },
+    },
+  });
+  assert.equal(ok.servers.b?.credential.mode, 'mint');
+  assert.equal(ok.servers.b?.credential.ttlMs, DEFAULT_MINT_TTL_MS);
+});
+
+test('credentials that act for an agent need JWT authentication', () => {
+  const problems = problemsOf(() =>
+    buildConfig({
+      auth: NO_AUTH,
+      signing: { keysFile: '/etc/keys.json' },
+      servers: {
+        a: { url: URL_A, credential: { mode: 'mint' } },
+        b: {
+          url: URL_A,
+          credential: {
+            mode: 'token-exchange',
+            tokenEndpoint: 'https://login.example.com/token',
+            clientId: 'gw',
+            clientSecret: 's',
+          },
+        },
+      },
+    }),
+  );
+  assert.deepEqual(paths(problems), ['servers.a.credential', 'servers.b.credential']);
+  for (const p of problems) assert.match(p.message, /auth\.mode "jwt"/);
+});
+
+test('the admin credential is one of token and tokenFile, and at least 32 characters', () => {
+  const servers = { a: { url: URL_A } };
+  assert.deepEqual(
+    paths(
+      problemsOf(() =>
+        buildConfig({
+          auth: NO_AUTH,
+          admin: { token: 't'.repeat(32), tokenFile: '/f' },
+          servers,
+        }),
+      ),
+    ),
+    ['admin.tokenFile'],
+  );
+  assert.deepEqual(
+    paths(problemsOf(() => buildConfig({ auth: NO_AUTH, admin: { token: 'short' }, servers }))),
+    ['admin.token'],
+  );
 });
 
 // --- the documentation --------------------------------------------------------
@@ -650,7 +878,10 @@ test('a config file written to disk loads with the given environment', async (t)
   const dir = await mkdtemp(join(tmpdir(), 'portcullis-config-'));
   t.after(() => rm(dir, { recursive: true, force: true }));
   const file = join(dir, 'gateway.yaml');
-  await writeFile(file, 'servers:\n  a:\n    url: ${A_URL:-http://127.0.0.1:1/mcp}\n');
+  await writeFile(
+    file,
+    'auth: {mode: none}\nservers:\n  a:\n    url: ${A_URL:-http://127.0.0.1:1/mcp}\n',
+  );
   assert.equal((await loadConfigFile(file, {})).servers.a?.url, 'http://127.0.0.1:1/mcp');
   assert.equal((await loadConfigFile(file, { A_URL: URL_A })).servers.a?.url, URL_A);
 });

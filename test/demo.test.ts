@@ -1,7 +1,8 @@
 /**
  * `npm start`: the embedded default. The built CLI with --demo starts
- * server-everything on loopback, prints how to connect, serves a real client,
- * and stops the demo upstream with itself.
+ * server-everything on loopback, trusts a dev signing key it creates, prints
+ * a ready token and how to connect, serves a real client holding that token
+ * (and refuses one without), and stops the demo upstream with itself.
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -31,10 +32,28 @@ test(
     const url = /(http:\/\/127\.0\.0\.1:\d+\/mcp\/everything)/.exec(stderr)?.[1];
     assert.ok(url, `banner names the endpoint:\n${stderr}`);
     assert.match(stderr, /"mcpServers"/, 'banner shows a client config');
-    assert.match(stderr, /Authentication: none/);
+    assert.match(stderr, /Authentication: jwt/);
+    const token = /"Authorization": "Bearer ([\w.-]+)"/.exec(stderr)?.[1];
+    assert.ok(token, 'banner prints a ready token in the client config');
+    assert.match(stderr, new RegExp(`--header "Authorization: Bearer ${token}"`));
+
+    // Real authentication: without the token the gateway refuses.
+    const anonymous = await fetch(url, {
+      method: 'POST',
+      headers: {
+        'content-type': 'application/json',
+        accept: 'application/json, text/event-stream',
+      },
+      body: '{"jsonrpc":"2.0","id":1,"method":"ping"}',
+    });
+    assert.equal(anonymous.status, 401);
 
     const client = new Client({ name: 'demo-test', version: '1.0.0' });
-    await client.connect(new StreamableHTTPClientTransport(new URL(url)));
+    await client.connect(
+      new StreamableHTTPClientTransport(new URL(url), {
+        requestInit: { headers: { authorization: `Bearer ${token}` } },
+      }),
+    );
     const result = await client.callTool({ name: 'echo', arguments: { message: 'hello demo' } });
     assert.match(JSON.stringify(result.content), /hello demo/);
     await client.close();

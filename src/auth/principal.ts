@@ -8,6 +8,8 @@ export interface Principal {
   readonly tenant: string;
   readonly subject: string;
   readonly scopes: readonly string[];
+  /** The OAuth client (agent) the token was issued to: `client_id` or `azp`. */
+  readonly clientId?: string;
 }
 
 export const ANONYMOUS: Principal = Object.freeze({

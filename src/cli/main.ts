@@ -10,6 +10,18 @@ import { buildConfig, ConfigError, loadConfigFile, readConfigDocument } from '..
 import type { Config } from '../config/schema.js';
 import { startGateway, type Gateway } from '../server/gateway.js';
 import { startEverything, type DemoUpstream } from '../demo/everything.js';
+import { SIGNING_ALGORITHMS, type SigningAlgorithm } from '../auth/keys.js';
+import {
+  DEV_AUDIENCE,
+  DEV_ISSUER,
+  DEV_KEYS_FILE,
+  DEV_SUBJECT,
+  DEV_TENANT,
+  ensureDevKeys,
+  mintToken,
+  parseDuration,
+  writeKeys,
+} from './dev.js';
 
 const VERSION = (
   JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as {
@@ -22,6 +34,8 @@ const HELP = `portcullis ${VERSION} — a security gateway for the Model Context
 Usage:
   portcullis start [options]           run the gateway
   portcullis config check FILE         validate a configuration file, print every error
+  portcullis keys generate [options]   create a signing key (private JWKS + public .pub.json)
+  portcullis token mint [options]      print a short-lived access token signed with a local key
   portcullis --help | --version
 
 Options for start:
@@ -30,13 +44,38 @@ Options for start:
   --port P               listen port (default 8080; 0 picks a free one)
   --admin-port P         admin listener port for /livez and /readyz (default 9090; 0 = free one)
   --server NAME=URL      an upstream MCP server at /mcp/NAME; repeat for more
-  --auth none            no client authentication (only on a loopback address)
-  --demo                 also start a demo upstream (server-everything) as server "everything"
+  --auth jwt|none        client authentication: jwt (the default) or none (only on a
+                         loopback address, for local development)
+  --jwks FILE_OR_URL     the token issuer's keys: a JWKS URL, or a JWKS/PEM file
+  --issuer ISS           the "iss" tokens must carry
+  --audience AUD         an "aud" accepted besides the gateway's own resource; repeatable
+  --tenant-claim NAME    the claim naming the tenant (default: tenant)
+  --demo                 also start a demo upstream (server-everything) as server "everything";
+                         without --issuer, trust a dev key kept in .portcullis/ and print a token
   --log-level LEVEL      fatal | error | warn | info | debug | trace | silent
+
+Options for keys generate:
+  --alg ES256|EdDSA      key type (default ES256)
+  --kid KID              key id (default: derived from the type and date)
+  --out FILE             write the private JWKS here (mode 600) and FILE.pub.json beside it;
+                         without --out the private JWKS goes to stdout
+  --add                  add the key to an existing FILE instead of refusing
+
+Options for token mint (defaults fit start --demo):
+  --keys FILE            private JWKS to sign with (default ${DEV_KEYS_FILE})
+  --sub S                subject (default ${DEV_SUBJECT})
+  --tenant T             tenant claim (default ${DEV_TENANT})
+  --scope "A B"          space-separated scopes (default none)
+  --ttl D                lifetime: 90s, 10m, 1h (default 15m, the gateway's default maximum)
+  --aud AUD              audience: the gateway's resource or a server's (default ${DEV_AUDIENCE})
+  --iss ISS              issuer (default ${DEV_ISSUER})
+  --client ID            client_id claim (default portcullis-cli)
 
 Examples:
   portcullis start --demo
   portcullis start --server docs=http://127.0.0.1:3001/mcp --auth none
+  portcullis start --server docs=http://127.0.0.1:3001/mcp \
+    --issuer https://login.example.com --jwks https://login.example.com/jwks
   portcullis config check config/portcullis.example.yaml
 
 Signals: SIGTERM or SIGINT drains (stops accepting, lets calls finish, closes
@@ -74,9 +113,44 @@ async function configCheck(args: string[]): Promise<void> {
   }
 }
 
-function banner(gateway: Gateway, config: Config, demo: DemoUpstream | undefined): string {
+/** With the dev identity: a token for the person at the terminal, and how it was made. */
+interface DevToken {
+  readonly token: string;
+  readonly ttlS: number;
+  readonly keysFile: string;
+  readonly created: boolean;
+}
+
+function authLines(config: Config, dev: DevToken | undefined): string[] {
+  if (config.auth.mode === 'none') {
+    return [`Authentication: none — any local process may connect; loopback only.`];
+  }
+  if (dev === undefined) {
+    return [
+      `Authentication: jwt — tokens from ${config.auth.jwt.issuer ?? '?'}, for ${config.auth.resource ?? 'this gateway'}.`,
+    ];
+  }
+  return [
+    `Authentication: jwt — tokens from the dev issuer "${DEV_ISSUER}", signed with the key in`,
+    `  ${dev.keysFile}${dev.created ? ' (just created)' : ''}; keep it private, it is for development only.`,
+    `A token for you, valid ${Math.round(dev.ttlS / 60)} minutes (a new one: npx portcullis token mint):`,
+    `  ${dev.token}`,
+  ];
+}
+
+function banner(
+  gateway: Gateway,
+  config: Config,
+  demo: DemoUpstream | undefined,
+  dev: DevToken | undefined,
+): string {
   const names = Object.keys(config.servers);
   const first = names[0] ?? 'NAME';
+  const url = gateway.urlFor(first);
+  const token = dev?.token ?? (config.auth.mode === 'jwt' ? 'YOUR_TOKEN' : undefined);
+  const headerFlag = token === undefined ? '' : ` --header "Authorization: Bearer ${token}"`;
+  const headersJson =
+    token === undefined ? '' : `, "headers": { "Authorization": "Bearer ${token}" }`;
   const lines = [
     '',
     `Portcullis ${VERSION} is listening on ${gateway.url}`,
@@ -84,18 +158,93 @@ function banner(gateway: Gateway, config: Config, demo: DemoUpstream | undefined
     gateway.adminUrl ? `  health       ${gateway.adminUrl}/livez  ${gateway.adminUrl}/readyz` : '',
     demo ? `  (demo upstream: server-everything, started with the gateway)` : '',
     '',
-    `Authentication: ${config.auth.mode} — any local process may connect; loopback only.`,
+    ...authLines(config, dev),
     '',
     'Point an MCP client at it, for example:',
-    `  npx @modelcontextprotocol/inspector --transport http --server-url ${gateway.urlFor(first)}`,
-    `  claude mcp add --transport http ${first} ${gateway.urlFor(first)}`,
+    `  claude mcp add --transport http ${first} ${url}${headerFlag}`,
+    token === undefined
+      ? `  npx @modelcontextprotocol/inspector --transport http --server-url ${url}`
+      : `  npx @modelcontextprotocol/inspector (Streamable HTTP, ${url}, the token as Bearer Token)`,
     '  or in a client config file:',
-    `  { "mcpServers": { "${first}": { "type": "http", "url": "${gateway.urlFor(first)}" } } }`,
+    `  { "mcpServers": { "${first}": { "type": "http", "url": "${url}"${headersJson} } } }`,
     '',
     'Ctrl-C drains and stops.',
     '',
   ];
   return lines.filter((l, i, a) => l !== '' || a[i - 1] !== '').join('\n');
+}
+
+async function keysGenerate(args: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      alg: { type: 'string', default: 'ES256' },
+      kid: { type: 'string' },
+      out: { type: 'string' },
+      add: { type: 'boolean' },
+    },
+    strict: true,
+  });
+  if (!(SIGNING_ALGORITHMS as readonly string[]).includes(values.alg)) {
+    fail(`--alg expects ${SIGNING_ALGORITHMS.join(' or ')}, got '${values.alg}'`);
+  }
+  const alg = values.alg as SigningAlgorithm;
+  if (values.out === undefined) {
+    if (values.add) fail('--add needs --out FILE');
+    const { generateSigningKey } = await import('../auth/keys.js');
+    const key = await generateSigningKey(alg, values.kid);
+    process.stdout.write(`${JSON.stringify({ keys: [key] }, null, 2)}\n`);
+    return;
+  }
+  try {
+    const { kid, publicFile } = await writeKeys(values.out, alg, {
+      ...(values.kid === undefined ? {} : { kid: values.kid }),
+      add: values.add ?? false,
+    });
+    process.stdout.write(
+      `${values.out}: ${alg} key "${kid}" (private; keep it readable by the gateway only)\n` +
+        `${publicFile}: the public keys (what verifiers need)\n`,
+    );
+  } catch (err) {
+    fail((err as Error).message, 1);
+  }
+}
+
+async function tokenMint(args: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      keys: { type: 'string', default: DEV_KEYS_FILE },
+      sub: { type: 'string', default: DEV_SUBJECT },
+      tenant: { type: 'string', default: DEV_TENANT },
+      scope: { type: 'string', default: '' },
+      ttl: { type: 'string', default: '15m' },
+      aud: { type: 'string', default: DEV_AUDIENCE },
+      iss: { type: 'string', default: DEV_ISSUER },
+      client: { type: 'string' },
+    },
+    strict: true,
+  });
+  const ttlS = parseDuration(values.ttl);
+  if (ttlS === undefined || ttlS < 1)
+    fail(`--ttl expects a duration like 90s, 10m or 1h, got '${values.ttl}'`);
+  try {
+    const token = await mintToken({
+      keysFile: values.keys,
+      issuer: values.iss,
+      audience: values.aud,
+      subject: values.sub,
+      tenant: values.tenant,
+      scope: values.scope,
+      ttlS,
+      ...(values.client === undefined ? {} : { clientId: values.client }),
+    });
+    process.stdout.write(`${token}\n`);
+  } catch (err) {
+    const hint =
+      values.keys === DEV_KEYS_FILE ? ' (run `portcullis start --demo` once, or pass --keys)' : '';
+    fail(`cannot mint: ${(err as Error).message}${hint}`, 1);
+  }
 }
 
 async function start(args: string[]): Promise<void> {
@@ -108,13 +257,22 @@ async function start(args: string[]): Promise<void> {
       'admin-port': { type: 'string' },
       server: { type: 'string', multiple: true },
       auth: { type: 'string' },
+      jwks: { type: 'string' },
+      issuer: { type: 'string' },
+      audience: { type: 'string', multiple: true },
+      'tenant-claim': { type: 'string' },
       demo: { type: 'boolean' },
       'log-level': { type: 'string' },
     },
     strict: true,
   });
-  if (values.auth !== undefined && values.auth !== 'none') {
-    fail(`--auth ${values.auth} is not available; use --auth none on a loopback address`);
+  if (values.auth !== undefined && values.auth !== 'none' && values.auth !== 'jwt') {
+    fail(`--auth expects jwt or none, got '${values.auth}'`);
+  }
+  if (values.auth === 'none') {
+    for (const flag of ['jwks', 'issuer', 'audience', 'tenant-claim'] as const) {
+      if (values[flag] !== undefined) fail(`--${flag} needs JWT authentication; drop --auth none`);
+    }
   }
   const port = (flag: string, v: string | undefined): number | undefined => {
     if (v === undefined) return undefined;
@@ -134,6 +292,7 @@ async function start(args: string[]): Promise<void> {
   }
 
   let config: Config;
+  let devKeys: Awaited<ReturnType<typeof ensureDevKeys>> | undefined;
   try {
     const document = values.config ? await readConfigDocument(values.config) : {};
     if (document === null || typeof document !== 'object' || Array.isArray(document)) {
@@ -153,6 +312,23 @@ async function start(args: string[]): Promise<void> {
     if (values['log-level'] !== undefined) log.level = values['log-level'];
     const auth = { ...(base.auth as object | undefined) } as Record<string, unknown>;
     if (values.auth !== undefined) auth.mode = values.auth;
+    const jwt = { ...(auth.jwt as object | undefined) } as Record<string, unknown>;
+    if (values.jwks !== undefined) {
+      const remote = /^https?:\/\//.test(values.jwks);
+      delete jwt[remote ? 'jwksFile' : 'jwksUrl'];
+      jwt[remote ? 'jwksUrl' : 'jwksFile'] = values.jwks;
+    }
+    if (values.issuer !== undefined) jwt.issuer = values.issuer;
+    if (values.audience !== undefined) jwt.audiences = values.audience;
+    if (values['tenant-claim'] !== undefined) jwt.tenantClaim = values['tenant-claim'];
+    if (values.demo && auth.mode !== 'none' && jwt.issuer === undefined) {
+      // The demo runs with real JWT authentication: a local dev key is the issuer.
+      devKeys = await ensureDevKeys();
+      jwt.issuer = DEV_ISSUER;
+      jwt.jwksFile = devKeys.publicFile;
+      delete jwt.jwksUrl;
+    }
+    if (Object.keys(jwt).length > 0) auth.jwt = jwt;
     config = buildConfig(
       {
         ...base,
@@ -182,7 +358,25 @@ async function start(args: string[]): Promise<void> {
     fail(`cannot start: ${(err as Error).message}`, 1);
   }
   if (demo) log.info({ pid: demo.child.pid, url: demo.url }, 'demo upstream running');
-  process.stderr.write(banner(gateway, config, demo));
+  let dev: DevToken | undefined;
+  if (devKeys !== undefined) {
+    const ttlS = Math.floor(config.auth.jwt.maxLifetimeMs / 1000);
+    dev = {
+      token: await mintToken({
+        keysFile: devKeys.keysFile,
+        issuer: DEV_ISSUER,
+        audience: config.auth.resource ?? gateway.url,
+        subject: DEV_SUBJECT,
+        tenant: DEV_TENANT,
+        scope: config.auth.requiredScopes.join(' '),
+        ttlS,
+      }),
+      ttlS,
+      keysFile: devKeys.keysFile,
+      created: devKeys.created,
+    };
+  }
+  process.stderr.write(banner(gateway, config, demo, dev));
 
   let signals = 0;
   const stop = (signal: NodeJS.Signals) => {
@@ -211,6 +405,10 @@ async function start(args: string[]): Promise<void> {
 
 export async function main(argv: string[]): Promise<void> {
   const [command, ...rest] = argv;
+  if (rest.includes('--help') || rest.includes('-h')) {
+    process.stdout.write(HELP);
+    return;
+  }
   switch (command) {
     case undefined:
     case '--help':
@@ -223,11 +421,15 @@ export async function main(argv: string[]): Promise<void> {
       process.stdout.write(`${VERSION}\n`);
       return;
     case 'start':
-      if (rest.includes('--help') || rest.includes('-h')) {
-        process.stdout.write(HELP);
-        return;
-      }
       return start(rest);
+    case 'keys':
+      if (rest[0] === 'generate') return keysGenerate(rest.slice(1));
+      fail(`unknown keys command '${rest[0] ?? ''}'; try: portcullis keys generate`);
+      break;
+    case 'token':
+      if (rest[0] === 'mint') return tokenMint(rest.slice(1));
+      fail(`unknown token command '${rest[0] ?? ''}'; try: portcullis token mint`);
+      break;
     case 'config':
       if (rest[0] === 'check') return configCheck(rest.slice(1));
       fail(`unknown config command '${rest[0] ?? ''}'; try: portcullis config check FILE`);

@@ -9,7 +9,7 @@ import { isIP } from 'node:net';
 import { Ajv2020 } from 'ajv/dist/2020.js';
 import type { ErrorObject } from 'ajv';
 import { isPair, isScalar, isSeq, parseDocument, visit, type Document } from 'yaml';
-import { configSchema, type Config } from './schema.js';
+import { configSchema, CREDENTIAL_DEFAULTED_KEYS, CREDENTIAL_KEYS, type Config } from './schema.js';
 
 export interface ConfigProblem {
   /** Dotted path to the offending key, `(root)` for the document itself. */
@@ -223,8 +223,107 @@ function crossChecks(config: Config): ConfigProblem[] {
       problems.push({ path: `servers.${name}.url`, message: 'is not a valid URL' });
     }
   }
+  problems.push(...authChecks(config));
   if (config.admin.enabled && config.admin.port !== 0 && config.admin.port === config.listen.port) {
     problems.push({ path: 'admin.port', message: 'must differ from listen.port' });
+  }
+  return problems;
+}
+
+function authChecks(config: Config): ConfigProblem[] {
+  const problems: ConfigProblem[] = [];
+  const { auth } = config;
+  if (auth.mode === 'jwt') {
+    const jwt = auth.jwt;
+    if (jwt.issuer === undefined) {
+      problems.push({
+        path: 'auth.jwt.issuer',
+        message:
+          'is required when auth.mode is "jwt" (on loopback, --auth none runs without tokens)',
+      });
+    }
+    if (jwt.jwksUrl !== undefined && jwt.jwksFile !== undefined) {
+      problems.push({ path: 'auth.jwt.jwksFile', message: 'give jwksUrl or jwksFile, not both' });
+    }
+    if (jwt.jwksUrl === undefined && jwt.jwksFile === undefined && jwt.hmacSecret === undefined) {
+      problems.push({
+        path: 'auth.jwt.jwksUrl',
+        message: 'is required when auth.mode is "jwt" (or jwksFile, or hmacSecret for HS* tokens)',
+      });
+    }
+    const hmac = (jwt.algorithms ?? []).filter((a) => a.startsWith('HS'));
+    if (hmac.length > 0 && jwt.hmacSecret === undefined) {
+      problems.push({
+        path: 'auth.jwt.algorithms',
+        message: `${hmac.join(', ')} need auth.jwt.hmacSecret`,
+      });
+    }
+  }
+  if (config.listen.tls?.clientCa !== undefined && auth.mode !== 'jwt') {
+    problems.push({
+      path: 'listen.tls.clientCa',
+      message: 'client certificates bind tokens: it needs auth.mode "jwt"',
+    });
+  }
+  for (const [name, server] of Object.entries(config.servers)) {
+    const c = server.credential;
+    const keys = CREDENTIAL_KEYS[c.mode];
+    const allowed = new Set<string>(['mode', ...CREDENTIAL_DEFAULTED_KEYS, ...keys.allowed]);
+    for (const key of Object.keys(c)) {
+      if (!allowed.has(key)) {
+        problems.push({
+          path: `servers.${name}.credential.${key}`,
+          message: `is not used by mode "${c.mode}"`,
+        });
+      }
+    }
+    for (const key of keys.required) {
+      if (!(key in c)) {
+        problems.push({
+          path: `servers.${name}.credential.${key}`,
+          message: `is required by mode "${c.mode}"`,
+        });
+      }
+    }
+    if (c.mode === 'static' && (c.value === undefined) === (c.file === undefined)) {
+      problems.push({
+        path: `servers.${name}.credential`,
+        message: 'mode "static" needs exactly one of value and file',
+      });
+    }
+    if (c.mode === 'mint' && config.signing.keysFile === undefined) {
+      problems.push({
+        path: `servers.${name}.credential`,
+        message: 'mode "mint" needs signing.keysFile (create one with: portcullis keys generate)',
+      });
+    }
+    if (c.mode === 'mint' && auth.mode !== 'jwt') {
+      problems.push({
+        path: `servers.${name}.credential`,
+        message: 'mode "mint" acts for an authenticated agent: it needs auth.mode "jwt"',
+      });
+    }
+    if (
+      c.mode === 'token-exchange' &&
+      (c.clientSecret === undefined) === (c.clientSecretFile === undefined)
+    ) {
+      problems.push({
+        path: `servers.${name}.credential`,
+        message: 'token-exchange needs exactly one of clientSecret and clientSecretFile',
+      });
+    }
+    if (c.mode === 'token-exchange' && auth.mode !== 'jwt') {
+      problems.push({
+        path: `servers.${name}.credential`,
+        message: 'mode "token-exchange" exchanges the agent\'s token: it needs auth.mode "jwt"',
+      });
+    }
+  }
+  if (config.admin.token !== undefined && config.admin.tokenFile !== undefined) {
+    problems.push({
+      path: 'admin.tokenFile',
+      message: 'give admin.token or admin.tokenFile, not both',
+    });
   }
   return problems;
 }

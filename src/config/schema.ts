@@ -4,6 +4,11 @@
  * (`additionalProperties: false`) so a typo never silently turns a control off.
  * `docs/configuration.md` documents every key and is checked against this file.
  */
+import {
+  DEFAULT_REDIS_COMMAND_TIMEOUT_MS,
+  DEFAULT_REDIS_CONNECT_TIMEOUT_MS,
+  DEFAULT_STORE_KEY_PREFIX,
+} from '../store/index.js';
 
 export const DEFAULT_PORT = 8080;
 export const DEFAULT_ADMIN_PORT = 9090;
@@ -22,6 +27,48 @@ export const DEFAULT_SESSION_IDLE_TIMEOUT_MS = 30 * 60_000;
 export const DEFAULT_MAX_SESSIONS = 10_000;
 export const DEFAULT_DRAIN_TIMEOUT_MS = 10_000;
 export const DEFAULT_RETRY_HINT_MS = 1_000;
+export const DEFAULT_JWKS_TIMEOUT_MS = 3_000;
+/** Least time between two JWKS fetches triggered by tokens naming an unknown key. */
+export const DEFAULT_JWKS_COOLDOWN_MS = 30_000;
+export const DEFAULT_JWKS_REFRESH_INTERVAL_MS = 5 * 60_000;
+export const DEFAULT_CLOCK_SKEW_MS = 30_000;
+/** Longest `exp - iat` accepted: only short-lived tokens get in. */
+export const DEFAULT_MAX_TOKEN_LIFETIME_MS = 15 * 60_000;
+export const DEFAULT_MAX_TOKEN_BYTES = 8 * 1024;
+export const DEFAULT_TOKEN_CACHE_ENTRIES = 10_000;
+export const DEFAULT_DPOP_MAX_AGE_MS = 5 * 60_000;
+export const DEFAULT_MINT_TTL_MS = 5 * 60_000;
+export const DEFAULT_TOKEN_EXCHANGE_TIMEOUT_MS = 5_000;
+export const DEFAULT_REDIS_URL = 'redis://127.0.0.1:6379';
+export {
+  DEFAULT_REDIS_COMMAND_TIMEOUT_MS,
+  DEFAULT_REDIS_CONNECT_TIMEOUT_MS,
+  DEFAULT_STORE_KEY_PREFIX,
+};
+
+/** Asymmetric signatures only: HMAC needs `auth.jwt.hmacSecret`, and `none` is never accepted. */
+export const DEFAULT_JWT_ALGORITHMS = [
+  'RS256',
+  'RS384',
+  'RS512',
+  'PS256',
+  'PS384',
+  'PS512',
+  'ES256',
+  'ES384',
+  'ES512',
+  'EdDSA',
+  'Ed25519',
+] as const;
+export const HMAC_ALGORITHMS = ['HS256', 'HS384', 'HS512'] as const;
+export const DEFAULT_DPOP_ALGORITHMS = [
+  'ES256',
+  'ES384',
+  'EdDSA',
+  'Ed25519',
+  'RS256',
+  'PS256',
+] as const;
 
 /** Server names become URL path segments: `/mcp/<name>`. */
 export const SERVER_NAME_PATTERN = '^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$';
@@ -64,6 +111,109 @@ const upstreamTimeoutOverrides = {
   },
 } as const;
 
+/**
+ * What the upstream is sent instead of the client's token (which never leaves
+ * the gateway). One object for every mode; which keys a mode needs or refuses
+ * is checked after the schema (config/load.ts), with a message per key.
+ */
+const credentialSchema = {
+  type: 'object',
+  additionalProperties: false,
+  default: { mode: 'none' },
+  properties: {
+    mode: {
+      enum: ['none', 'static', 'mint', 'token-exchange'],
+      default: 'none',
+      description:
+        '"none"; "static": a header from config; "mint": a JWT the gateway signs for this upstream; "token-exchange": RFC 8693 at tokenEndpoint.',
+    },
+    header: {
+      type: 'string',
+      minLength: 1,
+      default: 'authorization',
+      description: 'static: the header to set.',
+    },
+    value: {
+      type: 'string',
+      minLength: 1,
+      description: 'static: the header value, e.g. "Bearer ${DOCS_API_TOKEN}".',
+    },
+    file: {
+      type: 'string',
+      minLength: 1,
+      description: 'static: file whose content (trimmed) is the value.',
+    },
+    audience: {
+      type: 'string',
+      minLength: 1,
+      description:
+        'mint: "aud" of the minted token (default: the server URL); token-exchange: the audience parameter.',
+    },
+    scopes: {
+      type: 'array',
+      items: { type: 'string', minLength: 1 },
+      description: 'mint: the most the upstream token may carry, narrowed to what the agent holds.',
+    },
+    ttlMs: {
+      type: 'integer',
+      minimum: 10_000,
+      maximum: 3_600_000,
+      default: DEFAULT_MINT_TTL_MS,
+      description: 'mint: lifetime of a minted token.',
+    },
+    tokenEndpoint: {
+      type: 'string',
+      pattern: '^https?://',
+      description: 'token-exchange: the endpoint.',
+    },
+    clientId: {
+      type: 'string',
+      minLength: 1,
+      description: "token-exchange: the gateway's client id.",
+    },
+    clientSecret: {
+      type: 'string',
+      minLength: 1,
+      description: 'token-exchange: e.g. "${TX_SECRET}".',
+    },
+    clientSecretFile: {
+      type: 'string',
+      minLength: 1,
+      description: 'token-exchange: secret in a file.',
+    },
+    resource: {
+      type: 'string',
+      minLength: 1,
+      description: 'token-exchange: the resource parameter (default: the server URL).',
+    },
+    scope: { type: 'string', minLength: 1, description: 'token-exchange: the scope parameter.' },
+    timeoutMs: ms(DEFAULT_TOKEN_EXCHANGE_TIMEOUT_MS, 'token-exchange: bound on one token request.'),
+  },
+} as const;
+
+/** Keys each credential mode takes (besides `mode`), and the ones it needs. */
+export const CREDENTIAL_KEYS = {
+  none: { allowed: [], required: [] },
+  static: { allowed: ['header', 'value', 'file'], required: [] },
+  mint: { allowed: ['audience', 'scopes', 'ttlMs'], required: [] },
+  'token-exchange': {
+    allowed: [
+      'tokenEndpoint',
+      'clientId',
+      'clientSecret',
+      'clientSecretFile',
+      'audience',
+      'resource',
+      'scope',
+      'timeoutMs',
+    ],
+    required: ['tokenEndpoint', 'clientId'],
+  },
+} as const;
+
+/** Keys the schema fills in on every credential, whatever its mode. */
+export const CREDENTIAL_DEFAULTED_KEYS = ['header', 'ttlMs', 'timeoutMs'] as const;
+
 export const configSchema = {
   $schema: 'https://json-schema.org/draft/2020-12/schema',
   $id: 'https://portcullis.dev/schema/config.json',
@@ -86,6 +236,12 @@ export const configSchema = {
           properties: {
             cert: { type: 'string', minLength: 1, description: 'PEM certificate chain file.' },
             key: { type: 'string', minLength: 1, description: 'PEM private key file.' },
+            clientCa: {
+              type: 'string',
+              minLength: 1,
+              description:
+                'PEM file of CAs for client certificates (mTLS). Set it to ask clients for a certificate; certificate-bound tokens (cnf.x5t#S256) then need the one they were issued for.',
+            },
           },
         },
         allowedHosts: {
@@ -127,6 +283,17 @@ export const configSchema = {
         enabled: { type: 'boolean', default: true },
         host: { type: 'string', minLength: 1, default: '127.0.0.1' },
         port: { type: 'integer', minimum: 0, maximum: 65535, default: DEFAULT_ADMIN_PORT },
+        token: {
+          type: 'string',
+          minLength: 32,
+          description:
+            'Bearer credential for the admin API (/admin/*), e.g. "${PORTCULLIS_ADMIN_TOKEN}". Without token or tokenFile the admin API is off; /livez, /readyz and /metrics stay open.',
+        },
+        tokenFile: {
+          type: 'string',
+          minLength: 1,
+          description: 'File holding the admin credential.',
+        },
       },
     },
     auth: {
@@ -135,9 +302,195 @@ export const configSchema = {
       default: {},
       properties: {
         mode: {
-          enum: ['none'],
-          default: 'none',
-          description: '"none" is accepted only on a loopback listener.',
+          enum: ['jwt', 'none'],
+          default: 'jwt',
+          description:
+            '"jwt": every request needs a verified short-lived token. "none" is accepted only on a loopback listener.',
+        },
+        resource: {
+          type: 'string',
+          pattern: '^https?://[^/?#]+$',
+          description:
+            "The gateway's resource identifier (RFC 8707/9728): the public origin clients use, e.g. https://mcp.example.com. Each server's resource is <resource>/mcp/<name>. Default: the listener's own origin.",
+        },
+        authorizationServers: {
+          type: 'array',
+          items: { type: 'string', pattern: '^https?://' },
+          default: [],
+          description:
+            'Issuer URLs listed in the protected-resource metadata; default: auth.jwt.issuer.',
+        },
+        requiredScopes: {
+          type: 'array',
+          items: { type: 'string', minLength: 1 },
+          default: [],
+          description:
+            'Scopes every request needs; a token without them gets 403 insufficient_scope.',
+        },
+        jwt: {
+          type: 'object',
+          additionalProperties: false,
+          default: {},
+          properties: {
+            issuer: {
+              type: 'string',
+              minLength: 1,
+              description: 'Required "iss" (required in jwt mode).',
+            },
+            audiences: {
+              type: 'array',
+              items: { type: 'string', minLength: 1 },
+              default: [],
+              description:
+                "Audiences accepted for every server besides the gateway's resource; a server's own resource is accepted for that server only.",
+            },
+            jwksUrl: {
+              type: 'string',
+              pattern: '^https?://',
+              description: 'JWKS endpoint of the issuer.',
+            },
+            jwksFile: {
+              type: 'string',
+              minLength: 1,
+              description: 'Local JWKS (JSON) or PEM public key(s), instead of jwksUrl.',
+            },
+            jwksTimeoutMs: ms(DEFAULT_JWKS_TIMEOUT_MS, 'Bound on one JWKS fetch.'),
+            jwksCooldownMs: ms(
+              DEFAULT_JWKS_COOLDOWN_MS,
+              'Least time between refetches caused by tokens naming an unknown key.',
+            ),
+            jwksRefreshIntervalMs: ms(
+              DEFAULT_JWKS_REFRESH_INTERVAL_MS,
+              'Background refetch period; a failed fetch keeps the cached keys.',
+            ),
+            algorithms: {
+              type: 'array',
+              items: { enum: [...DEFAULT_JWT_ALGORITHMS, ...HMAC_ALGORITHMS] },
+              minItems: 1,
+              description:
+                'Allowed "alg" values. Default: every asymmetric one; HS* only with hmacSecret.',
+            },
+            hmacSecret: {
+              type: 'string',
+              minLength: 32,
+              description:
+                'Shared secret for HS256/384/512 tokens, e.g. "${JWT_HMAC_SECRET}". Off unless set.',
+            },
+            clockSkewMs: ms(DEFAULT_CLOCK_SKEW_MS, 'Tolerance on exp, nbf and iat.'),
+            maxLifetimeMs: {
+              type: 'integer',
+              minimum: 1000,
+              default: DEFAULT_MAX_TOKEN_LIFETIME_MS,
+              description: 'Longest exp - iat accepted.',
+            },
+            requiredClaims: {
+              type: 'array',
+              items: { type: 'string', minLength: 1 },
+              default: [],
+              description: 'Claims a token must carry besides iss, aud, exp, iat and sub.',
+            },
+            tenantClaim: {
+              type: 'string',
+              minLength: 1,
+              default: 'tenant',
+              description: 'Claim naming the tenant.',
+            },
+            defaultTenant: {
+              type: 'string',
+              minLength: 1,
+              description:
+                'Tenant of tokens without the tenant claim; unset, such tokens are refused.',
+            },
+            maxTokenBytes: {
+              type: 'integer',
+              minimum: 256,
+              default: DEFAULT_MAX_TOKEN_BYTES,
+            },
+            cacheMaxEntries: {
+              type: 'integer',
+              minimum: 0,
+              default: DEFAULT_TOKEN_CACHE_ENTRIES,
+              description:
+                'Verified tokens kept (by hash, until they expire); 0 turns the cache off.',
+            },
+          },
+        },
+        dpop: {
+          type: 'object',
+          additionalProperties: false,
+          default: {},
+          properties: {
+            required: {
+              type: 'boolean',
+              default: false,
+              description: 'Refuse bearer tokens: every token must be DPoP-bound (cnf.jkt).',
+            },
+            algorithms: {
+              type: 'array',
+              items: {
+                enum: [...DEFAULT_DPOP_ALGORITHMS, 'ES512', 'RS384', 'RS512', 'PS384', 'PS512'],
+              },
+              minItems: 1,
+              default: [...DEFAULT_DPOP_ALGORITHMS],
+            },
+            maxAgeMs: ms(DEFAULT_DPOP_MAX_AGE_MS, 'Oldest DPoP proof accepted (by its iat).'),
+          },
+        },
+        revocation: {
+          type: 'object',
+          additionalProperties: false,
+          default: {},
+          properties: {
+            failClosed: {
+              type: 'boolean',
+              default: true,
+              description:
+                'While the shared store cannot be trusted, refuse requests (503) instead of letting them pass unchecked.',
+            },
+          },
+        },
+      },
+    },
+    store: {
+      type: 'object',
+      additionalProperties: false,
+      default: {},
+      properties: {
+        kind: {
+          enum: ['memory', 'redis'],
+          default: 'memory',
+          description:
+            '"memory" for one process; "redis" to share revocations and DPoP replay across replicas.',
+        },
+        url: { type: 'string', pattern: '^rediss?://', default: DEFAULT_REDIS_URL },
+        keyPrefix: { type: 'string', default: DEFAULT_STORE_KEY_PREFIX },
+        commandTimeoutMs: ms(DEFAULT_REDIS_COMMAND_TIMEOUT_MS, 'Bound on one Redis command.'),
+        connectTimeoutMs: ms(
+          DEFAULT_REDIS_CONNECT_TIMEOUT_MS,
+          'Bound on one Redis connection attempt.',
+        ),
+      },
+    },
+    signing: {
+      type: 'object',
+      additionalProperties: false,
+      default: {},
+      properties: {
+        keysFile: {
+          type: 'string',
+          minLength: 1,
+          description:
+            'Private JWKS (`portcullis keys generate`) the gateway signs minted upstream credentials with; the public keys are served at /.well-known/jwks.json.',
+        },
+        activeKid: {
+          type: 'string',
+          minLength: 1,
+          description: 'Key that signs; default: the first.',
+        },
+        issuer: {
+          type: 'string',
+          minLength: 1,
+          description: '"iss" of minted tokens; default: auth.resource.',
         },
       },
     },
@@ -192,6 +545,13 @@ export const configSchema = {
             description: 'Extra request headers sent upstream (never from the client).',
           },
           timeouts: upstreamTimeoutOverrides,
+          requiredScopes: {
+            type: 'array',
+            items: { type: 'string', minLength: 1 },
+            default: [],
+            description: 'Scopes a token needs for this server (403 insufficient_scope otherwise).',
+          },
+          credential: credentialSchema,
         },
       },
     },
@@ -224,12 +584,74 @@ export interface UpstreamTimeouts {
   idleMs: number;
 }
 
+interface CredentialDefaults {
+  header: string;
+  ttlMs: number;
+  timeoutMs: number;
+}
+
+export type CredentialConfig = CredentialDefaults &
+  (
+    | { mode: 'none' }
+    | { mode: 'static'; value?: string; file?: string }
+    | { mode: 'mint'; audience?: string; scopes?: string[] }
+    | {
+        mode: 'token-exchange';
+        tokenEndpoint: string;
+        clientId: string;
+        clientSecret?: string;
+        clientSecretFile?: string;
+        audience?: string;
+        resource?: string;
+        scope?: string;
+      }
+  );
+
 export interface ServerConfig {
   transport: 'streamable-http';
   url: string;
   description?: string;
   headers?: Record<string, string>;
   timeouts?: Partial<UpstreamTimeouts>;
+  requiredScopes: string[];
+  credential: CredentialConfig;
+}
+
+export interface JwtConfig {
+  issuer?: string;
+  audiences: string[];
+  jwksUrl?: string;
+  jwksFile?: string;
+  jwksTimeoutMs: number;
+  jwksCooldownMs: number;
+  jwksRefreshIntervalMs: number;
+  algorithms?: string[];
+  hmacSecret?: string;
+  clockSkewMs: number;
+  maxLifetimeMs: number;
+  requiredClaims: string[];
+  tenantClaim: string;
+  defaultTenant?: string;
+  maxTokenBytes: number;
+  cacheMaxEntries: number;
+}
+
+export interface AuthConfig {
+  mode: 'jwt' | 'none';
+  resource?: string;
+  authorizationServers: string[];
+  requiredScopes: string[];
+  jwt: JwtConfig;
+  dpop: { required: boolean; algorithms: string[]; maxAgeMs: number };
+  revocation: { failClosed: boolean };
+}
+
+export interface StoreConfig {
+  kind: 'memory' | 'redis';
+  url: string;
+  keyPrefix: string;
+  commandTimeoutMs: number;
+  connectTimeoutMs: number;
 }
 
 /** A configuration after validation: every default filled in, deeply frozen. */
@@ -237,7 +659,7 @@ export interface Config {
   listen: {
     host: string;
     port: number;
-    tls?: { cert: string; key: string };
+    tls?: { cert: string; key: string; clientCa?: string };
     allowedHosts?: string[];
     allowedOrigins?: string[];
     bodyLimitBytes: number;
@@ -246,8 +668,10 @@ export interface Config {
     keepAliveTimeoutMs: number;
     heartbeatIntervalMs: number;
   };
-  admin: { enabled: boolean; host: string; port: number };
-  auth: { mode: 'none' };
+  admin: { enabled: boolean; host: string; port: number; token?: string; tokenFile?: string };
+  auth: AuthConfig;
+  store: StoreConfig;
+  signing: { keysFile?: string; activeKid?: string; issuer?: string };
   sessions: { idleTimeoutMs: number; max: number };
   upstreamDefaults: { timeouts: UpstreamTimeouts; connections: number; maxResponseBytes: number };
   servers: Record<string, ServerConfig>;

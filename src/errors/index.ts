@@ -19,10 +19,22 @@ export const JSONRPC_INTERNAL_ERROR = -32603;
 /** spec/2026-07-28/basic/transports/streamable-http.mdx, "Server Validation". */
 export const MCP_HEADER_MISMATCH = -32020;
 
+/**
+ * The `WWW-Authenticate` challenge an authentication error carries (RFC 6750
+ * §3, RFC 9449 §7.1): its scheme and `error` value; `''` for a challenge
+ * without an error (a request that sent no credentials at all).
+ */
+export interface Challenge {
+  readonly scheme: 'Bearer' | 'DPoP';
+  readonly error:
+    '' | 'invalid_request' | 'invalid_token' | 'insufficient_scope' | 'invalid_dpop_proof';
+}
+
 interface ErrorSpec {
   readonly status: number;
   readonly rpc: number;
   readonly message: string;
+  readonly challenge?: Challenge;
 }
 
 const SPECS = {
@@ -71,10 +83,84 @@ const SPECS = {
     rpc: JSONRPC_INTERNAL_ERROR,
     message: 'The gateway is shutting down; retry on another instance',
   },
-  PORTCULLIS_ERR_AUTH_NOT_ALLOWED: {
+  PORTCULLIS_ERR_AUTH_MISSING: {
     status: 401,
     rpc: JSONRPC_INVALID_REQUEST,
-    message: 'Authentication required',
+    message:
+      'Authentication required: send an access token issued for this gateway (Authorization: Bearer); the WWW-Authenticate header names where to get one',
+    challenge: { scheme: 'Bearer', error: '' },
+  },
+  PORTCULLIS_ERR_AUTH_BAD_REQUEST: {
+    status: 400,
+    rpc: JSONRPC_INVALID_REQUEST,
+    message: 'Malformed credentials',
+    challenge: { scheme: 'Bearer', error: 'invalid_request' },
+  },
+  PORTCULLIS_ERR_AUTH_INVALID_TOKEN: {
+    status: 401,
+    rpc: JSONRPC_INVALID_REQUEST,
+    message: 'Access token rejected; get a new token from the authorization server',
+    challenge: { scheme: 'Bearer', error: 'invalid_token' },
+  },
+  PORTCULLIS_ERR_AUTH_TOKEN_EXPIRED: {
+    status: 401,
+    rpc: JSONRPC_INVALID_REQUEST,
+    message: 'Access token expired; get a new one',
+    challenge: { scheme: 'Bearer', error: 'invalid_token' },
+  },
+  PORTCULLIS_ERR_AUTH_WRONG_AUDIENCE: {
+    status: 401,
+    rpc: JSONRPC_INVALID_REQUEST,
+    message:
+      'Access token was not issued for this resource; request one with the resource named in the protected-resource metadata',
+    challenge: { scheme: 'Bearer', error: 'invalid_token' },
+  },
+  PORTCULLIS_ERR_AUTH_TOKEN_REVOKED: {
+    status: 401,
+    rpc: JSONRPC_INVALID_REQUEST,
+    message: 'Access token revoked',
+    challenge: { scheme: 'Bearer', error: 'invalid_token' },
+  },
+  PORTCULLIS_ERR_AUTH_CERTIFICATE_MISMATCH: {
+    status: 401,
+    rpc: JSONRPC_INVALID_REQUEST,
+    message:
+      'Access token is bound to a client certificate this connection did not present (RFC 8705)',
+    challenge: { scheme: 'Bearer', error: 'invalid_token' },
+  },
+  PORTCULLIS_ERR_AUTH_DPOP_INVALID: {
+    status: 401,
+    rpc: JSONRPC_INVALID_REQUEST,
+    message: 'DPoP proof missing or invalid (RFC 9449); send a fresh proof for this request',
+    challenge: { scheme: 'DPoP', error: 'invalid_dpop_proof' },
+  },
+  PORTCULLIS_ERR_AUTH_INSUFFICIENT_SCOPE: {
+    status: 403,
+    rpc: JSONRPC_INVALID_REQUEST,
+    message: 'Access token lacks a scope this request needs; request a token with it',
+    challenge: { scheme: 'Bearer', error: 'insufficient_scope' },
+  },
+  PORTCULLIS_ERR_AUTH_KEYS_UNAVAILABLE: {
+    status: 503,
+    rpc: JSONRPC_INTERNAL_ERROR,
+    message: "The gateway cannot fetch the token issuer's keys; retry later",
+  },
+  PORTCULLIS_ERR_AUTH_STORE_UNAVAILABLE: {
+    status: 503,
+    rpc: JSONRPC_INTERNAL_ERROR,
+    message:
+      'The gateway cannot reach its shared store to check revocations or DPoP proof replay; retry later',
+  },
+  PORTCULLIS_ERR_UPSTREAM_CREDENTIAL: {
+    status: 502,
+    rpc: JSONRPC_INTERNAL_ERROR,
+    message: 'The gateway could not obtain a credential for the upstream MCP server',
+  },
+  PORTCULLIS_ERR_ADMIN_UNAUTHORIZED: {
+    status: 401,
+    rpc: JSONRPC_INVALID_REQUEST,
+    message: 'Admin API credential missing or wrong',
+    challenge: { scheme: 'Bearer', error: 'invalid_token' },
   },
   PORTCULLIS_ERR_JSONRPC_PARSE: {
     status: 400,
@@ -173,6 +259,8 @@ export class GatewayError extends Error {
   readonly status: number;
   readonly rpcCode: number;
   readonly data: Record<string, unknown>;
+  /** Set on authentication errors: the WWW-Authenticate challenge to send. */
+  readonly challenge: Challenge | undefined;
 
   constructor(code: ErrorCode, detail?: string, data: Record<string, unknown> = {}) {
     const spec: ErrorSpec = SPECS[code];
@@ -182,6 +270,7 @@ export class GatewayError extends Error {
     this.status = spec.status;
     this.rpcCode = spec.rpc;
     this.data = data;
+    this.challenge = spec.challenge;
   }
 
   toJsonRpc(): JsonRpcErrorBody {

@@ -38,11 +38,17 @@ import { ANONYMOUS, ownerKey, type Principal } from '../auth/principal.js';
 import type { HttpUpstream, UpstreamCall, UpstreamRequest } from '../upstream/http.js';
 import { toGatewayError } from '../upstream/http.js';
 import { compileHostCheck, compileOriginCheck } from './allowlist.js';
+import type { Authenticator } from '../auth/authenticate.js';
+import type { VerifiedToken } from '../auth/jwt.js';
+import type { Metrics } from '../telemetry/metrics.js';
+import { authHooks, registerMetadataRoutes, type ResourceInfo } from './auth-http.js';
 import { Exchange, relayResponse, sendError, type RelayRoute } from './relay.js';
 import type { StreamRegistry } from './streams.js';
 
 export interface Route extends RelayRoute {
   readonly http: HttpUpstream;
+  /** Scopes a token needs for this server (besides auth.requiredScopes). */
+  readonly requiredScopes: readonly string[];
 }
 
 export interface AppDeps {
@@ -53,6 +59,9 @@ export interface AppDeps {
   streams: StreamRegistry;
   isDraining: () => boolean;
   onFrame?: FrameObserver | undefined;
+  metrics: Metrics;
+  /** auth.mode jwt: the authenticator and the metadata, known once the listener has its address. */
+  auth?: { authenticator: () => Authenticator; info: () => ResourceInfo } | undefined;
 }
 
 /** Client request headers an upstream may see; everything else (Authorization, Cookie…) stays here. */
@@ -62,6 +71,8 @@ const UPSTREAM_ACCEPT = 'application/json, text/event-stream';
 declare module 'fastify' {
   interface FastifyRequest {
     principal: Principal;
+    /** The verified access token (auth.mode jwt). */
+    token: VerifiedToken | undefined;
   }
 }
 
@@ -131,6 +142,14 @@ export function buildApp(deps: AppDeps): FastifyInstance {
   const originAllowed = compileOriginCheck(listen.host, listen.allowedOrigins);
 
   app.decorateRequest('principal', null as unknown as Principal);
+  app.decorateRequest('token', undefined);
+
+  const auth = deps.auth
+    ? authHooks(deps.auth.authenticator, deps.auth.info, log, deps.metrics, (reply, err) =>
+        sendError(reply, err),
+      )
+    : undefined;
+  if (deps.auth) registerMetadataRoutes(app, deps.auth.info);
 
   app.removeAllContentTypeParsers();
   app.addContentTypeParser('application/json', { parseAs: 'string' }, (_req, body, done) =>
@@ -157,13 +176,18 @@ export function buildApp(deps: AppDeps): FastifyInstance {
       reply.header('connection', 'close');
       return sendError(reply, new GatewayError('PORTCULLIS_ERR_HTTP_SHUTTING_DOWN'));
     }
+    // Authenticate before routing and before reading the body: an unauthenticated
+    // caller learns nothing about which servers exist and costs no parsing.
+    if (auth && req.url.startsWith('/mcp/')) return auth.authenticate(req, reply, done);
     done();
   });
 
   app.setErrorHandler((err: Error & { code?: string; statusCode?: number }, req, reply) => {
     let gerr: GatewayError;
-    if (err instanceof GatewayError) gerr = err;
-    else if (err.code === 'FST_ERR_CTP_BODY_TOO_LARGE') {
+    if (err instanceof GatewayError) {
+      if (err.challenge && auth) return auth.refuse(req, reply, err);
+      gerr = err;
+    } else if (err.code === 'FST_ERR_CTP_BODY_TOO_LARGE') {
       gerr = new GatewayError(
         'PORTCULLIS_ERR_HTTP_BODY_TOO_LARGE',
         `limit is ${listen.bodyLimitBytes} bytes`,
@@ -189,6 +213,9 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     const route = routes.get(req.params.server);
     // Tenants learn nothing about servers they cannot reach: the error names none.
     if (!route) throw new GatewayError('PORTCULLIS_ERR_ROUTE_UNKNOWN_SERVER');
+    if (req.token && deps.auth) {
+      deps.auth.authenticator().authorize(req.token, route.name, route.requiredScopes);
+    }
     return route;
   };
 

@@ -13,6 +13,12 @@ import { MemorySessionStore } from '../mcp/sessions.js';
 import { HttpUpstream } from '../upstream/http.js';
 import { buildApp, type Route } from './app.js';
 import { StreamRegistry } from './streams.js';
+import type { Authenticator } from '../auth/authenticate.js';
+import { Revocations } from '../auth/revocation.js';
+import { openStore } from '../store/index.js';
+import { createMetrics, type Metrics } from '../telemetry/metrics.js';
+import type { ResourceInfo } from './auth-http.js';
+import { createAuthenticator, keySource, resourceInfoFor } from './identity.js';
 
 export interface Gateway {
   /** Base URL of the public listener, e.g. `http://127.0.0.1:8080`. */
@@ -37,15 +43,24 @@ function baseUrl(app: FastifyInstance, tls: boolean): string {
   return `${tls ? 'https' : 'http'}://${host}:${addr.port}`;
 }
 
-function buildAdmin(log: Logger, ready: () => boolean): FastifyInstance {
+function buildAdmin(
+  log: Logger,
+  notReady: () => string | undefined,
+  metrics: Metrics,
+): FastifyInstance {
   const admin = Fastify({
     loggerInstance: log,
     logController: new LogController({ disableRequestLogging: true }),
   }) as unknown as FastifyInstance;
   admin.get('/livez', async () => ({ status: 'ok' }));
-  admin.get('/readyz', async (_req, reply) =>
-    ready() ? { status: 'ready' } : reply.code(503).send({ status: 'draining' }),
-  );
+  admin.get('/readyz', async (_req, reply) => {
+    const why = notReady();
+    return why === undefined ? { status: 'ready' } : reply.code(503).send({ status: why });
+  });
+  admin.get('/metrics', async (_req, reply) => {
+    void reply.header('content-type', metrics.registry.contentType);
+    return metrics.registry.metrics();
+  });
   return admin;
 }
 
@@ -59,8 +74,34 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
       http,
       toolHeaders: new ToolHeaderRegistry(),
       maxResponseBytes: http.maxResponseBytes,
+      requiredScopes: server.requiredScopes,
     });
   }
+  const metrics = createMetrics();
+  const store = await openStore(
+    config.store.kind === 'redis'
+      ? {
+          kind: 'redis',
+          url: config.store.url,
+          keyPrefix: config.store.keyPrefix,
+          commandTimeoutMs: config.store.commandTimeoutMs,
+          connectTimeoutMs: config.store.connectTimeoutMs,
+        }
+      : { kind: 'memory' },
+    (event, detail) => {
+      if (event === 'connected')
+        log.info({ store: config.store.kind, ...detail }, 'store connected');
+      else log.warn({ store: config.store.kind, ...detail }, `store ${event}`);
+    },
+  );
+  const revocations = new Revocations(store, (err, what) =>
+    log.warn({ err: (err as Error).message }, `store: ${what} failed`),
+  );
+  await revocations.start();
+  const storeTrusted = (): boolean => revocations.current;
+  metrics.storeHealthy.set(storeTrusted() ? 1 : 0);
+  store.onHealth(() => metrics.storeHealthy.set(storeTrusted() ? 1 : 0));
+  const keys = config.auth.mode === 'jwt' ? await keySource(config, log, metrics) : undefined;
   const sessions = new MemorySessionStore(config.sessions.idleTimeoutMs, config.sessions.max);
   const streams = new StreamRegistry(
     config.listen.heartbeatIntervalMs,
@@ -69,6 +110,8 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
   let draining = false;
   let listening = false;
 
+  let authenticator: Authenticator | undefined;
+  let resourceInfo: ResourceInfo | undefined;
   const app = buildApp({
     config,
     log,
@@ -77,6 +120,15 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
     streams,
     isDraining: () => draining,
     onFrame: options.onFrame,
+    metrics,
+    auth:
+      config.auth.mode === 'jwt'
+        ? {
+            // Both are set as soon as the listener has its address, before any request is read.
+            authenticator: () => authenticator as Authenticator,
+            info: () => resourceInfo as ResourceInfo,
+          }
+        : undefined,
   });
 
   // Idle sessions are ended on both sides: the upstream gets a best-effort DELETE.
@@ -100,11 +152,27 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
   await app.listen({ host: config.listen.host, port: config.listen.port });
   listening = true;
   const url = baseUrl(app, Boolean(config.listen.tls));
+  if (config.auth.mode === 'jwt') {
+    const resource = config.auth.resource ?? url;
+    resourceInfo = resourceInfoFor(config, resource);
+    authenticator = createAuthenticator(config, resource, keys, revocations, store, metrics);
+  }
 
   let admin: FastifyInstance | undefined;
   let adminUrl: string | undefined;
   if (config.admin.enabled) {
-    admin = buildAdmin(log, () => listening && !draining);
+    admin = buildAdmin(
+      log,
+      () => {
+        if (!listening || draining) return 'draining';
+        // Failing closed, this replica refuses every authenticated request: take it out of rotation.
+        if (config.auth.mode === 'jwt' && config.auth.revocation.failClosed && !storeTrusted()) {
+          return 'store unavailable';
+        }
+        return undefined;
+      },
+      metrics,
+    );
     await admin.listen({ host: config.admin.host, port: config.admin.port });
     adminUrl = baseUrl(admin, false);
   }
@@ -131,6 +199,9 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
       streams.close();
       await Promise.all([...routes.values()].map((r) => r.http.close()));
       await admin?.close();
+      keys?.close();
+      revocations.close();
+      await store.close();
       log.info('gateway stopped');
     })();
     return closing;

@@ -5,6 +5,7 @@
 import pino from 'pino';
 import type { Frame, FrameContext } from '../../src/mcp/frame.js';
 import { buildConfig } from '../../src/config/load.js';
+import type { Config } from '../../src/config/schema.js';
 import { startGateway, type Gateway } from '../../src/server/gateway.js';
 
 export type TestGateway = Gateway;
@@ -20,22 +21,36 @@ export interface SeenFrame {
   message: Frame['message'];
 }
 
+/**
+ * A test configuration: loopback, ephemeral ports, the given auth section and
+ * servers (a URL, or a whole server entry), then `overrides` by top-level key.
+ */
+export function testConfig(
+  servers: Record<string, string | Record<string, unknown>>,
+  auth: Record<string, unknown>,
+  overrides: Record<string, unknown> = {},
+): Config {
+  const { listen, admin, ...rest } = overrides as {
+    listen?: Record<string, unknown>;
+    admin?: Record<string, unknown>;
+  };
+  return buildConfig({
+    listen: { host: '127.0.0.1', port: 0, ...listen },
+    admin: { port: 0, ...admin },
+    auth,
+    servers: Object.fromEntries(
+      Object.entries(servers).map(([name, s]) => [name, typeof s === 'string' ? { url: s } : s]),
+    ),
+    ...rest,
+  });
+}
+
 export async function startTestGateway(
   servers: Record<string, string>,
   overrides: Record<string, unknown> = {},
   frames?: SeenFrame[],
 ): Promise<TestGateway> {
-  const { listen, admin, ...rest } = overrides as {
-    listen?: Record<string, unknown>;
-    admin?: Record<string, unknown>;
-  };
-  const config = buildConfig({
-    listen: { host: '127.0.0.1', port: 0, ...listen },
-    admin: { port: 0, ...admin },
-    auth: { mode: 'none' },
-    servers: Object.fromEntries(Object.entries(servers).map(([name, url]) => [name, { url }])),
-    ...rest,
-  });
+  const config = testConfig(servers, { mode: 'none' }, overrides);
   const log = pino({ level: process.env.PORTCULLIS_TEST_LOG ?? 'silent' });
   return startGateway(config, {
     log,

@@ -1,0 +1,192 @@
+/**
+ * Authentication on the wire: the request's credentials handed to the
+ * Authenticator, the `WWW-Authenticate` challenges (RFC 6750 §3, RFC 9449
+ * §7.1, RFC 9728 §5.1), the protected-resource metadata documents, and the
+ * audit-ready record of every refusal.
+ */
+import { createHash } from 'node:crypto';
+import type { TLSSocket } from 'node:tls';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import type { Logger } from 'pino';
+import type { AuthInput, Authenticator } from '../auth/authenticate.js';
+import { serverResource } from '../auth/authenticate.js';
+import type { VerifiedToken } from '../auth/jwt.js';
+import { tokenHash } from '../auth/jwt.js';
+import { GatewayError } from '../errors/index.js';
+import type { Metrics } from '../telemetry/metrics.js';
+
+export const PRM_PATH = '/.well-known/oauth-protected-resource';
+
+/** What the metadata documents say, and what the challenges point at. */
+export interface ResourceInfo {
+  /** The gateway's resource identifier (an origin, no trailing slash). */
+  readonly resource: string;
+  readonly authorizationServers: readonly string[];
+  readonly scopesSupported: readonly string[];
+  readonly dpopAlgorithms: readonly string[];
+  readonly dpopRequired: boolean;
+  readonly certificateBound: boolean;
+  /** Each server's own required scopes, by name. */
+  readonly servers: ReadonlyMap<string, readonly string[]>;
+}
+
+const certThumbprints = new WeakMap<object, string | null>();
+
+/** base64url SHA-256 of the DER client certificate of the connection, computed once per connection. */
+function peerCertificate(req: FastifyRequest): string | undefined {
+  const socket = req.raw.socket as Partial<TLSSocket>;
+  if (typeof socket.getPeerCertificate !== 'function') return undefined;
+  let known = certThumbprints.get(socket);
+  if (known === undefined) {
+    const cert = socket.getPeerCertificate();
+    // An unauthorized certificate (not chaining to listen.tls.clientCa) binds nothing.
+    known =
+      cert?.raw && socket.authorized
+        ? createHash('sha256').update(cert.raw).digest('base64url')
+        : null;
+    certThumbprints.set(socket, known);
+  }
+  return known ?? undefined;
+}
+
+function first(value: string | string[] | undefined): string | undefined {
+  return Array.isArray(value) ? value[0] : value;
+}
+
+export function authInput(req: FastifyRequest): AuthInput {
+  const h = req.headers;
+  return {
+    authorization: h.authorization,
+    dpop: first(h.dpop),
+    method: req.method,
+    url: req.url,
+    sessionId: first(h['mcp-session-id']),
+    peerCertificate: () => peerCertificate(req),
+  };
+}
+
+/** The metadata URL for a request path: the server's own document, or the gateway's. */
+export function metadataUrlFor(info: ResourceInfo, url: string): string {
+  const m = /^\/mcp\/([^/?#]+)/.exec(url);
+  const name = m?.[1] === undefined ? undefined : decodeURIComponent(m[1]);
+  return name !== undefined && info.servers.has(name)
+    ? `${info.resource}${PRM_PATH}/mcp/${name}`
+    : `${info.resource}${PRM_PATH}`;
+}
+
+/** An auth-param quoted-string value: visible ASCII without `"` and `\` (RFC 6750 §3). */
+function quoted(text: string): string {
+  return `"${text.replace(/[^\x20\x21\x23-\x5b\x5d-\x7e]/g, ' ')}"`;
+}
+
+export function challengeHeader(err: GatewayError, info: ResourceInfo, url: string): string {
+  const challenge = err.challenge;
+  if (challenge === undefined) throw new Error(`${err.code} carries no challenge`);
+  const params = [`resource_metadata=${quoted(metadataUrlFor(info, url))}`];
+  if (challenge.error !== '') {
+    params.push(`error=${quoted(challenge.error)}`, `error_description=${quoted(err.message)}`);
+  }
+  if (typeof err.data.scope === 'string') params.push(`scope=${quoted(err.data.scope)}`);
+  if (challenge.scheme === 'DPoP') params.push(`algs=${quoted(info.dpopAlgorithms.join(' '))}`);
+  return `${challenge.scheme} ${params.join(', ')}`;
+}
+
+/** Fields of a refusal's log record: enough to trace it, never the token itself. */
+export function refusalRecord(req: FastifyRequest, err: GatewayError): Record<string, unknown> {
+  const auth = req.headers.authorization;
+  const space = auth?.indexOf(' ') ?? -1;
+  return {
+    event: 'auth.refused',
+    code: err.code,
+    reason: err.data.reason,
+    status: err.status,
+    method: req.method,
+    path: req.url.split('?')[0],
+    ip: req.ip,
+    // A prefix of the token's SHA-256: correlates refusals without revealing the token.
+    tokenSha256:
+      auth && space > 0 ? tokenHash(auth.slice(space + 1).trim()).slice(0, 16) : undefined,
+  };
+}
+
+export interface AuthHooks {
+  /** The onRequest step for /mcp/ paths: sets `req.token` and `req.principal`, or refuses. */
+  authenticate(req: FastifyRequest, reply: FastifyReply, done: () => void): void;
+  /** Refuses the request with `err`: challenge header, audit record, metric. */
+  refuse(req: FastifyRequest, reply: FastifyReply, err: GatewayError): void;
+}
+
+export function authHooks(
+  authenticator: () => Authenticator,
+  info: () => ResourceInfo,
+  log: Logger,
+  metrics: Metrics,
+  send: (reply: FastifyReply, err: GatewayError) => void,
+): AuthHooks {
+  const refuse = (req: FastifyRequest, reply: FastifyReply, err: GatewayError): void => {
+    if (err.challenge) reply.header('www-authenticate', challengeHeader(err, info(), req.url));
+    log.warn(refusalRecord(req, err), 'refused a request at authentication');
+    metrics.authRefusals.inc({ code: err.code, reason: String(err.data.reason ?? '') });
+    send(reply, err);
+  };
+  const accept = (req: FastifyRequest, token: VerifiedToken): void => {
+    req.token = token;
+    req.principal = token.principal;
+  };
+  const onError = (req: FastifyRequest, reply: FastifyReply, err: unknown): void => {
+    if (err instanceof GatewayError) return refuse(req, reply, err);
+    log.error({ err }, 'authentication failed unexpectedly');
+    send(reply, new GatewayError('PORTCULLIS_ERR_INTERNAL'));
+  };
+  return {
+    refuse,
+    authenticate(req, reply, done) {
+      let result: VerifiedToken | Promise<VerifiedToken>;
+      try {
+        result = authenticator().authenticate(authInput(req));
+      } catch (err) {
+        return onError(req, reply, err);
+      }
+      if (result instanceof Promise) {
+        result.then(
+          (token) => {
+            accept(req, token);
+            done();
+          },
+          (err: unknown) => onError(req, reply, err),
+        );
+        return;
+      }
+      accept(req, result);
+      done();
+    },
+  };
+}
+
+/** GET /.well-known/oauth-protected-resource[/mcp/<name>] (RFC 9728 §3). */
+export function registerMetadataRoutes(app: FastifyInstance, info: () => ResourceInfo): void {
+  const document = (resource: string, serverScopes: readonly string[]): Record<string, unknown> => {
+    const i = info();
+    return {
+      resource,
+      authorization_servers: i.authorizationServers,
+      scopes_supported: [...new Set([...i.scopesSupported, ...serverScopes])],
+      bearer_methods_supported: ['header'],
+      resource_name: 'Portcullis MCP gateway',
+      dpop_signing_alg_values_supported: i.dpopAlgorithms,
+      dpop_bound_access_tokens_required: i.dpopRequired,
+      tls_client_certificate_bound_access_tokens: i.certificateBound,
+    };
+  };
+  app.get(PRM_PATH, async (_req, reply) => {
+    void reply.header('cache-control', 'public, max-age=300');
+    return document(info().resource, []);
+  });
+  app.get<{ Params: { server: string } }>(`${PRM_PATH}/mcp/:server`, async (req, reply) => {
+    const i = info();
+    const scopes = i.servers.get(req.params.server);
+    if (scopes === undefined) throw new GatewayError('PORTCULLIS_ERR_HTTP_NOT_FOUND');
+    void reply.header('cache-control', 'public, max-age=300');
+    return document(serverResource(i.resource, req.params.server), scopes);
+  });
+}

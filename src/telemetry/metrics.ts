@@ -1,0 +1,58 @@
+/**
+ * Prometheus metrics, in one registry per gateway (served at /metrics on the
+ * admin listener). Counters are created once here; the hot path only calls
+ * `inc` on them.
+ */
+import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+
+export interface Metrics {
+  readonly registry: Registry;
+  readonly authRefusals: Counter<'code' | 'reason'>;
+  readonly tokenVerifications: Counter<'result'>;
+  readonly jwksFetches: Counter<'result'>;
+  readonly revocationUnchecked: Counter;
+  readonly storeHealthy: Gauge;
+  readonly credentialsIssued: Counter<'server' | 'mode' | 'result'>;
+}
+
+export function createMetrics(): Metrics {
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry, prefix: 'portcullis_process_' });
+  return {
+    registry,
+    authRefusals: new Counter({
+      name: 'portcullis_auth_refusals_total',
+      help: 'Requests refused at authentication, by error code and reason.',
+      labelNames: ['code', 'reason'],
+      registers: [registry],
+    }),
+    tokenVerifications: new Counter({
+      name: 'portcullis_token_verifications_total',
+      help: 'Token checks, by result: cache "hit" (no crypto, no network) or "miss" (verified).',
+      labelNames: ['result'],
+      registers: [registry],
+    }),
+    jwksFetches: new Counter({
+      name: 'portcullis_jwks_fetches_total',
+      help: 'JWKS fetches from the issuer, by result.',
+      labelNames: ['result'],
+      registers: [registry],
+    }),
+    revocationUnchecked: new Counter({
+      name: 'portcullis_revocation_unchecked_total',
+      help: 'Requests let through without a revocation check while the store was unavailable (failClosed: false).',
+      registers: [registry],
+    }),
+    storeHealthy: new Gauge({
+      name: 'portcullis_store_healthy',
+      help: '1 while the shared store answers and revocations are loaded, else 0.',
+      registers: [registry],
+    }),
+    credentialsIssued: new Counter({
+      name: 'portcullis_upstream_credentials_total',
+      help: 'Upstream credentials obtained (minted or exchanged), by server, mode and result.',
+      labelNames: ['server', 'mode', 'result'],
+      registers: [registry],
+    }),
+  };
+}

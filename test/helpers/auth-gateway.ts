@@ -1,0 +1,34 @@
+/**
+ * A gateway with JWT authentication on, in-process, with its log records
+ * captured so tests can assert what an operator (or an audit pipeline)
+ * would see.
+ */
+import pino from 'pino';
+import { startGateway, type Gateway } from '../../src/server/gateway.js';
+import { testConfig } from './gateway.js';
+import { ISSUER } from './tokens.js';
+
+export interface AuthGateway extends Gateway {
+  /** Every log record written so far, parsed. */
+  readonly logs: Array<Record<string, unknown>>;
+}
+
+export async function startAuthGateway(
+  servers: Record<string, string | Record<string, unknown>>,
+  auth: Record<string, unknown>,
+  overrides: Record<string, unknown> = {},
+): Promise<AuthGateway> {
+  const { jwt, ...restAuth } = auth as { jwt?: Record<string, unknown> };
+  const config = testConfig(
+    servers,
+    { mode: 'jwt', ...restAuth, jwt: { issuer: ISSUER, ...jwt } },
+    overrides,
+  );
+  const logs: Array<Record<string, unknown>> = [];
+  const log = pino(
+    { level: 'debug' },
+    { write: (line: string) => void logs.push(JSON.parse(line) as Record<string, unknown>) },
+  );
+  const gateway = await startGateway(config, { log });
+  return Object.assign(gateway, { logs });
+}

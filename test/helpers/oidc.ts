@@ -1,0 +1,154 @@
+/**
+ * A real OAuth 2.1 / OpenID Connect authorization server for the tests:
+ * `oidc-provider`, in-process on a free loopback port, issuing JWT access
+ * tokens (ES256) for resource indicators (RFC 8707) through the
+ * client-credentials grant, DPoP-bound when the client sends a proof.
+ */
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { exportJWK, generateKeyPair } from 'jose';
+
+export interface AuthorizationServer {
+  /** The issuer, `http://127.0.0.1:PORT`, no trailing slash. */
+  readonly issuer: string;
+  readonly jwksUrl: string;
+  readonly tokenUrl: string;
+  readonly clientId: string;
+  readonly clientSecret: string;
+  /** Every resource indicator a token was requested for, in order. */
+  readonly resources: string[];
+  /** Tokens issued, in order. */
+  readonly issued: number;
+  close(): Promise<void>;
+}
+
+// oidc-provider prints development notices through console; they are not test output.
+const quiet = (fn: (...args: unknown[]) => void) =>
+  function (...args: unknown[]) {
+    if (typeof args[0] === 'string' && /^oidc-provider (WARNING|NOTICE)/.test(args[0])) return;
+    fn(...args);
+  };
+console.warn = quiet(console.warn.bind(console));
+console.info = quiet(console.info.bind(console));
+
+export interface AuthorizationServerOptions {
+  /** Scopes a token for any resource may carry. */
+  readonly scopes?: string;
+  /** Claims added to every access token. */
+  readonly extraClaims?: Record<string, unknown>;
+  /** Access token lifetime, seconds. */
+  readonly ttlS?: number;
+}
+
+export async function startAuthorizationServer(
+  options: AuthorizationServerOptions = {},
+): Promise<AuthorizationServer> {
+  const { default: Provider, errors } = await import('oidc-provider');
+  const server: Server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const issuer = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const { privateKey } = await generateKeyPair('ES256', { extractable: true });
+  const signingKey = {
+    ...(await exportJWK(privateKey)),
+    kid: 'as-es256',
+    alg: 'ES256',
+    use: 'sig',
+  };
+  const resources: string[] = [];
+  let issued = 0;
+  const scopes = options.scopes ?? 'mcp tools:call';
+  const clientId = 'agent-app';
+  const clientSecret = 'agent-app-secret-0123456789';
+
+  const provider = new Provider(issuer, {
+    jwks: { keys: [signingKey] },
+    clients: [
+      {
+        client_id: clientId,
+        client_secret: clientSecret,
+        grant_types: ['client_credentials'],
+        response_types: [],
+        redirect_uris: [],
+        token_endpoint_auth_method: 'client_secret_basic',
+        // The only signing key is ES256; the provider checks client metadata against its keys.
+        id_token_signed_response_alg: 'ES256',
+        scope: scopes,
+      },
+    ],
+    scopes: scopes.split(' '),
+    cookies: { keys: ['portcullis-test-cookie-key'] },
+    features: {
+      devInteractions: { enabled: false },
+      clientCredentials: { enabled: true },
+      resourceIndicators: {
+        enabled: true,
+        defaultResource: () => undefined,
+        useGrantedResource: () => false,
+        getResourceServerInfo(_ctx: unknown, resource: string) {
+          if (!/^https?:\/\/127\.0\.0\.1:\d+(\/|$)/.test(resource))
+            throw new errors.InvalidTarget();
+          resources.push(resource);
+          return {
+            scope: scopes,
+            accessTokenFormat: 'jwt',
+            accessTokenTTL: options.ttlS ?? 300,
+            jwt: { sign: { alg: 'ES256' } },
+          };
+        },
+      },
+    },
+    ttl: {
+      ClientCredentials: (_ctx: unknown, token: { resourceServer?: { accessTokenTTL?: number } }) =>
+        token.resourceServer?.accessTokenTTL ?? 300,
+    },
+    extraTokenClaims: () => {
+      issued++;
+      return { tenant: 'acme', ...options.extraClaims };
+    },
+  } as unknown as ConstructorParameters<typeof Provider>[1]);
+  server.on('request', provider.callback());
+
+  return {
+    issuer,
+    jwksUrl: `${issuer}/jwks`,
+    tokenUrl: `${issuer}/token`,
+    clientId,
+    clientSecret,
+    resources,
+    get issued() {
+      return issued;
+    },
+    close: async () => {
+      server.closeAllConnections();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}
+
+/** A client-credentials token for `resource`, with a DPoP proof when `dpop` is given. */
+export async function clientCredentialsToken(
+  as: AuthorizationServer,
+  resource: string,
+  scope?: string,
+  dpop?: string,
+): Promise<{ access_token: string; token_type: string; expires_in: number }> {
+  const body = new URLSearchParams({ grant_type: 'client_credentials', resource });
+  if (scope !== undefined) body.set('scope', scope);
+  const res = await fetch(as.tokenUrl, {
+    method: 'POST',
+    headers: {
+      'content-type': 'application/x-www-form-urlencoded',
+      authorization: `Basic ${Buffer.from(`${as.clientId}:${as.clientSecret}`).toString('base64')}`,
+      ...(dpop === undefined ? {} : { dpop }),
+    },
+    body,
+  });
+  const json = (await res.json()) as {
+    access_token: string;
+    token_type: string;
+    expires_in: number;
+  };
+  if (res.status !== 200)
+    throw new Error(`token request failed: ${res.status} ${JSON.stringify(json)}`);
+  return json;
+}

@@ -1,0 +1,104 @@
+/**
+ * A real `redis-server` child on a port of the test's choosing, to kill and
+ * start again: outages are real lost connections, not mocks. A missing binary
+ * fails the test that asked for a server.
+ */
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import { createConnection, createServer } from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
+
+const START_TIMEOUT_MS = 10_000;
+
+export interface RedisServer {
+  readonly port: number;
+  readonly url: string;
+  /** SIGKILL, like a crash: sockets are reset, nothing is flushed. Resolves once it exited. */
+  kill(): Promise<void>;
+  /** SIGSTOP: sockets stay open and nothing answers, like a peer lost without a FIN. */
+  freeze(): void;
+  /** SIGCONT after `freeze`. */
+  thaw(): void;
+}
+
+/** The path of `redis-server`; throws (failing the test) if it is not installed. */
+export function redisServerBinary(): string {
+  try {
+    return execFileSync('sh', ['-c', 'command -v redis-server'], { encoding: 'utf8' }).trim();
+  } catch {
+    throw new Error('redis-server is not installed (apt-get install redis-server)');
+  }
+}
+
+/** A TCP port nothing listens on right now. */
+export async function freePort(): Promise<number> {
+  const server = createServer();
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const address = server.address();
+  server.close();
+  await once(server, 'close');
+  if (address === null || typeof address === 'string') throw new Error('no TCP address');
+  return address.port;
+}
+
+const running = new Set<ChildProcess>();
+// A test that dies half-way must not leave servers behind.
+process.once('exit', () => {
+  for (const child of running) child.kill('SIGKILL');
+});
+
+/** Starts `redis-server` on `port` (no persistence) and resolves once it accepts connections. */
+export async function startRedisServer(port: number): Promise<RedisServer> {
+  const child = spawn(
+    redisServerBinary(),
+    ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  running.add(child);
+  let output = '';
+  const collect = (chunk: Buffer): void => {
+    output = (output + chunk.toString()).slice(-4_000);
+  };
+  child.stdout?.on('data', collect);
+  child.stderr?.on('data', collect);
+  const exited = once(child, 'exit');
+  exited.then(() => running.delete(child)).catch(() => undefined);
+
+  const kill = async (): Promise<void> => {
+    if (child.exitCode !== null || child.signalCode !== null) return;
+    child.kill('SIGKILL');
+    await exited;
+  };
+
+  const deadline = Date.now() + START_TIMEOUT_MS;
+  for (;;) {
+    if (child.exitCode !== null || child.signalCode !== null) {
+      throw new Error(`redis-server on port ${port} exited at start:\n${output}`);
+    }
+    if (await accepts(port)) break;
+    if (Date.now() > deadline) {
+      await kill();
+      throw new Error(`redis-server on port ${port} did not start:\n${output}`);
+    }
+    await sleep(20);
+  }
+  return {
+    port,
+    url: `redis://127.0.0.1:${port}`,
+    kill,
+    freeze: () => child.kill('SIGSTOP'),
+    thaw: () => child.kill('SIGCONT'),
+  };
+}
+
+function accepts(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = createConnection({ port, host: '127.0.0.1' });
+    socket.once('connect', () => {
+      socket.destroy();
+      resolve(true);
+    });
+    socket.once('error', () => resolve(false));
+  });
+}
