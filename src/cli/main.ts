@@ -36,6 +36,7 @@ Usage:
   portcullis config check FILE         validate a configuration file, print every error
   portcullis keys generate [options]   create a signing key (private JWKS + public .pub.json)
   portcullis token mint [options]      print a short-lived access token signed with a local key
+  portcullis revoke [options]          revoke a token, a subject or a session on a running gateway
   portcullis --help | --version
 
 Options for start:
@@ -70,6 +71,15 @@ Options for token mint (defaults fit start --demo):
   --aud AUD              audience: the gateway's resource or a server's (default ${DEV_AUDIENCE})
   --iss ISS              issuer (default ${DEV_ISSUER})
   --client ID            client_id claim (default portcullis-cli)
+
+Options for revoke (through the admin API of a running gateway):
+  --jti ID | --sub S --tenant T | --session ID
+                         what to revoke: one token, every token of a subject, one session
+  --ttl D                how long it stays revoked (default: the longest a token lives)
+  --reason TEXT          recorded with the revocation
+  --list                 print the live revocations instead
+  --admin-url URL        the admin listener (default http://127.0.0.1:9090)
+  --admin-token-file F   its credential; default: the PORTCULLIS_ADMIN_TOKEN variable
 
 Examples:
   portcullis start --demo
@@ -245,6 +255,66 @@ async function tokenMint(args: string[]): Promise<void> {
       values.keys === DEV_KEYS_FILE ? ' (run `portcullis start --demo` once, or pass --keys)' : '';
     fail(`cannot mint: ${(err as Error).message}${hint}`, 1);
   }
+}
+
+async function revoke(args: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      jti: { type: 'string' },
+      sub: { type: 'string' },
+      tenant: { type: 'string' },
+      session: { type: 'string' },
+      ttl: { type: 'string' },
+      reason: { type: 'string' },
+      list: { type: 'boolean' },
+      'admin-url': { type: 'string', default: 'http://127.0.0.1:9090' },
+      'admin-token-file': { type: 'string' },
+    },
+    strict: true,
+  });
+  const token =
+    values['admin-token-file'] !== undefined
+      ? readFileSync(values['admin-token-file'], 'utf8').trim()
+      : process.env.PORTCULLIS_ADMIN_TOKEN;
+  if (!token)
+    fail('the admin credential is needed: --admin-token-file F or PORTCULLIS_ADMIN_TOKEN');
+  const url = `${values['admin-url'].replace(/\/$/, '')}/admin/revocations`;
+  const headers = { authorization: `Bearer ${token}`, 'content-type': 'application/json' };
+  let res: Response;
+  try {
+    if (values.list) {
+      res = await fetch(url, { headers });
+    } else {
+      const chosen = (['jti', 'sub', 'session'] as const).filter((k) => values[k] !== undefined);
+      if (chosen.length !== 1) fail('give exactly one of --jti, --sub, --session (or --list)');
+      const kind = chosen[0] as 'jti' | 'sub' | 'session';
+      if (kind === 'sub' && values.tenant === undefined) fail('--sub needs --tenant');
+      let ttlMs: number | undefined;
+      if (values.ttl !== undefined) {
+        const s = parseDuration(values.ttl);
+        if (s === undefined || s < 1)
+          fail(`--ttl expects a duration like 10m or 1h, got '${values.ttl}'`);
+        ttlMs = s * 1000;
+      }
+      res = await fetch(url, {
+        method: 'POST',
+        headers,
+        body: JSON.stringify({
+          kind,
+          id: values[kind],
+          ...(values.tenant === undefined ? {} : { tenant: values.tenant }),
+          ...(ttlMs === undefined ? {} : { ttlMs }),
+          ...(values.reason === undefined ? {} : { reason: values.reason }),
+        }),
+      });
+    }
+  } catch (err) {
+    fail(`cannot reach the admin API at ${url}: ${(err as Error).message}`, 1);
+  }
+  const text = await res.text();
+  if (!res.ok) fail(`the admin API answered ${res.status}: ${text}`, 1);
+  process.stdout.write(`${text}\n`);
 }
 
 async function start(args: string[]): Promise<void> {
@@ -430,6 +500,8 @@ export async function main(argv: string[]): Promise<void> {
       if (rest[0] === 'mint') return tokenMint(rest.slice(1));
       fail(`unknown token command '${rest[0] ?? ''}'; try: portcullis token mint`);
       break;
+    case 'revoke':
+      return revoke(rest);
     case 'config':
       if (rest[0] === 'check') return configCheck(rest.slice(1));
       fail(`unknown config command '${rest[0] ?? ''}'; try: portcullis config check FILE`);

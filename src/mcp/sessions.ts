@@ -44,9 +44,15 @@ export function newSessionId(): string {
 
 export class MemorySessionStore implements SessionStore {
   private readonly sessions = new Map<string, Session>();
+  /**
+   * @param onEnd told of every session that ends, however it ends (DELETE,
+   *   idle expiry, the upstream forgetting it), so what was issued for it can
+   *   be revoked.
+   */
   constructor(
     private readonly idleTimeoutMs: number,
     private readonly max: number,
+    private readonly onEnd: (session: Session) => void = () => undefined,
   ) {}
 
   get size(): number {
@@ -76,6 +82,7 @@ export class MemorySessionStore implements SessionStore {
     const now = Date.now();
     if (this.isIdle(session, now)) {
       this.sessions.delete(id);
+      this.onEnd(session);
       return undefined;
     }
     session.lastSeenAt = now;
@@ -84,7 +91,9 @@ export class MemorySessionStore implements SessionStore {
 
   delete(id: string): Session | undefined {
     const session = this.sessions.get(id);
+    if (session === undefined) return undefined;
     this.sessions.delete(id);
+    this.onEnd(session);
     return session;
   }
 
@@ -93,6 +102,7 @@ export class MemorySessionStore implements SessionStore {
     for (const session of this.sessions.values()) {
       if (this.isIdle(session, now)) {
         this.sessions.delete(session.id);
+        this.onEnd(session);
         expired.push(session);
       }
     }

@@ -40,6 +40,8 @@ import { toGatewayError } from '../upstream/http.js';
 import { compileHostCheck, compileOriginCheck } from './allowlist.js';
 import type { Authenticator } from '../auth/authenticate.js';
 import type { VerifiedToken } from '../auth/jwt.js';
+import type { UpstreamCredential } from '../auth/credentials.js';
+import type { SigningKeys } from '../auth/keys.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import { authHooks, registerMetadataRoutes, type ResourceInfo } from './auth-http.js';
 import { Exchange, relayResponse, sendError, type RelayRoute } from './relay.js';
@@ -49,6 +51,8 @@ export interface Route extends RelayRoute {
   readonly http: HttpUpstream;
   /** Scopes a token needs for this server (besides auth.requiredScopes). */
   readonly requiredScopes: readonly string[];
+  /** What the upstream is sent in place of the agent's token. */
+  readonly credential: () => UpstreamCredential;
 }
 
 export interface AppDeps {
@@ -60,6 +64,8 @@ export interface AppDeps {
   isDraining: () => boolean;
   onFrame?: FrameObserver | undefined;
   metrics: Metrics;
+  /** The gateway's own signing keys, published at /.well-known/jwks.json. */
+  signingKeys?: SigningKeys | undefined;
   /** auth.mode jwt: the authenticator and the metadata, known once the listener has its address. */
   auth?: { authenticator: () => Authenticator; info: () => ResourceInfo } | undefined;
 }
@@ -150,6 +156,14 @@ export function buildApp(deps: AppDeps): FastifyInstance {
       )
     : undefined;
   if (deps.auth) registerMetadataRoutes(app, deps.auth.info);
+  const signingKeys = deps.signingKeys;
+  if (signingKeys) {
+    // What upstreams verify minted credentials with.
+    app.get('/.well-known/jwks.json', async (_req, reply) => {
+      void reply.header('cache-control', 'public, max-age=300');
+      return signingKeys.jwks();
+    });
+  }
 
   app.removeAllContentTypeParsers();
   app.addContentTypeParser('application/json', { parseAs: 'string' }, (_req, body, done) =>
@@ -217,6 +231,22 @@ export function buildApp(deps: AppDeps): FastifyInstance {
       deps.auth.authenticator().authorize(req.token, route.name, route.requiredScopes);
     }
     return route;
+  };
+
+  /**
+   * The credential step: upstream headers are built from scratch (the
+   * client's Authorization and cookies are never among them), then the
+   * server's own credential is added.
+   */
+  const credentialHeaders = async (
+    req: FastifyRequest,
+    route: Route,
+    session: Session | undefined,
+  ): Promise<Record<string, string>> => {
+    const headers = upstreamHeaders(req, session);
+    const extra = route.credential().headers({ token: req.token, sessionId: session?.id });
+    if (extra !== undefined) Object.assign(headers, extra instanceof Promise ? await extra : extra);
+    return headers;
   };
 
   const sessionFor = (
@@ -345,7 +375,12 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     for (const f of frames)
       if (f.kind === 'request' && f.id !== undefined) methodsById.set(f.id, f.method as string);
     const owner = ownerKey(req.principal);
-    const headers = upstreamHeaders(req, session);
+    let headers: Record<string, string>;
+    try {
+      headers = await credentialHeaders(req, route, session);
+    } catch (err) {
+      return fail(err instanceof GatewayError ? err : new GatewayError('PORTCULLIS_ERR_INTERNAL'));
+    }
     headers['content-type'] = 'application/json';
     headers.accept = UPSTREAM_ACCEPT;
 
@@ -392,7 +427,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
       throw new GatewayError('PORTCULLIS_ERR_SESSION_MISSING');
     }
     if (!session) throw new GatewayError('PORTCULLIS_ERR_SESSION_UNKNOWN');
-    const headers = upstreamHeaders(req, session);
+    const headers = await credentialHeaders(req, route, session);
     headers.accept = 'text/event-stream';
     await forward(
       reply,
@@ -417,15 +452,15 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     const { id: sessionId, session } = sessionFor(req, route);
     if (sessionId === undefined) throw new GatewayError('PORTCULLIS_ERR_SESSION_MISSING');
     if (!session) throw new GatewayError('PORTCULLIS_ERR_SESSION_UNKNOWN');
+    // The upstream's credential is taken while the session lives: ending it revokes what it minted.
+    const headers =
+      session.upstreamId === undefined ? undefined : await credentialHeaders(req, route, session);
     // DELETE ends both sides: the gateway's mapping goes whatever the upstream says.
     sessions.delete(session.id);
     log.info({ server: route.name, session: session.id }, 'session closed by the client');
-    if (session.upstreamId === undefined) return reply.code(200).send();
+    if (headers === undefined) return reply.code(200).send();
     try {
-      const up = await route.http.request({
-        method: 'DELETE',
-        headers: upstreamHeaders(req, session),
-      }).response;
+      const up = await route.http.request({ method: 'DELETE', headers }).response;
       await up.body.dump();
       // 405 means the upstream does not let clients end sessions; the gateway's side has ended anyway.
       return reply.code(up.statusCode === 405 ? 200 : up.statusCode).send();

@@ -3,22 +3,26 @@
  * the admin listener, and owns start-up and the SIGTERM drain. Nothing
  * imports this module but the CLI and the tests.
  */
-import Fastify, { LogController, type FastifyInstance } from 'fastify';
-import pino, { type Logger } from 'pino';
+import { readFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
+import type { FastifyInstance } from 'fastify';
+import pino, { type Logger } from 'pino';
+import type { Authenticator } from '../auth/authenticate.js';
+import { createCredential, type UpstreamCredential } from '../auth/credentials.js';
+import { SigningKeys } from '../auth/keys.js';
+import { Revocations } from '../auth/revocation.js';
 import type { Config } from '../config/schema.js';
 import { ToolHeaderRegistry } from '../mcp/era.js';
 import type { FrameObserver } from '../mcp/frame.js';
 import { MemorySessionStore } from '../mcp/sessions.js';
-import { HttpUpstream } from '../upstream/http.js';
-import { buildApp, type Route } from './app.js';
-import { StreamRegistry } from './streams.js';
-import type { Authenticator } from '../auth/authenticate.js';
-import { Revocations } from '../auth/revocation.js';
 import { openStore } from '../store/index.js';
-import { createMetrics, type Metrics } from '../telemetry/metrics.js';
+import { createMetrics } from '../telemetry/metrics.js';
+import { HttpUpstream } from '../upstream/http.js';
+import { buildAdmin } from './admin.js';
+import { buildApp, type Route } from './app.js';
 import type { ResourceInfo } from './auth-http.js';
 import { createAuthenticator, keySource, resourceInfoFor } from './identity.js';
+import { StreamRegistry } from './streams.js';
 
 export interface Gateway {
   /** Base URL of the public listener, e.g. `http://127.0.0.1:8080`. */
@@ -43,30 +47,12 @@ function baseUrl(app: FastifyInstance, tls: boolean): string {
   return `${tls ? 'https' : 'http'}://${host}:${addr.port}`;
 }
 
-function buildAdmin(
-  log: Logger,
-  notReady: () => string | undefined,
-  metrics: Metrics,
-): FastifyInstance {
-  const admin = Fastify({
-    loggerInstance: log,
-    logController: new LogController({ disableRequestLogging: true }),
-  }) as unknown as FastifyInstance;
-  admin.get('/livez', async () => ({ status: 'ok' }));
-  admin.get('/readyz', async (_req, reply) => {
-    const why = notReady();
-    return why === undefined ? { status: 'ready' } : reply.code(503).send({ status: why });
-  });
-  admin.get('/metrics', async (_req, reply) => {
-    void reply.header('content-type', metrics.registry.contentType);
-    return metrics.registry.metrics();
-  });
-  return admin;
-}
-
 export async function startGateway(config: Config, options: StartOptions = {}): Promise<Gateway> {
   const log = options.log ?? pino({ level: config.log.level });
   const routes = new Map<string, Route>();
+  // Credentials are made once the listener has its address (a minted token's
+  // issuer defaults to the gateway's resource); no request is read before.
+  const credentials = new Map<string, UpstreamCredential>();
   for (const [name, server] of Object.entries(config.servers)) {
     const http = new HttpUpstream(name, server, config.upstreamDefaults);
     routes.set(name, {
@@ -75,8 +61,13 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
       toolHeaders: new ToolHeaderRegistry(),
       maxResponseBytes: http.maxResponseBytes,
       requiredScopes: server.requiredScopes,
+      credential: () => credentials.get(name) as UpstreamCredential,
     });
   }
+  const signingKeys =
+    config.signing.keysFile === undefined
+      ? undefined
+      : await SigningKeys.load(config.signing.keysFile, config.signing.activeKid);
   const metrics = createMetrics();
   const store = await openStore(
     config.store.kind === 'redis'
@@ -102,7 +93,11 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
   metrics.storeHealthy.set(storeTrusted() ? 1 : 0);
   store.onHealth(() => metrics.storeHealthy.set(storeTrusted() ? 1 : 0));
   const keys = config.auth.mode === 'jwt' ? await keySource(config, log, metrics) : undefined;
-  const sessions = new MemorySessionStore(config.sessions.idleTimeoutMs, config.sessions.max);
+  const sessions = new MemorySessionStore(
+    config.sessions.idleTimeoutMs,
+    config.sessions.max,
+    (session) => credentials.get(session.server)?.sessionEnded(session.id),
+  );
   const streams = new StreamRegistry(
     config.listen.heartbeatIntervalMs,
     config.shutdown.retryHintMs,
@@ -121,6 +116,7 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
     isDraining: () => draining,
     onFrame: options.onFrame,
     metrics,
+    signingKeys,
     auth:
       config.auth.mode === 'jwt'
         ? {
@@ -152,18 +148,33 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
   await app.listen({ host: config.listen.host, port: config.listen.port });
   listening = true;
   const url = baseUrl(app, Boolean(config.listen.tls));
+  const resource = config.auth.resource ?? url;
   if (config.auth.mode === 'jwt') {
-    const resource = config.auth.resource ?? url;
     resourceInfo = resourceInfoFor(config, resource);
     authenticator = createAuthenticator(config, resource, keys, revocations, store, metrics);
+  }
+  for (const [name, server] of Object.entries(config.servers)) {
+    credentials.set(
+      name,
+      createCredential(server.credential, {
+        server: name,
+        serverUrl: server.url,
+        signingIssuer: config.signing.issuer ?? resource,
+        keys: signingKeys,
+        revocations,
+        onIssued: (srv, mode, result) =>
+          metrics.credentialsIssued.inc({ server: srv, mode, result }),
+      }),
+    );
   }
 
   let admin: FastifyInstance | undefined;
   let adminUrl: string | undefined;
   if (config.admin.enabled) {
-    admin = buildAdmin(
+    admin = buildAdmin({
       log,
-      () => {
+      metrics,
+      notReady: () => {
         if (!listening || draining) return 'draining';
         // Failing closed, this replica refuses every authenticated request: take it out of rotation.
         if (config.auth.mode === 'jwt' && config.auth.revocation.failClosed && !storeTrusted()) {
@@ -171,8 +182,16 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
         }
         return undefined;
       },
-      metrics,
-    );
+      token:
+        config.admin.token ??
+        (config.admin.tokenFile === undefined
+          ? undefined
+          : readFileSync(config.admin.tokenFile, 'utf8').trim()),
+      revocations,
+      tokenRevocationMs: config.auth.jwt.maxLifetimeMs + config.auth.jwt.clockSkewMs,
+      sessionRevocationMs: config.sessions.idleTimeoutMs,
+      endSession: (id) => sessions.delete(id) !== undefined,
+    });
     await admin.listen({ host: config.admin.host, port: config.admin.port });
     adminUrl = baseUrl(admin, false);
   }

@@ -8,6 +8,9 @@ import { startGateway, type Gateway } from '../../src/server/gateway.js';
 import { testConfig } from './gateway.js';
 import { ISSUER } from './tokens.js';
 
+/** The admin API credential tests configure (admin.token), at least 32 characters. */
+export const TEST_ADMIN_TOKEN = 'admin-credential-0123456789abcdefghijklmnop';
+
 export interface AuthGateway extends Gateway {
   /** Every log record written so far, parsed. */
   readonly logs: Array<Record<string, unknown>>;

@@ -19,6 +19,8 @@ export interface AuthorizationServer {
   readonly resources: string[];
   /** Tokens issued, in order. */
   readonly issued: number;
+  /** Token exchanges performed. */
+  readonly exchanges: number;
   close(): Promise<void>;
 }
 
@@ -38,7 +40,18 @@ export interface AuthorizationServerOptions {
   readonly extraClaims?: Record<string, unknown>;
   /** Access token lifetime, seconds. */
   readonly ttlS?: number;
+  /**
+   * Also a client for the gateway (`gatewayClientId`/`gatewayClientSecret`)
+   * allowed RFC 8693 token exchange: it trades an access token this server
+   * issued for one issued to the requested resource, naming the original
+   * subject and the gateway as actor.
+   */
+  readonly tokenExchange?: boolean;
 }
+
+export const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
+export const GATEWAY_CLIENT_ID = 'portcullis-gateway';
+export const GATEWAY_CLIENT_SECRET = 'portcullis-gateway-secret-0123456789';
 
 export async function startAuthorizationServer(
   options: AuthorizationServerOptions = {},
@@ -74,6 +87,20 @@ export async function startAuthorizationServer(
         id_token_signed_response_alg: 'ES256',
         scope: scopes,
       },
+      ...(options.tokenExchange
+        ? [
+            {
+              client_id: GATEWAY_CLIENT_ID,
+              client_secret: GATEWAY_CLIENT_SECRET,
+              grant_types: [TOKEN_EXCHANGE],
+              response_types: [],
+              redirect_uris: [],
+              token_endpoint_auth_method: 'client_secret_basic',
+              id_token_signed_response_alg: 'ES256',
+              scope: scopes,
+            },
+          ]
+        : []),
     ],
     scopes: scopes.split(' '),
     cookies: { keys: ['portcullis-test-cookie-key'] },
@@ -101,11 +128,95 @@ export async function startAuthorizationServer(
       ClientCredentials: (_ctx: unknown, token: { resourceServer?: { accessTokenTTL?: number } }) =>
         token.resourceServer?.accessTokenTTL ?? 300,
     },
-    extraTokenClaims: () => {
+    extraTokenClaims: (ctx: { exchangedSubject?: unknown }) => {
       issued++;
-      return { tenant: 'acme', ...options.extraClaims };
+      // Exchanged tokens name the agent's subject and the gateway as actor (RFC 8693 §4.1).
+      const exchanged =
+        ctx.exchangedSubject === undefined
+          ? {}
+          : { original_sub: ctx.exchangedSubject, act: { sub: GATEWAY_CLIENT_ID } };
+      return { tenant: 'acme', ...exchanged, ...options.extraClaims };
     },
   } as unknown as ConstructorParameters<typeof Provider>[1]);
+  let exchanges = 0;
+  if (options.tokenExchange) {
+    const { createLocalJWKSet, jwtVerify } = await import('jose');
+    const publicJwks = createLocalJWKSet({
+      keys: [
+        {
+          kty: signingKey.kty,
+          crv: signingKey.crv,
+          x: signingKey.x,
+          y: signingKey.y,
+          kid: signingKey.kid,
+          alg: 'ES256',
+        },
+      ],
+    });
+    const p = provider as unknown as {
+      ClientCredentials: new (init: Record<string, unknown>) => {
+        resourceServer: unknown;
+        save(): Promise<string>;
+        expiration: number;
+        tokenType: string;
+        scope?: string;
+      };
+      ResourceServer: new (identifier: string, info: Record<string, unknown>) => unknown;
+      registerGrantType(
+        name: string,
+        handler: (ctx: {
+          oidc: { params: Record<string, string | undefined>; client: unknown };
+          body: unknown;
+          status: number;
+          exchangedSubject?: unknown;
+        }) => Promise<void>,
+        params: string[],
+      ): void;
+    };
+    p.registerGrantType(
+      TOKEN_EXCHANGE,
+      async (ctx) => {
+        const { params, client } = ctx.oidc;
+        const resource = params.resource ?? '';
+        let subject: Record<string, unknown>;
+        try {
+          ({ payload: subject } = await jwtVerify(params.subject_token ?? '', publicJwks, {
+            issuer,
+          }));
+        } catch {
+          ctx.status = 400;
+          ctx.body = {
+            error: 'invalid_grant',
+            error_description: 'subject_token is not one of ours',
+          };
+          return;
+        }
+        const token = new p.ClientCredentials({ client, scope: params.scope ?? scopes });
+        token.resourceServer = new p.ResourceServer(resource, {
+          scope: scopes,
+          accessTokenFormat: 'jwt',
+          accessTokenTTL: options.ttlS ?? 300,
+          jwt: { sign: { alg: 'ES256' } },
+        });
+        ctx.exchangedSubject = subject.sub;
+        exchanges++;
+        ctx.body = {
+          access_token: await token.save(),
+          issued_token_type: 'urn:ietf:params:oauth:token-type:access_token',
+          token_type: 'Bearer',
+          expires_in: token.expiration,
+        };
+      },
+      [
+        'subject_token',
+        'subject_token_type',
+        'requested_token_type',
+        'resource',
+        'audience',
+        'scope',
+      ],
+    );
+  }
   server.on('request', provider.callback());
 
   return {
@@ -117,6 +228,9 @@ export async function startAuthorizationServer(
     resources,
     get issued() {
       return issued;
+    },
+    get exchanges() {
+      return exchanges;
     },
     close: async () => {
       server.closeAllConnections();
