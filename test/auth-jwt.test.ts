@@ -473,3 +473,30 @@ test("JWKS down from the start: 503 (not the client's fault), then fine once it 
   server.mode = 'ok';
   assert.equal((await call(remote.urlFor('docs'), token)).status, 200);
 });
+
+test('HMAC tokens verify only with a configured secret, beside the asymmetric keys', async (t) => {
+  const secret = 'a-shared-secret-of-at-least-32-characters';
+  const hmacGw = await startAuthGateway(
+    { docs: upstream.url('/ok') },
+    { jwt: { jwksFile: join(dir, 'issuer.jwks.json'), hmacSecret: secret } },
+  );
+  t.after(() => hmacGw.close());
+  const now = Math.floor(Date.now() / 1000);
+  const claims = {
+    iss: ISSUER,
+    sub: 'svc',
+    aud: hmacGw.url,
+    iat: now,
+    exp: now + 300,
+    tenant: 'acme',
+  };
+  const good = await new SignJWT(claims)
+    .setProtectedHeader({ alg: 'HS256' })
+    .sign(new TextEncoder().encode(secret));
+  assert.equal((await call(hmacGw.urlFor('docs'), good)).status, 200);
+  const wrongSecret = await new SignJWT(claims)
+    .setProtectedHeader({ alg: 'HS256' })
+    .sign(new TextEncoder().encode('another-secret-of-at-least-32-characters!'));
+  assert.equal((await call(hmacGw.urlFor('docs'), wrongSecret)).status, 401);
+  assert.equal((await call(hmacGw.urlFor('docs'), await mint(es256, hmacGw.url))).status, 200);
+});

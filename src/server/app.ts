@@ -124,7 +124,16 @@ export function buildApp(deps: AppDeps): FastifyInstance {
   const { config, log, routes, sessions, streams } = deps;
   const listen = config.listen;
   const https = listen.tls
-    ? { cert: readFileSync(listen.tls.cert), key: readFileSync(listen.tls.key) }
+    ? {
+        cert: readFileSync(listen.tls.cert),
+        key: readFileSync(listen.tls.key),
+        // mTLS: ask for a client certificate, but let the handshake succeed without
+        // one (or with an unknown one): a certificate-bound token then gets a 401 with
+        // a reason instead of a bare TLS failure, and unbound tokens still work.
+        ...(listen.tls.clientCa
+          ? { ca: readFileSync(listen.tls.clientCa), requestCert: true, rejectUnauthorized: false }
+          : {}),
+      }
     : null;
   const app = Fastify({
     loggerInstance: log,
