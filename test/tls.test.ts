@@ -1,43 +1,22 @@
 /** HTTPS on the listener, from a certificate and key named in the config. */
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { Agent, request } from 'undici';
 import { startFaultUpstream } from './fixtures/fault-upstream.js';
+import { selfSigned } from './helpers/certs.js';
 import { startTestGateway } from './helpers/gateway.js';
 import { ACCEPT_BOTH, modernCall, modernHeaders } from './helpers/requests.js';
 
 test('the listener serves HTTPS with the configured certificate', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'portcullis-tls-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));
-  const cert = join(dir, 'cert.pem');
-  const key = join(dir, 'key.pem');
-  execFileSync(
-    'openssl',
-    [
-      'req',
-      '-x509',
-      '-newkey',
-      'ec',
-      '-pkeyopt',
-      'ec_paramgen_curve:P-256',
-      '-nodes',
-      '-keyout',
-      key,
-      '-out',
-      cert,
-      '-days',
-      '1',
-      '-subj',
-      '/CN=localhost',
-      '-addext',
-      'subjectAltName=DNS:localhost,IP:127.0.0.1',
-    ],
-    { stdio: 'ignore' },
-  );
+  const { cert, key } = selfSigned(dir, 'localhost', [
+    '-addext',
+    'subjectAltName=DNS:localhost,IP:127.0.0.1',
+  ]);
 
   const fault = await startFaultUpstream();
   t.after(() => fault.close());
