@@ -2,7 +2,7 @@
 // a few closures each, so the client side stays small): each stream is a modern POST that the
 // origin answers with one event and then holds open until the client leaves.
 import net from 'node:net';
-import { idleRequest, rawHttpRequest, type IdleMethod } from './mcp.js';
+import { idleRequest, rawHttpRequest, withHeaders, type IdleMethod } from './mcp.js';
 
 const OPEN_TIMEOUT_MS = 10_000;
 /** Failures tolerated (beyond this share of the streams asked for) before opening stops. */
@@ -71,12 +71,14 @@ export async function openIdleStreams(o: {
   concurrency: number;
   /** No new stream is started after this many ms. */
   budgetMs: number;
+  /** Added to every request: the target's credentials. */
+  headers?: Record<string, string> | undefined;
 }): Promise<IdleStreams> {
   const stopAt = Date.now() + o.budgetMs;
   const timeoutMs = Math.min(OPEN_TIMEOUT_MS, o.budgetMs);
   const maxFailed = Math.ceil(o.count * MAX_FAILED_SHARE) + 3;
   const url = new URL(o.url);
-  const request = rawHttpRequest(url, idleRequest(o.method));
+  const request = rawHttpRequest(url, withHeaders(idleRequest(o.method), o.headers));
   const sockets: net.Socket[] = [];
   let failed = 0;
   let dropped = 0;

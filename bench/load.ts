@@ -9,7 +9,7 @@
 // Usage: node load.js '<json options>'; prints one JSON result line on stdout.
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Pool } from 'undici';
-import { TOOL_ECHO, TOOL_PROGRESS, takeSseEvents, toolCall } from './mcp.js';
+import { TOOL_ECHO, TOOL_PROGRESS, takeSseEvents, toolCall, withHeaders } from './mcp.js';
 
 const RATE_MAX_CONNECTIONS = 256;
 const REQUEST_TIMEOUT_MS = 10_000;
@@ -21,6 +21,8 @@ const SSE_WARMUP_STREAMS = 16;
 export interface RateOptions {
   readonly mode: 'rate';
   readonly url: string;
+  /** Added to every request: the target's credentials. */
+  readonly headers?: Record<string, string>;
   readonly rate: number;
   readonly durationS: number;
   readonly warmupS: number;
@@ -29,6 +31,7 @@ export interface RateOptions {
 export interface SseOptions {
   readonly mode: 'sse';
   readonly url: string;
+  readonly headers?: Record<string, string>;
   readonly streams: number;
   readonly concurrency: number;
   readonly sseEvents: number;
@@ -86,7 +89,7 @@ async function constantRate(o: RateOptions): Promise<RateResult> {
     headersTimeout: REQUEST_TIMEOUT_MS,
     bodyTimeout: REQUEST_TIMEOUT_MS,
   });
-  const req = toolCall(TOOL_ECHO);
+  const req = withHeaders(toolCall(TOOL_ECHO), o.headers);
   const intervalMs = 1000 / o.rate;
   let firstError: string | undefined;
 
@@ -147,7 +150,7 @@ async function sseStreams(o: SseOptions): Promise<SseResult> {
     headersTimeout: REQUEST_TIMEOUT_MS,
     bodyTimeout: REQUEST_TIMEOUT_MS,
   });
-  const req = toolCall(TOOL_PROGRESS);
+  const req = withHeaders(toolCall(TOOL_PROGRESS), o.headers);
   const expectedEvents = o.sseEvents + 1;
   const ttfe: number[] = [];
   const streamMs: number[] = [];

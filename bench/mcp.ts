@@ -50,6 +50,14 @@ export interface McpRequest {
   readonly body: string;
 }
 
+/** `req` with `extra` headers (a target's credentials) added. */
+export function withHeaders(
+  req: McpRequest,
+  extra: Record<string, string> | undefined,
+): McpRequest {
+  return extra === undefined ? req : { ...req, headers: { ...req.headers, ...extra } };
+}
+
 export function toolCall(tool: string): McpRequest {
   const streaming = tool !== TOOL_ECHO;
   return {

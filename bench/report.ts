@@ -5,7 +5,7 @@ import type { IdleMethod } from './mcp.js';
 import type { RateResult, SseResult } from './load.js';
 import type { WrkResult } from './wrk.js';
 
-export type TargetId = 'direct' | 'nginx' | 'node' | 'fastify' | 'portcullis';
+export type TargetId = 'direct' | 'nginx' | 'node' | 'fastify' | 'portcullis' | 'portcullis-jwt';
 
 export const TARGET_LABELS: Record<TargetId, string> = {
   direct: 'direct (origin)',
@@ -13,6 +13,7 @@ export const TARGET_LABELS: Record<TargetId, string> = {
   node: 'Node floor',
   fastify: '@fastify/http-proxy',
   portcullis: 'portcullis',
+  'portcullis-jwt': 'portcullis (JWT)',
 };
 
 export interface IdleResult {
@@ -385,7 +386,8 @@ export function renderResults(meta: RunMeta, results: readonly TargetResult[]): 
     '',
   );
 
-  const baselines: TargetId[] = ['nginx', 'node', 'fastify'];
+  // vs portcullis: what authentication costs (the JWT target against the same gateway without it).
+  const baselines: TargetId[] = ['nginx', 'node', 'fastify', 'portcullis'];
   for (const b of baselines) {
     const base = up.find((r) => r.id === b);
     if (base === undefined) continue;

@@ -32,7 +32,7 @@ import { parseArgs } from 'node:util';
 import { request } from 'undici';
 import { openIdleStreams } from './idle.js';
 import type { RateOptions, RateResult, SseOptions, SseResult } from './load.js';
-import { TOOL_ECHO, TOOL_PROGRESS, toolCall, type IdleMethod } from './mcp.js';
+import { TOOL_ECHO, TOOL_PROGRESS, toolCall, withHeaders, type IdleMethod } from './mcp.js';
 import { writeNginxConfig } from './nginx.js';
 import {
   compileBenchChildren,
@@ -65,7 +65,14 @@ import {
 } from './report.js';
 import { runWrk, writeWrkScript } from './wrk.js';
 
-const ALL_TARGETS: TargetId[] = ['direct', 'nginx', 'node', 'fastify', 'portcullis'];
+const ALL_TARGETS: TargetId[] = [
+  'direct',
+  'nginx',
+  'node',
+  'fastify',
+  'portcullis',
+  'portcullis-jwt',
+];
 /** The whole run stops itself after this per round, whatever is still running. */
 const ROUND_DEADLINE_MS = 25 * 60_000;
 const LOAD_CHILD_SLACK_MS = 60_000;
@@ -264,6 +271,8 @@ function errorText(err: unknown): string {
 // --- targets ------------------------------------------------------------------------------------
 interface Running {
   readonly url: string;
+  /** Added to every request: the target's credentials (portcullis with JWT authentication). */
+  readonly headers?: Record<string, string>;
   /** The process that relays the traffic: its RSS and CPU are what gets measured. */
   readonly pid: number;
   readonly withChildren: boolean;
@@ -325,11 +334,28 @@ async function startNginx(originPort: number): Promise<Running> {
   };
 }
 
-async function startPortcullis(originPort: number): Promise<Running> {
+/** The issuer the JWT target trusts, and its keys (made once per run with the CLI). */
+const BENCH_ISSUER = 'https://issuer.bench';
+const benchKeys = path.join(tmpDir, 'bench-signing.json');
+
+/**
+ * The gateway from its CLI. With `jwt`, it verifies tokens from a local issuer
+ * (`keys generate`), and every request carries one token (`token mint`, 15
+ * minutes, longer than one target's turn): after the first request, every
+ * check is a cache hit, as for an agent reusing its token.
+ */
+async function startPortcullis(originPort: number, auth: 'none' | 'jwt'): Promise<Running> {
   const main = path.join(repoDir, 'dist/cli/main.js');
   if (!existsSync(main)) throw new Error('dist/cli/main.js not found (run `npm run build`)');
   const port = await freePort();
-  const logFile = path.join(tmpDir, 'portcullis.log');
+  const logFile = path.join(tmpDir, `portcullis-${auth}.log`);
+  const authArgs =
+    auth === 'none'
+      ? ['--auth', 'none']
+      : ['--issuer', BENCH_ISSUER, '--jwks', benchKeys.replace(/\.json$/, '.pub.json')];
+  if (auth === 'jwt' && !existsSync(benchKeys)) {
+    execFileSync(process.execPath, [main, 'keys', 'generate', '--out', benchKeys]);
+  }
   const [cmd, args] = launch(relayCpus, process.execPath, [
     main,
     'start',
@@ -339,8 +365,7 @@ async function startPortcullis(originPort: number): Promise<Running> {
     String(port),
     '--admin-port',
     '0',
-    '--auth',
-    'none',
+    ...authArgs,
     '--server',
     `bench=http://127.0.0.1:${originPort}/mcp`,
   ]);
@@ -352,8 +377,31 @@ async function startPortcullis(originPort: number): Promise<Running> {
     await stop(child);
     throw err;
   }
+  const headers =
+    auth === 'none'
+      ? undefined
+      : {
+          authorization: `Bearer ${execFileSync(
+            process.execPath,
+            [
+              main,
+              'token',
+              'mint',
+              '--keys',
+              benchKeys,
+              '--iss',
+              BENCH_ISSUER,
+              '--aud',
+              `http://127.0.0.1:${port}`,
+              '--ttl',
+              '15m',
+            ],
+            { encoding: 'utf8' },
+          ).trim()}`,
+        };
   return {
     url: `http://127.0.0.1:${port}/mcp/bench`,
+    ...(headers === undefined ? {} : { headers }),
     pid: child.pid as number,
     withChildren: false,
     stop: () => stop(child),
@@ -361,14 +409,14 @@ async function startPortcullis(originPort: number): Promise<Running> {
 }
 
 // --- measurements ------------------------------------------------------------------------------
-async function sanityCheck(url: string): Promise<void> {
-  const echo = toolCall(TOOL_ECHO);
+async function sanityCheck(url: string, headers?: Record<string, string>): Promise<void> {
+  const echo = withHeaders(toolCall(TOOL_ECHO), headers);
   const r1 = await request(url, { method: 'POST', headers: echo.headers, body: echo.body });
   const t1 = await r1.body.text();
   if (r1.statusCode !== 200 || !t1.includes('echo: hello from bench')) {
     throw new Error(`tools/call ${TOOL_ECHO}: HTTP ${r1.statusCode} ${t1.slice(0, 300)}`);
   }
-  const sse = toolCall(TOOL_PROGRESS);
+  const sse = withHeaders(toolCall(TOOL_PROGRESS), headers);
   const r2 = await request(url, { method: 'POST', headers: sse.headers, body: sse.body });
   const t2 = await r2.body.text();
   const type = String(r2.headers['content-type'] ?? '');
@@ -444,6 +492,7 @@ async function measureIdle(
   // Prime the path (lazy init, pools, JIT) so the delta is the streams, not first-use costs.
   const prime = await openIdleStreams({
     url: target.url,
+    headers: target.headers,
     method,
     count: IDLE_PRIME_STREAMS,
     concurrency: 8,
@@ -458,6 +507,7 @@ async function measureIdle(
   const originBeforeKiB = rssKiB(originPid);
   const held = await openIdleStreams({
     url: target.url,
+    headers: target.headers,
     method,
     count: settings.idleStreams,
     concurrency: IDLE_OPEN_CONCURRENCY,
@@ -540,7 +590,9 @@ async function startTarget(id: TargetId, origin: Server, originUrl: string): Pro
     case 'fastify':
       return startNodeProxy('fastify-proxy', 'proxy-fastify.js', originUrl);
     case 'portcullis':
-      return startPortcullis(origin.port);
+      return startPortcullis(origin.port, 'none');
+    case 'portcullis-jwt':
+      return startPortcullis(origin.port, 'jwt');
   }
 }
 
@@ -606,7 +658,7 @@ async function measureTarget(
   const watched = watchedProcesses(running, origin);
   try {
     try {
-      await sanityCheck(running.url);
+      await sanityCheck(running.url, running.headers);
     } catch (err) {
       return {
         id,
@@ -624,11 +676,20 @@ async function measureTarget(
     log(
       `${id}: wrk -c${settings.connections}, ${settings.warmupS} s warm-up + ${settings.durationS} s`,
     );
+    // A target with credentials gets its own copy of the script, with them in every request.
+    const targetScript =
+      running.headers === undefined
+        ? script
+        : writeWrkScript(
+            tmpDir,
+            withHeaders(toolCall(TOOL_ECHO), running.headers),
+            `tools-call-${id}.lua`,
+          );
     try {
       if (settings.warmupS > 0) {
         await runWrk({
           url: running.url,
-          script,
+          script: targetScript,
           connections: settings.connections,
           threads: 1,
           cpus: loadCpus,
@@ -636,7 +697,7 @@ async function measureTarget(
         });
       }
       result.throughput = await measured(`${id} throughput`, watched, true, () =>
-        measureThroughput(running, script),
+        measureThroughput(running, targetScript),
       );
     } catch (err) {
       errors.throughput = errorText(err);
@@ -649,6 +710,7 @@ async function measureTarget(
           {
             mode: 'rate',
             url: running.url,
+            ...(running.headers === undefined ? {} : { headers: running.headers }),
             rate: settings.rate,
             durationS: settings.rateDurationS,
             warmupS: settings.rateWarmupS,
@@ -669,6 +731,7 @@ async function measureTarget(
           {
             mode: 'sse',
             url: running.url,
+            ...(running.headers === undefined ? {} : { headers: running.headers }),
             streams: settings.sseStreams,
             concurrency: SSE_CONCURRENCY,
             sseEvents: settings.sseEvents,

@@ -27,12 +27,12 @@ function luaString(s: string): string {
   return `"${s.replace(/\\/g, '\\\\').replace(/"/g, '\\"')}"`;
 }
 
-export function writeWrkScript(dir: string, req: McpRequest): string {
+export function writeWrkScript(dir: string, req: McpRequest, name = 'tools-call.lua'): string {
   const lines = ['wrk.method = "POST"', `wrk.body = ${luaString(req.body)}`];
   for (const [k, v] of Object.entries(req.headers)) {
     lines.push(`wrk.headers[${luaString(k)}] = ${luaString(v)}`);
   }
-  const file = path.join(dir, 'tools-call.lua');
+  const file = path.join(dir, name);
   writeFileSync(file, `${lines.join('\n')}\n`);
   return file;
 }

@@ -12,6 +12,8 @@
  * Then, per route, `authorize` checks the audience names that server and the
  * scopes it needs.
  */
+import { createHash } from 'node:crypto';
+import type { TLSSocket } from 'node:tls';
 import { GatewayError } from '../errors/index.js';
 import { StoreUnavailableError } from '../store/index.js';
 import { verifyDpopProof, type ClaimOnce, type DpopOptions } from './dpop.js';
@@ -25,8 +27,8 @@ export interface AuthInput {
   /** The request target as received: path and query. */
   readonly url: string;
   readonly sessionId: string | undefined;
-  /** base64url SHA-256 of the client certificate of this connection, if it presented one. */
-  readonly peerCertificate: () => string | undefined;
+  /** The client's connection: a TLS socket when the listener is HTTPS. */
+  readonly socket: object;
 }
 
 export interface AuthenticatorOptions {
@@ -44,6 +46,28 @@ export interface AuthenticatorOptions {
   readonly onUnchecked: () => void;
 }
 
+const certThumbprints = new WeakMap<object, string | null>();
+
+/**
+ * base64url SHA-256 of the DER client certificate of the connection (RFC 8705
+ * `x5t#S256`), computed once per connection; undefined without one, or with
+ * one that does not chain to the configured client CAs.
+ */
+export function peerCertificate(socket: object): string | undefined {
+  const tls = socket as Partial<TLSSocket>;
+  if (typeof tls.getPeerCertificate !== 'function') return undefined;
+  let known = certThumbprints.get(socket);
+  if (known === undefined) {
+    const cert = tls.getPeerCertificate();
+    known =
+      cert?.raw && tls.authorized
+        ? createHash('sha256').update(cert.raw).digest('base64url')
+        : null;
+    certThumbprints.set(socket, known);
+  }
+  return known ?? undefined;
+}
+
 /** Query parameters that would carry a token (RFC 6750 §2.3). */
 const QUERY_TOKEN = /[?&]access_token=/;
 
@@ -52,8 +76,21 @@ export function serverResource(resource: string, name: string): string {
   return `${resource}/mcp/${name}`;
 }
 
+interface ServerAccess {
+  /** The server's own resource identifier. */
+  readonly own: string;
+  /** Every scope a token needs for it. */
+  readonly scopes: readonly string[];
+}
+
 export class Authenticator {
-  constructor(private readonly options: AuthenticatorOptions) {}
+  private readonly gatewayAudiences: ReadonlySet<string>;
+  /** Per server, computed on its first request: nothing is concatenated per request. */
+  private readonly access = new Map<string, ServerAccess>();
+
+  constructor(private readonly options: AuthenticatorOptions) {
+    this.gatewayAudiences = new Set(options.gatewayAudiences);
+  }
 
   /** The verified token of the request: synchronously when nothing needs waiting for. */
   authenticate(input: AuthInput): VerifiedToken | Promise<VerifiedToken> {
@@ -76,7 +113,7 @@ export class Authenticator {
         { reason: 'scheme' },
       );
     }
-    const verified = this.options.verifier.verify(token);
+    const verified = this.options.verifier.verify(token, input.socket);
     if (verified instanceof Promise) {
       return verified.then((v) => this.afterVerify(v, scheme, input));
     }
@@ -85,21 +122,35 @@ export class Authenticator {
 
   /** Whether the token may reach server `name`: its audience, then its scopes. */
   authorize(token: VerifiedToken, name: string, serverScopes: readonly string[]): void {
-    const own = serverResource(this.options.resource, name);
-    if (!token.audiences.some((a) => a === own || this.options.gatewayAudiences.includes(a))) {
+    let access = this.access.get(name);
+    if (access === undefined) {
+      access = {
+        own: serverResource(this.options.resource, name),
+        scopes: [...new Set([...this.options.requiredScopes, ...serverScopes])],
+      };
+      this.access.set(name, access);
+    }
+    let audienceOk = false;
+    for (const a of token.audiences) {
+      if (a === access.own || this.gatewayAudiences.has(a)) {
+        audienceOk = true;
+        break;
+      }
+    }
+    if (!audienceOk) {
       throw new GatewayError(
         'PORTCULLIS_ERR_AUTH_WRONG_AUDIENCE',
-        `the token's audience does not name ${own}`,
+        `the token's audience does not name ${access.own}`,
         { reason: 'aud' },
       );
     }
-    const missing = [...this.options.requiredScopes, ...serverScopes].filter(
-      (s) => !token.principal.scopes.includes(s),
-    );
-    if (missing.length > 0) {
+    const held = token.principal.scopes;
+    for (const scope of access.scopes) {
+      if (held.includes(scope)) continue;
+      const missing = access.scopes.filter((s) => !held.includes(s));
       throw new GatewayError('PORTCULLIS_ERR_AUTH_INSUFFICIENT_SCOPE', missing.join(' '), {
         reason: 'scope',
-        scope: [...new Set([...this.options.requiredScopes, ...serverScopes])].join(' '),
+        scope: access.scopes.join(' '),
       });
     }
   }
@@ -109,7 +160,7 @@ export class Authenticator {
     scheme: string,
     input: AuthInput,
   ): VerifiedToken | Promise<VerifiedToken> {
-    if (token.x5t !== undefined && input.peerCertificate() !== token.x5t) {
+    if (token.x5t !== undefined && peerCertificate(input.socket) !== token.x5t) {
       throw new GatewayError('PORTCULLIS_ERR_AUTH_CERTIFICATE_MISMATCH', undefined, {
         reason: 'x5t',
       });

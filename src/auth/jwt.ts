@@ -10,7 +10,7 @@
  * lifetime (`exp - iat`) no longer than the maximum, `sub`, the configured
  * required claims, and a tenant.
  */
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 import { errors as joseErrors, jwtVerify, type CryptoKey, type JWTPayload } from 'jose';
 import { GatewayError, type ErrorCode } from '../errors/index.js';
 import type { Principal } from './principal.js';
@@ -59,7 +59,8 @@ const ALWAYS_REQUIRED = ['iss', 'aud', 'exp', 'iat', 'sub'];
 const COMPACT_JWS = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/;
 
 export function tokenHash(token: string): string {
-  return createHash('sha256').update(token).digest('base64url');
+  // One-shot hash: half the cost of createHash() on the hot path.
+  return hash('sha256', token, 'base64url');
 }
 
 function invalid(code: ErrorCode, reason: string, detail = reason): GatewayError {
@@ -121,6 +122,7 @@ function stringClaim(payload: JWTPayload, name: string): string | undefined {
 
 export class TokenVerifier {
   private readonly cache = new Map<string, VerifiedToken>();
+  private readonly lastOnConnection = new WeakMap<object, VerifiedToken>();
   private readonly hmacKey: Uint8Array | undefined;
   private readonly verifyOptions: Parameters<typeof jwtVerify>[2];
 
@@ -144,22 +146,48 @@ export class TokenVerifier {
   /**
    * Verifies `token`: synchronously from the cache for a token seen before,
    * otherwise asynchronously. Rejects (or throws) a GatewayError.
+   *
+   * `connection` (the client's socket) makes the common case cheaper still:
+   * an agent sends the same token on a keep-alive connection request after
+   * request, so the token last verified on that connection is compared as a
+   * string before anything is hashed.
    */
-  verify(token: string): VerifiedToken | Promise<VerifiedToken> {
+  verify(token: string, connection?: object): VerifiedToken | Promise<VerifiedToken> {
+    const memo = connection !== undefined && this.options.cacheMaxEntries > 0;
+    if (memo) {
+      const last = this.lastOnConnection.get(connection);
+      if (last !== undefined && last.token === token && this.fresh(last)) {
+        this.options.onVerify?.(true);
+        return last;
+      }
+    }
     if (token.length > this.options.maxTokenBytes) {
       throw invalid('PORTCULLIS_ERR_AUTH_INVALID_TOKEN', 'too_large', 'token too large');
     }
     const hash = tokenHash(token);
     const hit = this.cache.get(hash);
     if (hit !== undefined) {
-      if ((hit.exp + this.options.clockSkewMs / 1000) * 1000 > Date.now()) {
+      if (this.fresh(hit)) {
         this.options.onVerify?.(true);
+        if (memo) this.lastOnConnection.set(connection, hit);
         return hit;
       }
       this.cache.delete(hash);
     }
     this.options.onVerify?.(false);
-    return this.verifySlow(token, hash);
+    const verified = this.verifySlow(token, hash);
+    if (memo) {
+      return verified.then((v) => {
+        this.lastOnConnection.set(connection, v);
+        return v;
+      });
+    }
+    return verified;
+  }
+
+  /** Not expired, with the clock skew. */
+  private fresh(v: VerifiedToken): boolean {
+    return (v.exp + this.options.clockSkewMs / 1000) * 1000 > Date.now();
   }
 
   private async verifySlow(token: string, hash: string): Promise<VerifiedToken> {

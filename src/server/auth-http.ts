@@ -4,8 +4,6 @@
  * §7.1, RFC 9728 §5.1), the protected-resource metadata documents, and the
  * audit-ready record of every refusal.
  */
-import { createHash } from 'node:crypto';
-import type { TLSSocket } from 'node:tls';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
 import type { AuthInput, Authenticator } from '../auth/authenticate.js';
@@ -30,25 +28,6 @@ export interface ResourceInfo {
   readonly servers: ReadonlyMap<string, readonly string[]>;
 }
 
-const certThumbprints = new WeakMap<object, string | null>();
-
-/** base64url SHA-256 of the DER client certificate of the connection, computed once per connection. */
-function peerCertificate(req: FastifyRequest): string | undefined {
-  const socket = req.raw.socket as Partial<TLSSocket>;
-  if (typeof socket.getPeerCertificate !== 'function') return undefined;
-  let known = certThumbprints.get(socket);
-  if (known === undefined) {
-    const cert = socket.getPeerCertificate();
-    // An unauthorized certificate (not chaining to listen.tls.clientCa) binds nothing.
-    known =
-      cert?.raw && socket.authorized
-        ? createHash('sha256').update(cert.raw).digest('base64url')
-        : null;
-    certThumbprints.set(socket, known);
-  }
-  return known ?? undefined;
-}
-
 function first(value: string | string[] | undefined): string | undefined {
   return Array.isArray(value) ? value[0] : value;
 }
@@ -61,7 +40,7 @@ export function authInput(req: FastifyRequest): AuthInput {
     method: req.method,
     url: req.url,
     sessionId: first(h['mcp-session-id']),
-    peerCertificate: () => peerCertificate(req),
+    socket: req.raw.socket,
   };
 }
 
