@@ -185,7 +185,7 @@ const lines = [
       `| ${r.alg} | ${fmt(r.missUs, 1)} | ${fmt(r.missPerS)} | ${fmt(r.hitNs)} | ${fmt(r.hitPerS)} | ${fmt((r.hitNs / (r.missUs * 1000)) * 100, 2)}% | ${r.fetchesAtStart} | ${r.fetchesOnRequests} |`,
   ),
   '',
-  'Full-pipeline throughput with authentication on and off is in [RESULTS.md](RESULTS.md) (target `portcullis (JWT)` against `portcullis`).',
+  'The cost in the whole pipeline: instructions per request below (`npm run bench:instructions`, appended to this file), and throughput in [RESULTS.md](RESULTS.md) (target `portcullis (JWT)` against `portcullis`).',
   '',
 ];
 writeFileSync(outFile, lines.join('\n'));

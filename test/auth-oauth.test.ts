@@ -140,6 +140,9 @@ test('a DPoP-bound token needs a fresh proof for this request: missing, replayed
     const body = (await res.json()) as RpcError;
     assert.equal(body.error.data.code, 'PORTCULLIS_ERR_AUTH_DPOP_INVALID');
     assert.equal(body.error.data.reason, reason);
+    const record = gw.logs.findLast((l) => l.event === 'auth.refused');
+    assert.equal(record?.code, 'PORTCULLIS_ERR_AUTH_DPOP_INVALID', 'the refusal is logged');
+    assert.equal(record?.reason, reason);
   };
 
   // As a bearer token, or with the DPoP scheme but no proof.

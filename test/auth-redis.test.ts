@@ -15,7 +15,7 @@ import { calculateJwkThumbprint, exportJWK, generateKeyPair, SignJWT } from 'jos
 import { tokenHash } from '../src/auth/jwt.js';
 import { startFaultUpstream, type FaultUpstream } from './fixtures/fault-upstream.js';
 import { startAuthGateway, TEST_ADMIN_TOKEN, type AuthGateway } from './helpers/auth-gateway.js';
-import { freePort, startRedisServer } from './helpers/redis.js';
+import { cuttableLink, freePort, startRedisServer } from './helpers/redis.js';
 import { modernCall, modernHeaders, post, type RpcError } from './helpers/requests.js';
 import { mint, newKey, writeJwks, type SigningKey } from './helpers/tokens.js';
 
@@ -135,22 +135,24 @@ test('a DPoP proof used on one replica is a replay on the other', async (t) => {
   assert.equal(((await replayed.json()) as RpcError).error.data.reason, 'replay');
 });
 
-test('Redis down: fail closed with 503 and not ready; back up: revocations made meanwhile are loaded', async (t) => {
-  const port = await freePort();
-  let redis = await startRedisServer(port);
-  t.after(() => redis.kill());
-  const url = `redis://127.0.0.1:${port}`;
-  const prefix = 'portcullis-outage:';
-  const gw = await replica(url, prefix);
+test('Redis unreachable: fail closed with 503 and not ready; reachable again: what was missed is loaded', async (t) => {
+  // The gateway reaches the shared Redis through a link the test cuts: Redis stays up
+  // and another replica keeps writing to it, as in a network partition.
+  const link = await cuttableLink(6379);
+  t.after(() => link.close());
+  const prefix = `portcullis-test:${randomUUID()}:`;
+  const gw = await replica(`redis://127.0.0.1:${link.port}`, prefix);
   t.after(() => gw.close());
-  const token = await mint(key, RESOURCE, { claims: { jti: 'missed-while-down' } });
+  const other = await replica(SHARED_REDIS, prefix);
+  t.after(() => other.close());
+  const token = await mint(key, RESOURCE, { claims: { jti: 'missed-while-cut-off' } });
   assert.equal((await call(gw, token)).status, 200);
   assert.equal((await fetch(`${gw.adminUrl}/readyz`)).status, 200);
 
-  await redis.kill();
+  link.cut();
   await eventually(
     async () => (await call(gw, token)).status === 503,
-    'requests refused while the store is down',
+    'requests refused while the store is unreachable',
   );
   const refused = await call(gw, token);
   const body = (await refused.json()) as RpcError;
@@ -170,26 +172,32 @@ test('Redis down: fail closed with 503 and not ready; back up: revocations made 
     metrics,
     /portcullis_auth_refusals_total\{code="PORTCULLIS_ERR_AUTH_STORE_UNAVAILABLE"/,
   );
-  // A revocation cannot be recorded while the store is down: said so, not lost silently.
+  // A revocation cannot be recorded through a replica that lost the store: said so, not lost silently.
   assert.equal((await revoke(gw, { kind: 'jti', id: 'x' })).status, 503);
 
-  // Redis comes back (empty, as after a restart without persistence), and another
-  // writer records a revocation this replica never heard announced.
-  redis = await startRedisServer(port);
-  const { openStore } = await import('../src/store/index.js');
-  const other = await openStore({ kind: 'redis', url, keyPrefix: prefix });
-  await other.set(
-    'revoked:jti:missed-while-down',
-    JSON.stringify({ kind: 'jti', id: 'missed-while-down', expiresAt: Date.now() + 60_000 }),
-    60_000,
-  );
-  await other.close();
+  // Meanwhile the other replica revokes the token; its broadcast never reaches this one.
+  assert.equal((await revoke(other, { kind: 'jti', id: 'missed-while-cut-off' })).status, 201);
+  link.restore();
   await eventually(
     async () => (await call(gw, token)).status === 401,
     'reloaded after the outage',
     10_000,
   );
   assert.equal((await fetch(`${gw.adminUrl}/readyz`)).status, 200);
+});
+
+test('Redis restarted empty: the gateway reconnects and serves again', async (t) => {
+  const port = await freePort();
+  let redis = await startRedisServer(port);
+  t.after(() => redis.kill());
+  const gw = await replica(`redis://127.0.0.1:${port}`, 'portcullis-restart:');
+  t.after(() => gw.close());
+  const token = await mint(key, RESOURCE);
+  assert.equal((await call(gw, token)).status, 200);
+  await redis.kill();
+  await eventually(async () => (await call(gw, token)).status === 503, 'refused while down');
+  redis = await startRedisServer(port);
+  await eventually(async () => (await call(gw, token)).status === 200, 'serves again', 10_000);
 });
 
 test('Redis down with failClosed: false lets requests through unchecked, and counts them', async (t) => {

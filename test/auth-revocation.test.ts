@@ -69,6 +69,8 @@ async function expectRevoked(res: Response): Promise<void> {
     ((await res.json()) as RpcError).error.data.code,
     'PORTCULLIS_ERR_AUTH_TOKEN_REVOKED',
   );
+  const record = gw.logs.findLast((l) => l.event === 'auth.refused');
+  assert.equal(record?.code, 'PORTCULLIS_ERR_AUTH_TOKEN_REVOKED', 'the refusal is logged');
 }
 
 test('the admin API needs its own credential', async () => {

@@ -885,3 +885,16 @@ test('a config file written to disk loads with the given environment', async (t)
   assert.equal((await loadConfigFile(file, {})).servers.a?.url, 'http://127.0.0.1:1/mcp');
   assert.equal((await loadConfigFile(file, { A_URL: URL_A })).servers.a?.url, URL_A);
 });
+
+test('docs/architecture.md lists every error code the gateway can return', async () => {
+  const { errorCatalog } = await import('../src/errors/index.js');
+  const docs = await readFile(join(ROOT, 'docs', 'architecture.md'), 'utf8');
+  for (const { code } of errorCatalog()) {
+    // A row may group codes of one area: `PORTCULLIS_ERR_AUTH_X` / `_Y` names both.
+    const suffixes = [...code.matchAll(/_/g)].map((m) => code.slice(m.index));
+    assert.ok(
+      docs.includes(`\`${code}\``) || suffixes.some((s) => docs.includes(`/ \`${s}\``)),
+      `docs/architecture.md names ${code}`,
+    );
+  }
+});
