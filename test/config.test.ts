@@ -655,7 +655,11 @@ test('a non-loopback listener without tls and allowedHosts is refused', () => {
   const problems = problemsOf(() =>
     buildConfig({ listen: { host: '10.0.0.5' }, auth: JWT_AUTH, servers: { a: { url: URL_A } } }),
   );
-  assert.deepEqual(paths(problems), ['listen.allowedHosts', 'listen.tls']);
+  assert.deepEqual(paths(problems), ['auth.resource', 'listen.allowedHosts', 'listen.tls']);
+  assert.match(
+    new Map(problems.map((p) => [p.path, p.message])).get('auth.resource') ?? '',
+    /origin clients use/,
+  );
   const byPath = new Map(problems.map((p) => [p.path, p.message]));
   assert.match(byPath.get('listen.tls') ?? '', /loopback/);
   assert.match(byPath.get('listen.allowedHosts') ?? '', /DNS-rebinding/);
@@ -663,7 +667,7 @@ test('a non-loopback listener without tls and allowedHosts is refused', () => {
   const emptyHosts = problemsOf(() =>
     buildConfig({
       listen: { host: '10.0.0.5', allowedHosts: [], tls: { cert: 'c', key: 'k' } },
-      auth: JWT_AUTH,
+      auth: { ...JWT_AUTH, resource: 'https://mcp.example.com' },
       servers: { a: { url: URL_A } },
     }),
   );

@@ -251,6 +251,13 @@ function authChecks(config: Config): ConfigProblem[] {
         message: 'is required when auth.mode is "jwt" (or jwksFile, or hmacSecret for HS* tokens)',
       });
     }
+    if (auth.resource === undefined && !isLoopbackHost(config.listen.host)) {
+      // Tokens must name the address clients use, which a wildcard listener cannot know.
+      problems.push({
+        path: 'auth.resource',
+        message: `is required when listen.host is not a loopback address: the origin clients use, e.g. https://mcp.example.com (tokens must be issued for it)`,
+      });
+    }
     const hmac = (jwt.algorithms ?? []).filter((a) => a.startsWith('HS'));
     if (hmac.length > 0 && jwt.hmacSecret === undefined) {
       problems.push({
