@@ -35,7 +35,7 @@ import {
 } from '../mcp/era.js';
 import type { Session, SessionStore } from '../mcp/sessions.js';
 import { ANONYMOUS, ownerKey, type Principal } from '../auth/principal.js';
-import type { HttpUpstream, UpstreamCall, UpstreamRequest } from '../upstream/http.js';
+import type { Upstream, UpstreamCall, UpstreamRequest } from '../upstream/types.js';
 import { toGatewayError } from '../upstream/http.js';
 import { compileHostCheck, compileOriginCheck } from './allowlist.js';
 import type { Authenticator } from '../auth/authenticate.js';
@@ -48,7 +48,7 @@ import { Exchange, relayResponse, sendError, type RelayRoute } from './relay.js'
 import type { StreamRegistry } from './streams.js';
 
 export interface Route extends RelayRoute {
-  readonly http: HttpUpstream;
+  readonly upstream: Upstream;
   /** Scopes a token needs for this server (besides auth.requiredScopes). */
   readonly requiredScopes: readonly string[];
   /** What the upstream is sent in place of the agent's token. */
@@ -276,7 +276,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     onAnswer?: (status: number, upstreamSessionId: string | undefined) => Session | undefined,
   ): Promise<void> => {
     if (x.longLived) req.idleMs = 0;
-    const call = route.http.request(req);
+    const call = route.upstream.request(req);
     x.call = call;
     const onClose = abortUnlessAnswered.bind(reply.raw, call);
     reply.raw.once('close', onClose);
@@ -407,7 +407,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
         log,
         deps.onFrame,
       ),
-      { method: 'POST', headers, body: req.body },
+      { method: 'POST', headers, body: req.body, affinity: owner },
       initialize
         ? (status, upstreamId) => {
             if (status !== 200) return undefined;
@@ -452,7 +452,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
         log,
         deps.onFrame,
       ),
-      { method: 'GET', headers },
+      { method: 'GET', headers, affinity: ownerKey(req.principal) },
     );
   });
 
@@ -469,7 +469,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     log.info({ server: route.name, session: session.id }, 'session closed by the client');
     if (headers === undefined) return reply.code(200).send();
     try {
-      const up = await route.http.request({ method: 'DELETE', headers }).response;
+      const up = await route.upstream.request({ method: 'DELETE', headers }).response;
       await up.body.dump();
       // 405 means the upstream does not let clients end sessions; the gateway's side has ended anyway.
       return reply.code(up.statusCode === 405 ? 200 : up.statusCode).send();

@@ -54,12 +54,12 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
   // issuer defaults to the gateway's resource); no request is read before.
   const credentials = new Map<string, UpstreamCredential>();
   for (const [name, server] of Object.entries(config.servers)) {
-    const http = new HttpUpstream(name, server, config.upstreamDefaults);
+    const upstream = new HttpUpstream(name, server, config.upstreamDefaults);
     routes.set(name, {
       name,
-      http,
+      upstream,
       toolHeaders: new ToolHeaderRegistry(),
-      maxResponseBytes: http.maxResponseBytes,
+      maxResponseBytes: upstream.maxResponseBytes,
       requiredScopes: server.requiredScopes,
       credential: () => credentials.get(name) as UpstreamCredential,
     });
@@ -134,7 +134,7 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
         log.info({ server: s.server, session: s.id }, 'session expired');
         const route = routes.get(s.server);
         if (route && s.upstreamId !== undefined) {
-          route.http
+          route.upstream
             .request({ method: 'DELETE', headers: { 'mcp-session-id': s.upstreamId } })
             .response.then((r) => r.body.dump())
             .catch(() => undefined);
@@ -216,7 +216,7 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
       listening = false;
       clearInterval(sweeper);
       streams.close();
-      await Promise.all([...routes.values()].map((r) => r.http.close()));
+      await Promise.all([...routes.values()].map((r) => r.upstream.close()));
       await admin?.close();
       keys?.close();
       revocations.close();

@@ -23,7 +23,7 @@ import { toFrame, type Frame, type FrameObserver } from '../mcp/frame.js';
 import { encodeEvent, encodeMessage, encodeRetry, SSE_HEADERS } from '../mcp/sse.js';
 import type { Session } from '../mcp/sessions.js';
 import type { Era, ToolHeaderRegistry } from '../mcp/era.js';
-import type { UpstreamCall, UpstreamResponse } from '../upstream/http.js';
+import type { UpstreamCall, UpstreamResponse } from '../upstream/types.js';
 import type { ClientStream, StreamRegistry } from './streams.js';
 
 /** What a relay needs to know of the route it relays for. */
