@@ -175,7 +175,7 @@ test('config/portcullis.example.yaml sets every key of the schema', async () => 
   const document = (await readConfigDocument(EXAMPLE, EXAMPLE_ENV)) as Record<string, unknown>;
   const text = await readFile(EXAMPLE, 'utf8');
   const servers = Object.values(document.servers as Record<string, unknown>);
-  assert.equal(servers.length, 3);
+  assert.equal(servers.length, 5);
 
   /** Whether `path` (with `<name>` matching any server) is set in the document. */
   const isSet = (path: string): boolean => {
@@ -365,7 +365,7 @@ log:
 servers:
   a:
     url: http://127.0.0.1:3001/mcp
-    transport: stdio
+    transport: carrier-pigeon
     headers:
       X-Count: 5
   b:

@@ -9,7 +9,13 @@ import { isIP } from 'node:net';
 import { Ajv2020 } from 'ajv/dist/2020.js';
 import type { ErrorObject } from 'ajv';
 import { isPair, isScalar, isSeq, parseDocument, visit, type Document } from 'yaml';
-import { configSchema, CREDENTIAL_DEFAULTED_KEYS, CREDENTIAL_KEYS, type Config } from './schema.js';
+import {
+  configSchema,
+  CREDENTIAL_DEFAULTED_KEYS,
+  CREDENTIAL_KEYS,
+  type Config,
+  type ServerConfig,
+} from './schema.js';
 
 export interface ConfigProblem {
   /** Dotted path to the offending key, `(root)` for the document itself. */
@@ -217,15 +223,50 @@ function crossChecks(config: Config): ConfigProblem[] {
     });
   }
   for (const [name, server] of Object.entries(config.servers)) {
-    try {
-      new URL(server.url);
-    } catch {
-      problems.push({ path: `servers.${name}.url`, message: 'is not a valid URL' });
-    }
+    problems.push(...transportChecks(name, server));
   }
   problems.push(...authChecks(config));
   if (config.admin.enabled && config.admin.port !== 0 && config.admin.port === config.listen.port) {
     problems.push({ path: 'admin.port', message: 'must differ from listen.port' });
+  }
+  return problems;
+}
+
+/** Keys that only a stdio server takes, and those that stdio and sse take. */
+const STDIO_KEYS = [
+  'command',
+  'args',
+  'cwd',
+  'env',
+  'setEnv',
+  'shutdownTimeoutMs',
+  'sandbox',
+] as const;
+const CHANNEL_KEYS = ['sharing', 'idleTimeoutMs'] as const;
+
+function transportChecks(name: string, server: ServerConfig): ConfigProblem[] {
+  const problems: ConfigProblem[] = [];
+  const at = (key: string) => `servers.${name}.${key}`;
+  // Which of url and command is required is the schema's (if/then/else); here, what is left over.
+  if (server.transport === 'stdio') {
+    if (server.url !== undefined)
+      problems.push({ path: at('url'), message: 'is not used by transport "stdio"' });
+  } else {
+    try {
+      new URL(server.url as string);
+    } catch {
+      problems.push({ path: at('url'), message: 'is not a valid URL' });
+    }
+    for (const key of STDIO_KEYS) {
+      if (server[key] !== undefined)
+        problems.push({ path: at(key), message: `is not used by transport "${server.transport}"` });
+    }
+    if (server.transport === 'streamable-http') {
+      for (const key of CHANNEL_KEYS) {
+        if (server[key] !== undefined)
+          problems.push({ path: at(key), message: 'is not used by transport "streamable-http"' });
+      }
+    }
   }
   return problems;
 }
@@ -353,7 +394,10 @@ export function buildConfig(document: unknown, source = 'inline'): Config {
   if (!validate(copy)) {
     // An error inside `propertyNames` is also reported by `propertyNames`
     // itself, which names the key; keep only that one.
-    const errors = (validate.errors ?? []).filter((e) => e.propertyName === undefined);
+    const errors = (validate.errors ?? []).filter(
+      // `if` only says which branch failed; the branch's own error says what is wrong.
+      (e) => e.propertyName === undefined && e.keyword !== 'if',
+    );
     throw new ConfigError(
       source,
       errors.map((e) => describeAjvError(e, copy)),

@@ -111,6 +111,54 @@ const upstreamTimeoutOverrides = {
   },
 } as const;
 
+/** stdio: how the process is contained (upstream/sandbox.ts); defaults are the SANDBOX_DEFAULTS. */
+const sandboxSchema = {
+  type: 'object',
+  additionalProperties: false,
+  description: 'stdio: the bubblewrap sandbox.',
+  properties: {
+    mode: {
+      enum: ['auto', 'required', 'off'],
+      description:
+        '"auto" (default): sandboxed where bwrap works, else run without and warn; "required": never run without; "off".',
+    },
+    network: { type: 'boolean', description: 'Keep the network (default false: none).' },
+    writablePaths: {
+      type: 'array',
+      items: { type: 'string', minLength: 1 },
+      description: 'Host paths the process may write (bound read-write); the rest is read-only.',
+    },
+    hidePaths: {
+      type: 'array',
+      items: { type: 'string', minLength: 1 },
+      description: "Host files masked inside, besides the gateway's own secrets.",
+    },
+    memoryBytes: {
+      type: 'integer',
+      minimum: 1,
+      description: 'Address-space limit (default 4 GiB).',
+    },
+    cpuSeconds: { type: 'integer', minimum: 1, description: 'CPU time limit (default 3600).' },
+    maxOpenFiles: { type: 'integer', minimum: 16, description: 'Open files (default 1024).' },
+    maxProcesses: {
+      type: 'integer',
+      minimum: 4,
+      description: 'Processes and threads of its user (default 256).',
+    },
+    tmpBytes: {
+      type: 'integer',
+      minimum: 1,
+      description: 'Size of its private /tmp (default 64 MiB).',
+    },
+    gid: {
+      type: 'integer',
+      minimum: 0,
+      description:
+        'Group it runs as when the gateway is root (default 65534); its user is one of its own.',
+    },
+  },
+} as const;
+
 /**
  * What the upstream is sent instead of the client's token (which never leaves
  * the gateway). One object for every mode; which keys a mode needs or refuses
@@ -534,10 +582,63 @@ export const configSchema = {
       additionalProperties: {
         type: 'object',
         additionalProperties: false,
-        required: ['url'],
+        // A stdio server is a command; the others are a URL.
+        if: { properties: { transport: { const: 'stdio' } }, required: ['transport'] },
+        then: { properties: { command: true }, required: ['command'] },
+        else: { properties: { url: true }, required: ['url'] },
         properties: {
-          transport: { enum: ['streamable-http'], default: 'streamable-http' },
-          url: { type: 'string', pattern: '^https?://', description: 'The MCP endpoint URL.' },
+          transport: {
+            enum: ['streamable-http', 'sse', 'stdio'],
+            default: 'streamable-http',
+            description:
+              '"streamable-http": an MCP endpoint URL; "sse": a legacy HTTP+SSE endpoint (2024-11-05); "stdio": a local program the gateway runs.',
+          },
+          url: {
+            type: 'string',
+            pattern: '^https?://',
+            description: 'The MCP endpoint URL (streamable-http), or the SSE URL (sse).',
+          },
+          command: { type: 'string', minLength: 1, description: 'stdio: the program to run.' },
+          args: {
+            type: 'array',
+            items: { type: 'string' },
+            description: 'stdio: its arguments.',
+          },
+          cwd: {
+            type: 'string',
+            minLength: 1,
+            description: 'stdio: where it starts. Default: its private /tmp in the sandbox.',
+          },
+          env: {
+            type: 'array',
+            items: { type: 'string', pattern: '^[A-Za-z_][A-Za-z0-9_]*$' },
+            description:
+              "stdio: names of the gateway's environment variables passed on; nothing else is (but PATH, HOME, LANG).",
+          },
+          setEnv: {
+            type: 'object',
+            propertyNames: { pattern: '^[A-Za-z_][A-Za-z0-9_]*$' },
+            additionalProperties: { type: 'string' },
+            description: 'stdio: variables set for it (values may use ${ENV}).',
+          },
+          sharing: {
+            enum: ['session', 'shared'],
+            description:
+              'stdio and sse: "session" (default), one process/connection per client session; "shared", one for all, with request ids rewritten.',
+          },
+          idleTimeoutMs: {
+            type: 'integer',
+            minimum: 1000,
+            description:
+              'stdio and sse: a stateless-era process/connection unused this long is closed (default 600000).',
+          },
+          shutdownTimeoutMs: {
+            type: 'integer',
+            minimum: 0,
+            description:
+              'stdio: after closing stdin, and again after SIGTERM, how long to wait before the next step (default 2000).',
+          },
+          sandbox: sandboxSchema,
           description: { type: 'string' },
           headers: {
             type: 'object',
@@ -607,9 +708,45 @@ export type CredentialConfig = CredentialDefaults &
       }
   );
 
+export interface SandboxSettings {
+  mode?: 'auto' | 'required' | 'off';
+  network?: boolean;
+  writablePaths?: string[];
+  hidePaths?: string[];
+  memoryBytes?: number;
+  cpuSeconds?: number;
+  maxOpenFiles?: number;
+  maxProcesses?: number;
+  tmpBytes?: number;
+  gid?: number;
+}
+
+export const DEFAULT_STDIO_IDLE_TIMEOUT_MS = 10 * 60_000;
+export const DEFAULT_STDIO_SHUTDOWN_STEP_MS = 2_000;
+/** Sandbox limits when not configured: generous for Node servers (V8 reserves much address space). */
+export const SANDBOX_DEFAULTS = {
+  mode: 'auto',
+  network: false,
+  memoryBytes: 4 * 1024 ** 3,
+  cpuSeconds: 3_600,
+  maxOpenFiles: 1_024,
+  maxProcesses: 256,
+  tmpBytes: 64 * 1024 ** 2,
+  gid: 65_534,
+} as const;
+
 export interface ServerConfig {
-  transport: 'streamable-http';
-  url: string;
+  transport: 'streamable-http' | 'sse' | 'stdio';
+  url?: string;
+  command?: string;
+  args?: string[];
+  cwd?: string;
+  env?: string[];
+  setEnv?: Record<string, string>;
+  sharing?: 'session' | 'shared';
+  idleTimeoutMs?: number;
+  shutdownTimeoutMs?: number;
+  sandbox?: SandboxSettings;
   description?: string;
   headers?: Record<string, string>;
   timeouts?: Partial<UpstreamTimeouts>;

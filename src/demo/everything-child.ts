@@ -1,6 +1,7 @@
 /**
  * Child-process entry for the demo upstream: runs
- * `@modelcontextprotocol/server-everything` in Streamable HTTP mode, bound to
+ * `@modelcontextprotocol/server-everything` in Streamable HTTP mode (or, given
+ * `sse`, its legacy HTTP+SSE mode), bound to
  * loopback on a free port (the package itself listens on every interface on
  * a fixed port), and reports the port to the parent over IPC.
  */
@@ -19,4 +20,5 @@ net.Server.prototype.listen = function listenOnLoopback(this: net.Server, ...arg
 
 // Quiet the demo server's own console chatter unless asked; the parent logs what matters.
 process.env.PORT = '0';
-await import('@modelcontextprotocol/server-everything/dist/transports/streamableHttp.js' as string);
+const transport = process.argv[2] === 'sse' ? 'sse' : 'streamableHttp';
+await import(`@modelcontextprotocol/server-everything/dist/transports/${transport}.js` as string);

@@ -14,15 +14,23 @@ export interface DemoUpstream {
   stop(): Promise<void>;
 }
 
+/** server-everything's transports over HTTP: Streamable HTTP (at /mcp) or the legacy HTTP+SSE (at /sse). */
+export type EverythingTransport = 'streamableHttp' | 'sse';
+
 export async function startEverything(
   onOutput: (line: string) => void = () => undefined,
+  transport: EverythingTransport = 'streamableHttp',
 ): Promise<DemoUpstream> {
   const entry = fileURLToPath(new URL('./everything-child.js', import.meta.url));
   // Under tsx (tests) the .ts source runs; the built CLI runs the .js next to this file.
-  const child = fork(entry.replace(/\.js$/, import.meta.url.endsWith('.ts') ? '.ts' : '.js'), [], {
-    stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
-    execArgv: import.meta.url.endsWith('.ts') ? ['--import', 'tsx'] : [],
-  });
+  const child = fork(
+    entry.replace(/\.js$/, import.meta.url.endsWith('.ts') ? '.ts' : '.js'),
+    [transport],
+    {
+      stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
+      execArgv: import.meta.url.endsWith('.ts') ? ['--import', 'tsx'] : [],
+    },
+  );
   for (const stream of [child.stdout, child.stderr]) {
     stream?.setEncoding('utf8');
     stream?.on('data', (chunk: string) => {
@@ -46,7 +54,7 @@ export async function startEverything(
   });
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   return {
-    url: `http://127.0.0.1:${port}/mcp`,
+    url: `http://127.0.0.1:${port}/${transport === 'sse' ? 'sse' : 'mcp'}`,
     child,
     stop: async () => {
       if (child.exitCode === null && child.signalCode === null) {

@@ -27,7 +27,13 @@ export interface Session {
 }
 
 export interface SessionStore {
-  create(server: string, owner: string, upstreamId: string | undefined): Session | undefined;
+  /** A new session; `id` is one chosen before the upstream answered (see newSessionId). */
+  create(
+    server: string,
+    owner: string,
+    upstreamId: string | undefined,
+    id?: string,
+  ): Session | undefined;
   /** The session, if it exists, belongs to `server` and to `owner`; refreshes its idle timer. */
   get(id: string, server: string, owner: string): Session | undefined;
   delete(id: string): Session | undefined;
@@ -59,11 +65,16 @@ export class MemorySessionStore implements SessionStore {
     return this.sessions.size;
   }
 
-  create(server: string, owner: string, upstreamId: string | undefined): Session | undefined {
-    if (this.sessions.size >= this.max) return undefined;
+  create(
+    server: string,
+    owner: string,
+    upstreamId: string | undefined,
+    id: string = newSessionId(),
+  ): Session | undefined {
+    if (this.sessions.size >= this.max || this.sessions.has(id)) return undefined;
     const now = Date.now();
     const session: Session = {
-      id: newSessionId(),
+      id,
       server,
       owner,
       upstreamId,

@@ -33,10 +33,11 @@ import {
   LEGACY_VERSIONS,
   validateModernRequest,
 } from '../mcp/era.js';
-import type { Session, SessionStore } from '../mcp/sessions.js';
+import { newSessionId, type Session, type SessionStore } from '../mcp/sessions.js';
 import { ANONYMOUS, ownerKey, type Principal } from '../auth/principal.js';
 import type { Upstream, UpstreamCall, UpstreamRequest } from '../upstream/types.js';
 import { toGatewayError } from '../upstream/http.js';
+import { INTERNAL_TICKET_HEADER, InternalTickets, registerLegacySse } from './legacy-sse.js';
 import { compileHostCheck, compileOriginCheck } from './allowlist.js';
 import type { Authenticator } from '../auth/authenticate.js';
 import type { VerifiedToken } from '../auth/jwt.js';
@@ -153,6 +154,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     listen.requestTimeoutMs || Infinity,
   );
 
+  const tickets = new InternalTickets();
   const hostAllowed = compileHostCheck(listen.host, listen.allowedHosts);
   const originAllowed = compileOriginCheck(listen.host, listen.allowedOrigins);
 
@@ -198,6 +200,22 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     if (deps.isDraining()) {
       reply.header('connection', 'close');
       return sendError(reply, new GatewayError('PORTCULLIS_ERR_HTTP_SHUTTING_DOWN'));
+    }
+    // An in-process request for a legacy SSE client: authenticated already, its result in the ticket.
+    const ticket = req.headers[INTERNAL_TICKET_HEADER];
+    if (ticket !== undefined) {
+      delete req.headers[INTERNAL_TICKET_HEADER];
+      const identity = tickets.redeem(headerValue(ticket));
+      if (identity === undefined) {
+        log.warn({ url: req.url }, 'refused a request with a forged or reused internal ticket');
+        return sendError(
+          reply,
+          new GatewayError('PORTCULLIS_ERR_AUTH_INVALID_TOKEN', 'unknown ticket'),
+        );
+      }
+      req.principal = identity.principal;
+      req.token = identity.token;
+      return done();
     }
     // Authenticate before routing and before reading the body: an unauthenticated
     // caller learns nothing about which servers exist and costs no parsing.
@@ -251,9 +269,14 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     req: FastifyRequest,
     route: Route,
     session: Session | undefined,
+    /** For initialize: the id the session will have, so what is minted for it dies with it. */
+    newSessionId?: string,
   ): Promise<Record<string, string>> => {
     const headers = upstreamHeaders(req, session);
-    const extra = route.credential().headers({ token: req.token, sessionId: session?.id });
+    const extra = route.credential().headers({
+      token: req.token,
+      sessionId: session?.id ?? newSessionId,
+    });
     if (extra !== undefined) Object.assign(headers, extra instanceof Promise ? await extra : extra);
     return headers;
   };
@@ -384,9 +407,10 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     for (const f of frames)
       if (f.kind === 'request' && f.id !== undefined) methodsById.set(f.id, f.method as string);
     const owner = ownerKey(req.principal);
+    const sessionIdToBe = initialize ? newSessionId() : undefined;
     let headers: Record<string, string>;
     try {
-      headers = await credentialHeaders(req, route, session);
+      headers = await credentialHeaders(req, route, session, sessionIdToBe);
     } catch (err) {
       return fail(err instanceof GatewayError ? err : new GatewayError('PORTCULLIS_ERR_INTERNAL'));
     }
@@ -411,7 +435,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
       initialize
         ? (status, upstreamId) => {
             if (status !== 200) return undefined;
-            const created = sessions.create(route.name, owner, upstreamId);
+            const created = sessions.create(route.name, owner, upstreamId, sessionIdToBe);
             if (created) log.info({ server: route.name, session: created.id }, 'session opened');
             return created;
           }
@@ -477,6 +501,8 @@ export function buildApp(deps: AppDeps): FastifyInstance {
       throw toGatewayError(err, route.name);
     }
   });
+
+  registerLegacySse({ app, tickets, streams, log, checkRoute: routeFor });
 
   app.route({
     method: ['PUT', 'PATCH', 'OPTIONS'],

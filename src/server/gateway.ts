@@ -17,7 +17,7 @@ import type { FrameObserver } from '../mcp/frame.js';
 import { MemorySessionStore } from '../mcp/sessions.js';
 import { openStore } from '../store/index.js';
 import { createMetrics } from '../telemetry/metrics.js';
-import { HttpUpstream } from '../upstream/http.js';
+import { createUpstream, gatewaySecrets } from './upstreams.js';
 import { buildAdmin } from './admin.js';
 import { buildApp, type Route } from './app.js';
 import type { ResourceInfo } from './auth-http.js';
@@ -53,8 +53,10 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
   // Credentials are made once the listener has its address (a minted token's
   // issuer defaults to the gateway's resource); no request is read before.
   const credentials = new Map<string, UpstreamCredential>();
+  const metrics = createMetrics();
+  const upstreamDeps = { config, log, metrics, secrets: gatewaySecrets(config) };
   for (const [name, server] of Object.entries(config.servers)) {
-    const upstream = new HttpUpstream(name, server, config.upstreamDefaults);
+    const upstream = createUpstream(name, server, upstreamDeps);
     routes.set(name, {
       name,
       upstream,
@@ -68,7 +70,6 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
     config.signing.keysFile === undefined
       ? undefined
       : await SigningKeys.load(config.signing.keysFile, config.signing.activeKid);
-  const metrics = createMetrics();
   const store = await openStore(
     config.store.kind === 'redis'
       ? {
@@ -158,7 +159,8 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
       name,
       createCredential(server.credential, {
         server: name,
-        serverUrl: server.url,
+        // A stdio server has no URL: a minted token names it by the gateway's name for it.
+        serverUrl: server.url ?? `urn:portcullis:server:${name}`,
         signingIssuer: config.signing.issuer ?? resource,
         keys: signingKeys,
         revocations,

@@ -13,6 +13,8 @@ export interface Metrics {
   readonly revocationUnchecked: Counter;
   readonly storeHealthy: Gauge;
   readonly credentialsIssued: Counter<'server' | 'mode' | 'result'>;
+  readonly crashLoops: Counter<'server'>;
+  readonly upstreamProcesses: Gauge<'server'>;
 }
 
 export function createMetrics(): Metrics {
@@ -52,6 +54,18 @@ export function createMetrics(): Metrics {
       name: 'portcullis_upstream_credentials_total',
       help: 'Upstream credentials obtained (minted or exchanged), by server, mode and result.',
       labelNames: ['server', 'mode', 'result'],
+      registers: [registry],
+    }),
+    crashLoops: new Counter({
+      name: 'portcullis_upstream_crash_loops_total',
+      help: 'Times a stdio or legacy HTTP+SSE server was found crash-looping (new sessions refused for a backoff).',
+      labelNames: ['server'],
+      registers: [registry],
+    }),
+    upstreamProcesses: new Gauge({
+      name: 'portcullis_upstream_channels',
+      help: 'Open channels (stdio processes, legacy HTTP+SSE connections) per server.',
+      labelNames: ['server'],
       registers: [registry],
     }),
   };

@@ -147,6 +147,7 @@ export class HttpUpstream implements Upstream {
     defaults: { timeouts: UpstreamTimeouts; connections: number; maxResponseBytes: number },
   ) {
     this.name = name;
+    if (server.url === undefined) throw new Error(`server '${name}' has no url`);
     this.url = new URL(server.url);
     this.path = `${this.url.pathname}${this.url.search}`;
     this.timeouts = { ...defaults.timeouts, ...server.timeouts };

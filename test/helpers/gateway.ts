@@ -46,7 +46,7 @@ export function testConfig(
 }
 
 export async function startTestGateway(
-  servers: Record<string, string>,
+  servers: Record<string, string | Record<string, unknown>>,
   overrides: Record<string, unknown> = {},
   frames?: SeenFrame[],
 ): Promise<TestGateway> {

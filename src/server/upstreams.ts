@@ -1,0 +1,211 @@
+/**
+ * Builds each server's upstream from its configuration: Streamable HTTP
+ * directly, stdio and legacy HTTP+SSE through the bridge. Part of the
+ * composition root (gateway.ts is the only importer).
+ */
+import { chownSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import type { Logger } from 'pino';
+import {
+  DEFAULT_STDIO_IDLE_TIMEOUT_MS,
+  DEFAULT_STDIO_SHUTDOWN_STEP_MS,
+  SANDBOX_DEFAULTS,
+  type Config,
+  type ServerConfig,
+} from '../config/schema.js';
+import type { Metrics } from '../telemetry/metrics.js';
+import { ChannelUpstream } from '../upstream/bridge.js';
+import type { MessageChannel } from '../upstream/channel.js';
+import { HttpUpstream } from '../upstream/http.js';
+import {
+  planSandbox,
+  planUnsandboxed,
+  sandboxSupport,
+  UidPool,
+  type SandboxConfig,
+} from '../upstream/sandbox.js';
+import { SseChannel } from '../upstream/sse.js';
+import { StdioChannel } from '../upstream/stdio.js';
+import type { Upstream } from '../upstream/types.js';
+
+/** What every stdio server gets, and nothing else from the gateway's environment. */
+const BASE_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
+
+export interface UpstreamDeps {
+  readonly config: Config;
+  readonly log: Logger;
+  readonly metrics: Metrics;
+  /** Files of the gateway's own that no server may read (keys, credentials, TLS key). */
+  readonly secrets: readonly string[];
+}
+
+const uids = new UidPool();
+
+/** The gateway's own secret files, masked inside every sandbox. */
+export function gatewaySecrets(config: Config): string[] {
+  const files = [
+    config.signing.keysFile,
+    config.admin.tokenFile,
+    config.listen.tls?.key,
+    ...Object.values(config.servers).flatMap((s) => {
+      const c = s.credential as { file?: string; clientSecretFile?: string };
+      return [c.file, c.clientSecretFile];
+    }),
+  ];
+  return files.filter((f): f is string => f !== undefined).map((f) => path.resolve(f));
+}
+
+export function createUpstream(name: string, server: ServerConfig, deps: UpstreamDeps): Upstream {
+  const { config } = deps;
+  if (server.transport === 'streamable-http')
+    return new HttpUpstream(name, server, config.upstreamDefaults);
+  const maxResponseBytes = config.upstreamDefaults.maxResponseBytes;
+  const log = deps.log;
+  const open =
+    server.transport === 'stdio'
+      ? stdioOpener(name, server, deps)
+      : (headers: Readonly<Record<string, string>>): Promise<MessageChannel> =>
+          SseChannel.connect({
+            server: name,
+            url: server.url as string,
+            headers: { ...server.headers, ...credentialHeader(server, headers) },
+            timeouts: { ...config.upstreamDefaults.timeouts, ...server.timeouts },
+            maxEventBytes: maxResponseBytes,
+            log,
+          });
+  return new ChannelUpstream({
+    name,
+    maxResponseBytes,
+    sharing: server.sharing ?? 'session',
+    idleTimeoutMs: server.idleTimeoutMs ?? DEFAULT_STDIO_IDLE_TIMEOUT_MS,
+    open,
+    log,
+    onCrashLoop: () => deps.metrics.crashLoops.inc({ server: name }),
+    onChannels: (n) => deps.metrics.upstreamProcesses.set({ server: name }, n),
+  });
+}
+
+/** The header the credential step set for `server`, if it set one. */
+function credentialHeader(
+  server: ServerConfig,
+  headers: Readonly<Record<string, string>>,
+): Record<string, string> {
+  const name =
+    server.credential.mode === 'static' ? server.credential.header.toLowerCase() : 'authorization';
+  const value = headers[name];
+  return value === undefined ? {} : { [name]: value };
+}
+
+/** The credential itself: a bearer token without its scheme, a static value as it is. */
+function credentialValue(
+  server: ServerConfig,
+  headers: Readonly<Record<string, string>>,
+): string | undefined {
+  const [value] = Object.values(credentialHeader(server, headers));
+  if (value === undefined) return undefined;
+  const bearer = /^(?:Bearer|DPoP)\s+(.+)$/i.exec(value);
+  return bearer ? bearer[1] : value;
+}
+
+function sandboxFor(server: ServerConfig, secrets: readonly string[]): SandboxConfig {
+  const s = server.sandbox ?? {};
+  return {
+    mode: s.mode ?? SANDBOX_DEFAULTS.mode,
+    network: s.network ?? SANDBOX_DEFAULTS.network,
+    writablePaths: s.writablePaths ?? [],
+    hidePaths: [...secrets, ...(s.hidePaths ?? [])],
+    memoryBytes: s.memoryBytes ?? SANDBOX_DEFAULTS.memoryBytes,
+    cpuSeconds: s.cpuSeconds ?? SANDBOX_DEFAULTS.cpuSeconds,
+    maxOpenFiles: s.maxOpenFiles ?? SANDBOX_DEFAULTS.maxOpenFiles,
+    maxProcesses: s.maxProcesses ?? SANDBOX_DEFAULTS.maxProcesses,
+    tmpBytes: s.tmpBytes ?? SANDBOX_DEFAULTS.tmpBytes,
+    gid: s.gid ?? SANDBOX_DEFAULTS.gid,
+  };
+}
+
+/** The clean environment: PATH, HOME, LANG, the allowlist, and what is set explicitly. */
+function environmentFor(
+  server: ServerConfig,
+  sandboxed: boolean,
+  home: string,
+): Record<string, string> {
+  const env: Record<string, string> = {
+    PATH: process.env.PATH ?? BASE_PATH,
+    HOME: sandboxed ? '/tmp' : home,
+    LANG: process.env.LANG ?? 'C.UTF-8',
+  };
+  for (const nameOf of server.env ?? []) {
+    const value = process.env[nameOf];
+    if (value !== undefined) env[nameOf] = value;
+  }
+  return { ...env, ...server.setEnv };
+}
+
+/**
+ * How the bridge starts a process for `server`: sandboxed unless the sandbox
+ * is off (or, in auto mode, cannot run here); with a credential, in a file
+ * only that process can read, deleted when it ends.
+ */
+function stdioOpener(
+  name: string,
+  server: ServerConfig,
+  deps: UpstreamDeps,
+): (headers: Readonly<Record<string, string>>) => Promise<MessageChannel> {
+  const sandbox = sandboxFor(server, deps.secrets);
+  const support = sandboxSupport();
+  if (sandbox.mode === 'required' && !support.ok) {
+    // Never silently unsandboxed: a server that must be sandboxed does not start.
+    throw new Error(
+      `server '${name}' needs its sandbox, and bubblewrap cannot run here: ${support.detail}`,
+    );
+  }
+  const sandboxed = sandbox.mode !== 'off' && support.ok;
+  if (sandbox.mode === 'auto' && !support.ok) {
+    deps.log.warn(
+      { server: name, detail: support.detail },
+      'stdio server runs WITHOUT a sandbox: bubblewrap cannot run here',
+    );
+  }
+  return async (headers) => {
+    const credential = credentialValue(server, headers);
+    const uid = uids.take();
+    const root = process.getuid?.() === 0;
+    const privateDir = mkdtempSync(path.join(os.tmpdir(), 'portcullis-stdio-'));
+    let credentialFile: string | undefined;
+    try {
+      if (credential !== undefined) {
+        credentialFile = path.join(privateDir, 'credential');
+        writeFileSync(credentialFile, credential, { mode: 0o400 });
+        // The directory lets others through but not list it; the file is the process's own.
+        if (root) chownSync(credentialFile, uid, sandbox.gid);
+      }
+      if (root) chownSync(privateDir, uid, sandbox.gid);
+      const spec = {
+        command: server.command as string,
+        args: server.args ?? [],
+        cwd: server.cwd,
+        env: environmentFor(server, sandboxed, privateDir),
+      };
+      const plan = sandboxed
+        ? planSandbox(spec, sandbox, uid, credentialFile)
+        : planUnsandboxed(spec, uid, sandbox.gid, credentialFile);
+      const channel = new StdioChannel({
+        server: name,
+        plan,
+        maxLineBytes: deps.config.upstreamDefaults.maxResponseBytes,
+        shutdownStepMs: server.shutdownTimeoutMs ?? DEFAULT_STDIO_SHUTDOWN_STEP_MS,
+        log: deps.log,
+      });
+      channel.onClose(() => {
+        uids.release(uid);
+        rmSync(privateDir, { recursive: true, force: true });
+      });
+      return channel;
+    } catch (err) {
+      uids.release(uid);
+      rmSync(privateDir, { recursive: true, force: true });
+      throw err;
+    }
+  };
+}

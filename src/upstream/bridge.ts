@@ -1,0 +1,660 @@
+/**
+ * Message channels (stdio processes, legacy HTTP+SSE connections) as an
+ * upstream that answers like a Streamable HTTP server, so the relay, the
+ * sessions and every check in front of it work unchanged.
+ *
+ * A POST's requests go down the channel; its answer is an SSE stream that
+ * carries their responses (matched by id), the progress notifications for
+ * their progress tokens, and whatever else the server says while no GET
+ * stream is open; it ends once every request is answered. Notifications and
+ * responses from the client are sent down and answered 202. A GET opens the
+ * session's stream for everything not tied to a request. DELETE ends the
+ * session and its channel.
+ *
+ * Sessions: `initialize` (legacy era) opens a channel of its own, so agents
+ * and tenants never share a process; a stateless (2026-07-28) request uses
+ * the channel of its caller (`affinity`), opened on demand and closed when
+ * idle. With `sharing: shared` every session uses one channel, and request
+ * ids and progress tokens are rewritten so sessions never see each other's
+ * answers.
+ *
+ * Failures: a channel that dies ends every stream open on it with an error
+ * (the relay then answers each pending request with a JSON-RPC error), and
+ * its session is gone: the next request gets 404 and the client
+ * re-initializes. Channels that die soon after opening, again and again, are
+ * a crash loop: new ones are refused for a growing backoff, and said so.
+ */
+import { randomBytes } from 'node:crypto';
+import type { Logger } from 'pino';
+import { GatewayError } from '../errors/index.js';
+import { ChannelClosedError, type JsonRpcMessage, type MessageChannel } from './channel.js';
+import {
+  UpstreamBody,
+  type BodyController,
+  type Upstream,
+  type UpstreamCall,
+  type UpstreamRequest,
+  type UpstreamResponse,
+} from './types.js';
+
+/** Server messages kept for a session while no stream is open to take them. */
+const BACKLOG_MESSAGES = 1_000;
+/** A channel that dies sooner than this after opening counts towards a crash loop. */
+const CRASH_WINDOW_MS = 60_000;
+/** This many early deaths within the window is a crash loop. */
+const CRASH_LOOP_THRESHOLD = 3;
+const CRASH_BACKOFF_FIRST_MS = 1_000;
+const CRASH_BACKOFF_MAX_MS = 60_000;
+/** How long the gateway waits for the server to answer `initialize` of a shared channel. */
+const SHARED_INIT_TIMEOUT_MS = 30_000;
+
+export interface BridgeOptions {
+  readonly name: string;
+  readonly maxResponseBytes: number;
+  /** `session` (a channel per session or per caller) or `shared` (one for all, ids rewritten). */
+  readonly sharing: 'session' | 'shared';
+  /** Stateless-era channels (per caller) close after this long unused. */
+  readonly idleTimeoutMs: number;
+  /**
+   * Opens a channel. `headers` are the ones the gateway built for the request
+   * that needs it, the credential step's among them: the opener passes the
+   * credential on (a stdio server gets it in a private file).
+   */
+  readonly open: (headers: Readonly<Record<string, string>>) => Promise<MessageChannel>;
+  readonly log: Logger;
+  /** Told when a crash loop starts (for metrics). */
+  readonly onCrashLoop?: () => void;
+  /** Told how many channels are open, whenever that changes (for metrics). */
+  readonly onChannels?: (open: number) => void;
+}
+
+type Key = string;
+
+/** A JSON-RPC id as a map key: 1 and "1" are different ids. */
+function keyOf(id: unknown): Key {
+  return typeof id === 'string' ? `s:${id}` : `n:${String(id)}`;
+}
+
+function isRequest(m: JsonRpcMessage): boolean {
+  return typeof m.method === 'string' && m.id !== undefined && m.id !== null;
+}
+
+function isNotification(m: JsonRpcMessage): boolean {
+  return typeof m.method === 'string' && (m.id === undefined || m.id === null);
+}
+
+function progressTokenOf(m: JsonRpcMessage): unknown {
+  const params = m.params as
+    { _meta?: { progressToken?: unknown }; progressToken?: unknown } | undefined;
+  return isNotification(m) ? params?.progressToken : params?._meta?.progressToken;
+}
+
+/** A response body the bridge writes SSE events into. */
+class EmulatedStream implements BodyController {
+  readonly body = new UpstreamBody(this);
+  /** Request ids (as sent down the channel) this stream still waits for. */
+  readonly pending = new Set<Key>();
+  aborted = false;
+  ended = false;
+
+  constructor(
+    private readonly onAbort: (stream: EmulatedStream) => void,
+    private readonly onPause: (paused: boolean) => void,
+  ) {}
+
+  push(message: JsonRpcMessage): void {
+    if (this.ended) return;
+    this.body.push(Buffer.from(`event: message\ndata: ${JSON.stringify(message)}\n\n`));
+  }
+
+  end(): void {
+    if (this.ended) return;
+    this.ended = true;
+    this.body.end();
+  }
+
+  fail(err: Error): void {
+    if (this.ended) return;
+    this.ended = true;
+    this.body.fail(err);
+  }
+
+  pause(): void {
+    this.onPause(true);
+  }
+
+  resume(): void {
+    this.onPause(false);
+  }
+
+  abort(): void {
+    if (this.aborted) return;
+    this.aborted = true;
+    this.ended = true;
+    this.onAbort(this);
+  }
+}
+
+interface Inflight {
+  readonly stream: EmulatedStream;
+  /** The session's own id for the request (differs from the channel's in a shared channel). */
+  readonly clientId: unknown;
+  /** The session's own progress token, if the request carried one. */
+  readonly clientToken?: unknown;
+  readonly session: BridgeSession;
+}
+
+/** One client session (or one caller, stateless) on a channel. */
+class BridgeSession {
+  readonly streams = new Set<EmulatedStream>();
+  getStream: EmulatedStream | undefined;
+  readonly backlog: JsonRpcMessage[] = [];
+  lastUsedAt = Date.now();
+  constructor(
+    readonly id: string,
+    readonly conduit: Conduit,
+    readonly affinity: string | undefined,
+  ) {}
+}
+
+/** A channel and what is in flight on it (one per session, or one shared). */
+class Conduit {
+  readonly inflight = new Map<Key, Inflight>();
+  readonly progress = new Map<Key, Inflight>();
+  readonly sessions = new Set<BridgeSession>();
+  readonly openedAt = Date.now();
+  /** Shared channels: the server's answer to the one initialize the gateway sent. */
+  initializeResult: Record<string, unknown> | undefined;
+  private nextId = 0;
+  constructor(
+    readonly channel: MessageChannel,
+    readonly shared: boolean,
+  ) {}
+  /** The id a request travels under: its own, or a fresh one on a shared channel. */
+  channelId(clientId: unknown): unknown {
+    return this.shared ? `pc-${++this.nextId}` : clientId;
+  }
+}
+
+export class ChannelUpstream implements Upstream {
+  readonly name: string;
+  readonly maxResponseBytes: number;
+  private readonly sessions = new Map<string, BridgeSession>();
+  private readonly byAffinity = new Map<string, BridgeSession>();
+  private shared: Promise<Conduit> | undefined;
+  private readonly recentCrashes: number[] = [];
+  private backoffUntil = 0;
+  private backoffMs = CRASH_BACKOFF_FIRST_MS;
+  private readonly idleTimer: NodeJS.Timeout;
+  private closed = false;
+  private openChannels = 0;
+
+  constructor(private readonly options: BridgeOptions) {
+    this.name = options.name;
+    this.maxResponseBytes = options.maxResponseBytes;
+    this.idleTimer = setInterval(
+      () => this.closeIdle(),
+      Math.max(1_000, Math.min(60_000, options.idleTimeoutMs / 4)),
+    );
+    this.idleTimer.unref();
+  }
+
+  /** Live sessions, for tests and metrics. */
+  get sessionCount(): number {
+    return this.sessions.size;
+  }
+
+  request(req: UpstreamRequest): UpstreamCall {
+    let aborted = false;
+    let stream: EmulatedStream | undefined;
+    const response = this.handle(req, (s) => {
+      stream = s;
+      if (aborted) s.abort();
+    });
+    return {
+      response,
+      get aborted() {
+        return aborted;
+      },
+      abort() {
+        aborted = true;
+        stream?.abort();
+      },
+    };
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    clearInterval(this.idleTimer);
+    const conduits = new Set([...this.sessions.values()].map((s) => s.conduit));
+    if (this.shared) conduits.add(await this.shared.catch(() => undefined as unknown as Conduit));
+    await Promise.all([...conduits].filter(Boolean).map((c) => c.channel.close()));
+  }
+
+  private async handle(
+    req: UpstreamRequest,
+    onStream: (s: EmulatedStream) => void,
+  ): Promise<UpstreamResponse> {
+    const sessionId = req.headers['mcp-session-id'];
+    if (req.method === 'DELETE') return this.deleteSession(sessionId);
+    if (req.method === 'GET') return this.openGetStream(sessionId, onStream);
+
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(req.body ?? '');
+    } catch {
+      return json(400, {
+        jsonrpc: '2.0',
+        id: null,
+        error: { code: -32700, message: 'Parse error' },
+      });
+    }
+    const messages = (Array.isArray(parsed) ? parsed : [parsed]) as JsonRpcMessage[];
+    const initialize = messages.find((m) => m.method === 'initialize');
+
+    let session: BridgeSession;
+    let created = false;
+    if (sessionId !== undefined) {
+      const known = this.sessions.get(sessionId);
+      if (known === undefined) return sessionNotFound(messages);
+      session = known;
+    } else if (initialize !== undefined) {
+      session = await this.newSession(undefined, req.headers);
+      created = true;
+    } else {
+      // Stateless (2026-07-28): the caller's own channel, opened on demand.
+      const affinity = req.affinity ?? 'anonymous';
+      const known = this.byAffinity.get(affinity);
+      session =
+        known && !known.conduit.channel.closed
+          ? known
+          : await this.newSession(affinity, req.headers);
+    }
+    session.lastUsedAt = Date.now();
+
+    const requests = messages.filter(isRequest);
+    if (requests.length === 0) {
+      for (const m of messages) this.sendDown(session, m);
+      return { statusCode: 202, headers: {}, body: emptyBody() };
+    }
+    const stream = this.newStream(session);
+    onStream(stream);
+    const conduit = session.conduit;
+    for (const m of messages) {
+      if (isRequest(m)) {
+        if (conduit.shared && m.method === 'initialize' && conduit.initializeResult !== undefined) {
+          // The shared channel is initialized once; each session gets that answer.
+          stream.push({ jsonrpc: '2.0', id: m.id, result: conduit.initializeResult });
+          continue;
+        }
+        const channelId = conduit.channelId(m.id);
+        const token = progressTokenOf(m);
+        const entry: Inflight = { stream, clientId: m.id, clientToken: token, session };
+        conduit.inflight.set(keyOf(channelId), entry);
+        stream.pending.add(keyOf(channelId));
+        let down = m;
+        if (token !== undefined) {
+          const channelToken = conduit.shared ? `${String(channelId)}:p` : token;
+          conduit.progress.set(keyOf(channelToken), entry);
+          if (conduit.shared) down = withProgressToken(m, channelToken);
+        }
+        if (conduit.shared) down = { ...down, id: channelId };
+        this.sendDownRaw(session, down, stream);
+      } else {
+        this.sendDown(session, m);
+      }
+    }
+    if (stream.pending.size === 0) stream.end();
+    return {
+      statusCode: 200,
+      headers: {
+        'content-type': 'text/event-stream',
+        ...(created ? { 'mcp-session-id': session.id } : {}),
+      },
+      body: stream.body,
+    };
+  }
+
+  private sendDownRaw(
+    session: BridgeSession,
+    message: JsonRpcMessage,
+    stream?: EmulatedStream,
+  ): void {
+    try {
+      session.conduit.channel.send(message);
+    } catch (err) {
+      stream?.fail(err as Error);
+    }
+  }
+
+  /** A client notification or response, sent down; a cancellation also releases its request. */
+  private sendDown(session: BridgeSession, message: JsonRpcMessage): void {
+    const conduit = session.conduit;
+    if (message.method === 'notifications/cancelled' && conduit.shared) {
+      // The server knows the request by the id it travelled under.
+      const params = message.params as { requestId?: unknown } | undefined;
+      const found = [...conduit.inflight.entries()].find(
+        ([, e]) => e.session === session && e.clientId === params?.requestId,
+      );
+      if (found === undefined) return;
+      message = { ...message, params: { ...params, requestId: unkey(found[0]) } };
+    }
+    this.sendDownRaw(session, message);
+  }
+
+  private newStream(session: BridgeSession): EmulatedStream {
+    const stream = new EmulatedStream(
+      (s) => this.onStreamAborted(session, s),
+      (paused) => (paused ? session.conduit.channel.pause() : session.conduit.channel.resume()),
+    );
+    session.streams.add(stream);
+    return stream;
+  }
+
+  /** The client went away from a stream: cancel what it still waited for (spec, stdio "Cancellation"). */
+  private onStreamAborted(session: BridgeSession, stream: EmulatedStream): void {
+    session.streams.delete(stream);
+    if (session.getStream === stream) session.getStream = undefined;
+    const conduit = session.conduit;
+    for (const key of stream.pending) {
+      const entry = conduit.inflight.get(key);
+      conduit.inflight.delete(key);
+      if (entry === undefined) continue;
+      this.sendDownRaw(session, {
+        jsonrpc: '2.0',
+        method: 'notifications/cancelled',
+        params: { requestId: unkey(key), reason: 'the client went away' },
+      });
+    }
+    stream.pending.clear();
+  }
+
+  private async openGetStream(
+    sessionId: string | undefined,
+    onStream: (s: EmulatedStream) => void,
+  ): Promise<UpstreamResponse> {
+    const session = sessionId === undefined ? undefined : this.sessions.get(sessionId);
+    if (session === undefined) return sessionNotFound([]);
+    if (session.getStream !== undefined && !session.getStream.ended) {
+      return json(409, {
+        jsonrpc: '2.0',
+        id: null,
+        error: { code: -32600, message: 'Only one GET stream per session' },
+      });
+    }
+    const stream = this.newStream(session);
+    session.getStream = stream;
+    onStream(stream);
+    for (const m of session.backlog.splice(0)) stream.push(m);
+    return { statusCode: 200, headers: { 'content-type': 'text/event-stream' }, body: stream.body };
+  }
+
+  private async deleteSession(sessionId: string | undefined): Promise<UpstreamResponse> {
+    const session = sessionId === undefined ? undefined : this.sessions.get(sessionId);
+    if (session === undefined) return sessionNotFound([]);
+    this.dropSession(session);
+    if (!session.conduit.shared) await session.conduit.channel.close();
+    return { statusCode: 200, headers: {}, body: emptyBody() };
+  }
+
+  private dropSession(session: BridgeSession, err?: Error): void {
+    this.sessions.delete(session.id);
+    if (session.affinity !== undefined && this.byAffinity.get(session.affinity) === session) {
+      this.byAffinity.delete(session.affinity);
+    }
+    session.conduit.sessions.delete(session);
+    for (const s of session.streams) {
+      if (err) s.fail(err);
+      else s.end();
+    }
+    session.streams.clear();
+  }
+
+  private async newSession(
+    affinity: string | undefined,
+    headers: Readonly<Record<string, string>>,
+  ): Promise<BridgeSession> {
+    if (this.closed) throw new GatewayError('PORTCULLIS_ERR_HTTP_SHUTTING_DOWN');
+    const conduit =
+      this.options.sharing === 'shared'
+        ? await this.sharedConduit(headers)
+        : await this.openConduit(headers);
+    const session = new BridgeSession(randomBytes(16).toString('hex'), conduit, affinity);
+    this.sessions.set(session.id, session);
+    if (affinity !== undefined) this.byAffinity.set(affinity, session);
+    conduit.sessions.add(session);
+    return session;
+  }
+
+  private async openConduit(headers: Readonly<Record<string, string>>): Promise<Conduit> {
+    const now = Date.now();
+    if (now < this.backoffUntil) {
+      throw new GatewayError(
+        'PORTCULLIS_ERR_UPSTREAM_UNREACHABLE',
+        `server '${this.name}' keeps crashing; next start allowed in ${Math.ceil((this.backoffUntil - now) / 1000)} s`,
+        { server: this.name, reason: 'crash_loop' },
+      );
+    }
+    let channel: MessageChannel;
+    try {
+      channel = await this.options.open(headers);
+    } catch (err) {
+      this.noteCrash();
+      throw new GatewayError(
+        'PORTCULLIS_ERR_UPSTREAM_UNREACHABLE',
+        `server '${this.name}' (${(err as Error).message})`,
+        {
+          server: this.name,
+        },
+      );
+    }
+    const conduit = new Conduit(channel, this.options.sharing === 'shared');
+    this.options.onChannels?.(++this.openChannels);
+    channel.onMessage((m) => this.fromServer(conduit, m));
+    channel.onClose((reason) => this.channelClosed(conduit, reason));
+    return conduit;
+  }
+
+  /** The one shared channel, initialized by the gateway once. */
+  private sharedConduit(headers: Readonly<Record<string, string>>): Promise<Conduit> {
+    if (this.shared) {
+      return this.shared.then((c) => {
+        if (!c.channel.closed) return c;
+        this.shared = undefined;
+        return this.sharedConduit(headers);
+      });
+    }
+    this.shared = (async () => {
+      const conduit = await this.openConduit(headers);
+      const result = await new Promise<Record<string, unknown>>((resolve, reject) => {
+        const timer = setTimeout(
+          () => reject(new Error('no answer to initialize')),
+          SHARED_INIT_TIMEOUT_MS,
+        );
+        const probe = new BridgeSession('gateway', conduit, undefined);
+        const stream = this.newStream(probe);
+        conduit.inflight.set(keyOf('pc-init'), { stream, clientId: 'pc-init', session: probe });
+        stream.pending.add(keyOf('pc-init'));
+        stream.body.consume(
+          (chunk) => {
+            const data = /data: (.*)\n/.exec(chunk.toString())?.[1];
+            const msg =
+              data === undefined
+                ? undefined
+                : (JSON.parse(data) as { result?: Record<string, unknown> });
+            if (msg?.result) {
+              clearTimeout(timer);
+              resolve(msg.result);
+            }
+          },
+          () => undefined,
+          (err) => reject(err),
+        );
+        conduit.channel.send({
+          jsonrpc: '2.0',
+          id: 'pc-init',
+          method: 'initialize',
+          params: {
+            protocolVersion: '2025-11-25',
+            capabilities: { sampling: {}, elicitation: {}, roots: {} },
+            clientInfo: { name: 'portcullis', version: '1' },
+          },
+        });
+      });
+      conduit.initializeResult = result;
+      conduit.channel.send({ jsonrpc: '2.0', method: 'notifications/initialized' });
+      return conduit;
+    })();
+    this.shared.catch(() => {
+      this.shared = undefined;
+    });
+    return this.shared;
+  }
+
+  /** Routes one message from the server to the stream that should carry it. */
+  private fromServer(conduit: Conduit, message: JsonRpcMessage): void {
+    const isResponse = message.method === undefined && message.id !== undefined;
+    if (isResponse) {
+      const key = keyOf(message.id);
+      const entry = conduit.inflight.get(key);
+      if (entry === undefined) {
+        this.options.log.debug(
+          { server: this.name, id: message.id },
+          'dropped a response nobody waits for',
+        );
+        return;
+      }
+      conduit.inflight.delete(key);
+      entry.stream.pending.delete(key);
+      entry.stream.push(conduit.shared ? { ...message, id: entry.clientId } : message);
+      if (entry.stream.pending.size === 0) {
+        for (const [k, p] of conduit.progress) if (p === entry) conduit.progress.delete(k);
+        entry.stream.end();
+        entry.session.streams.delete(entry.stream);
+      }
+      return;
+    }
+    const token = progressTokenOf(message);
+    if (token !== undefined) {
+      const entry = conduit.progress.get(keyOf(token));
+      if (entry !== undefined) {
+        entry.stream.push(conduit.shared ? withProgressToken(message, entry.clientToken) : message);
+        return;
+      }
+    }
+    // Not tied to a request the gateway can see: the session's GET stream, else the
+    // newest stream still open, else kept until one opens.
+    const targets = conduit.shared ? [...conduit.sessions] : [...conduit.sessions].slice(0, 1);
+    if (conduit.shared && isRequest(message)) {
+      // A server request on a shared channel goes to the one session that is waiting on it, if any.
+      const waiting = [...conduit.inflight.values()].at(-1)?.session;
+      if (waiting) return this.deliver(waiting, message);
+    }
+    for (const session of targets) this.deliver(session, message);
+  }
+
+  private deliver(session: BridgeSession, message: JsonRpcMessage): void {
+    if (session.getStream !== undefined && !session.getStream.ended)
+      return session.getStream.push(message);
+    const open = [...session.streams].filter((s) => !s.ended);
+    const newest = open.at(-1);
+    if (newest !== undefined) return newest.push(message);
+    session.backlog.push(message);
+    if (session.backlog.length > BACKLOG_MESSAGES) session.backlog.shift();
+  }
+
+  private channelClosed(conduit: Conduit, reason: Error | undefined): void {
+    this.options.onChannels?.(--this.openChannels);
+    if (reason !== undefined && !this.closed) {
+      this.options.log.warn(
+        { server: this.name, err: reason.message, sessions: conduit.sessions.size },
+        'upstream channel ended',
+      );
+      if (Date.now() - conduit.openedAt < CRASH_WINDOW_MS) this.noteCrash();
+    }
+    const err = reason ?? new ChannelClosedError(`server '${this.name}' closed`);
+    for (const entry of conduit.inflight.values()) entry.stream.fail(err);
+    conduit.inflight.clear();
+    conduit.progress.clear();
+    for (const session of [...conduit.sessions]) this.dropSession(session, err);
+  }
+
+  private noteCrash(): void {
+    const now = Date.now();
+    this.recentCrashes.push(now);
+    while (
+      this.recentCrashes.length > 0 &&
+      (this.recentCrashes[0] as number) < now - CRASH_WINDOW_MS
+    )
+      this.recentCrashes.shift();
+    if (this.recentCrashes.length >= CRASH_LOOP_THRESHOLD) {
+      this.backoffUntil = now + this.backoffMs;
+      this.options.log.error(
+        {
+          server: this.name,
+          crashes: this.recentCrashes.length,
+          windowMs: CRASH_WINDOW_MS,
+          backoffMs: this.backoffMs,
+        },
+        'upstream server is crash-looping; refusing new sessions for a while',
+      );
+      this.options.onCrashLoop?.();
+      this.backoffMs = Math.min(CRASH_BACKOFF_MAX_MS, this.backoffMs * 2);
+      this.recentCrashes.length = 0;
+    } else if (this.recentCrashes.length === 0) {
+      this.backoffMs = CRASH_BACKOFF_FIRST_MS;
+    }
+  }
+
+  private closeIdle(): void {
+    const cutoff = Date.now() - this.options.idleTimeoutMs;
+    for (const session of [...this.byAffinity.values()]) {
+      if (session.lastUsedAt < cutoff && session.streams.size === 0) {
+        this.dropSession(session);
+        if (!session.conduit.shared) void session.conduit.channel.close();
+      }
+    }
+  }
+}
+
+function withProgressToken(m: JsonRpcMessage, token: unknown): JsonRpcMessage {
+  const params = { ...(m.params as Record<string, unknown> | undefined) };
+  if (isNotification(m)) return { ...m, params: { ...params, progressToken: token } };
+  return {
+    ...m,
+    params: { ...params, _meta: { ...(params._meta as object | undefined), progressToken: token } },
+  };
+}
+
+function unkey(key: Key): unknown {
+  return key.startsWith('s:') ? key.slice(2) : Number(key.slice(2));
+}
+
+function emptyBody(): UpstreamBody {
+  const body = new UpstreamBody({
+    aborted: false,
+    pause: () => undefined,
+    resume: () => undefined,
+    abort: () => undefined,
+  });
+  body.end();
+  return body;
+}
+
+function json(status: number, payload: unknown): UpstreamResponse {
+  const body = new UpstreamBody({
+    aborted: false,
+    pause: () => undefined,
+    resume: () => undefined,
+    abort: () => undefined,
+  });
+  body.push(Buffer.from(JSON.stringify(payload)));
+  body.end();
+  return { statusCode: status, headers: { 'content-type': 'application/json' }, body };
+}
+
+/** spec/2025-11-25/basic/transports.mdx: a request for an ended session MUST get 404. */
+function sessionNotFound(messages: JsonRpcMessage[]): UpstreamResponse {
+  const id = messages.find(isRequest)?.id ?? null;
+  return json(404, { jsonrpc: '2.0', id, error: { code: -32600, message: 'Session not found' } });
+}

@@ -1,0 +1,65 @@
+/**
+ * A message channel to one MCP server: JSON-RPC messages in, JSON-RPC
+ * messages out, no HTTP. A stdio process (stdio.ts) and a legacy HTTP+SSE
+ * connection (sse.ts) are channels; the bridge (bridge.ts) turns channels into
+ * an upstream that answers like a Streamable HTTP server.
+ */
+
+/** A JSON-RPC 2.0 message as it travels: an object, already parsed. */
+export type JsonRpcMessage = Record<string, unknown>;
+
+export interface MessageChannel {
+  /** Sends one message; throws if the channel is closed. */
+  send(message: JsonRpcMessage): void;
+  /** Every message the server sends, in order. */
+  onMessage(listener: (message: JsonRpcMessage) => void): void;
+  /** Called once when the channel ends, with why if it was not asked to. */
+  onClose(listener: (reason: Error | undefined) => void): void;
+  /** Stops reading from the server until `resume` (backpressure from a slow client). */
+  pause(): void;
+  resume(): void;
+  readonly closed: boolean;
+  /** Ends the channel gracefully (bounded), then forcibly. */
+  close(): Promise<void>;
+}
+
+/** The channel ended before answering: the server crashed, exited or dropped the connection. */
+export class ChannelClosedError extends Error {
+  constructor(detail: string) {
+    super(detail);
+    this.name = 'ChannelClosedError';
+  }
+}
+
+/** The listener bookkeeping every channel shares: messages fan out, the close is told once. */
+export abstract class ChannelListeners {
+  private readonly messageListeners: Array<(m: JsonRpcMessage) => void> = [];
+  private readonly closeListeners: Array<(reason: Error | undefined) => void> = [];
+  /** Set once the channel has ended, by `ended()`. */
+  protected ended = false;
+
+  get closed(): boolean {
+    return this.ended;
+  }
+
+  onMessage(listener: (message: JsonRpcMessage) => void): void {
+    this.messageListeners.push(listener);
+  }
+
+  onClose(listener: (reason: Error | undefined) => void): void {
+    if (this.ended) listener(undefined);
+    else this.closeListeners.push(listener);
+  }
+
+  protected emitMessage(message: JsonRpcMessage): void {
+    for (const l of this.messageListeners) l(message);
+  }
+
+  /** Marks the channel ended and tells the listeners; false if it had already ended. */
+  protected markEnded(reason: Error | undefined): boolean {
+    if (this.ended) return false;
+    this.ended = true;
+    for (const l of this.closeListeners.splice(0)) l(reason);
+    return true;
+  }
+}

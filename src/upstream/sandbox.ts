@@ -1,0 +1,244 @@
+/**
+ * How a stdio server is launched: the command line wrapped by `prlimit`
+ * (resource limits) and `bwrap` (bubblewrap: namespaces and mounts), run as
+ * an unprivileged user of its own when the gateway runs as root.
+ *
+ * What the sandbox gives, and why each piece is there:
+ * - a private PID namespace: the child cannot see the gateway, or read its
+ *   /proc/<pid>/environ (the brief's first leak);
+ * - no network unless configured (`--unshare-net`): a hostile server cannot
+ *   call home;
+ * - the root file system read-only, a private /tmp, writable paths only as
+ *   configured, and the gateway's own secret files masked;
+ * - a user of its own: as root, the gateway drops to a uid from a range
+ *   before bwrap starts (a user namespace alone would map back to root and
+ *   read root's files), one uid per process so the process limit, which
+ *   counts per uid, is per process;
+ * - limits on address space, CPU time, open files and processes (prlimit);
+ * - `--die-with-parent`: it dies with the gateway.
+ */
+import { execFileSync } from 'node:child_process';
+import { existsSync, statSync } from 'node:fs';
+import path from 'node:path';
+
+export interface SandboxConfig {
+  readonly mode: 'auto' | 'required' | 'off';
+  readonly network: boolean;
+  readonly writablePaths: readonly string[];
+  readonly hidePaths: readonly string[];
+  readonly memoryBytes: number;
+  readonly cpuSeconds: number;
+  readonly maxOpenFiles: number;
+  readonly maxProcesses: number;
+  readonly tmpBytes: number;
+  readonly gid: number;
+}
+
+/** What to run, before any wrapping. */
+export interface ProcessSpec {
+  readonly command: string;
+  readonly args: readonly string[];
+  /** Where the server starts; inside the sandbox, default /tmp (its private one). */
+  readonly cwd: string | undefined;
+  /** The whole environment of the server: nothing else is inherited. */
+  readonly env: Readonly<Record<string, string>>;
+}
+
+/** The final command line and how to spawn it. */
+export interface SandboxPlan {
+  readonly command: string;
+  readonly args: string[];
+  readonly env: Record<string, string>;
+  readonly cwd: string | undefined;
+  readonly uid: number | undefined;
+  readonly gid: number | undefined;
+  readonly sandboxed: boolean;
+}
+
+/**
+ * Where a credential file is seen inside the sandbox: in its private /tmp
+ * (the read-only root has no place of its own for it), bound read-only, so
+ * the server can read it but not replace it.
+ */
+export const SANDBOX_CREDENTIAL_PATH = '/tmp/.portcullis/credential';
+
+let bwrapCheck: { ok: boolean; detail: string } | undefined;
+
+/** The uid the check runs as (as root): below the pool's range, never a server's. */
+const CHECK_UID = 199_999;
+
+/**
+ * Whether the sandbox can start here, checked once by starting one exactly
+ * as a server's would be (prlimit, bwrap, the same namespaces and mounts and,
+ * as root, the same drop to a user of its own) around `true`.
+ */
+export function sandboxSupport(): { ok: boolean; detail: string } {
+  if (bwrapCheck) return bwrapCheck;
+  const plan = planSandbox(
+    {
+      command: 'true',
+      args: [],
+      cwd: undefined,
+      env: { PATH: process.env.PATH ?? '/usr/bin:/bin' },
+    },
+    {
+      mode: 'required',
+      network: false,
+      writablePaths: [],
+      hidePaths: [],
+      memoryBytes: 1024 ** 3,
+      cpuSeconds: 10,
+      maxOpenFiles: 64,
+      maxProcesses: 64,
+      tmpBytes: 1024 ** 2,
+      gid: 65_534,
+    },
+    CHECK_UID,
+    undefined,
+  );
+  try {
+    execFileSync(plan.command, plan.args, {
+      env: plan.env,
+      stdio: ['ignore', 'ignore', 'pipe'],
+      timeout: 10_000,
+      ...(plan.uid === undefined ? {} : { uid: plan.uid, gid: plan.gid }),
+    });
+    bwrapCheck = { ok: true, detail: 'bwrap and prlimit work' };
+  } catch (err) {
+    const e = err as { stderr?: Buffer; message: string; code?: string };
+    const why =
+      e.code === 'ENOENT'
+        ? 'prlimit (util-linux) is not installed'
+        : e.stderr?.toString().trim() || e.message;
+    bwrapCheck = { ok: false, detail: why };
+  }
+  return bwrapCheck;
+}
+
+/** Allocates a distinct uid to each live sandboxed process, from a range no login user has. */
+export class UidPool {
+  private readonly inUse = new Set<number>();
+  private next: number;
+  constructor(
+    private readonly first = 200_000,
+    private readonly count = 65_536,
+  ) {
+    this.next = first;
+  }
+  take(): number {
+    for (let i = 0; i < this.count; i++) {
+      const uid = this.next;
+      this.next = this.first + ((this.next - this.first + 1) % this.count);
+      if (!this.inUse.has(uid)) {
+        this.inUse.add(uid);
+        return uid;
+      }
+    }
+    throw new Error('no sandbox uid left');
+  }
+  release(uid: number | undefined): void {
+    if (uid !== undefined) this.inUse.delete(uid);
+  }
+}
+
+/** Whether a user other than the owner could read `file`: it and every directory above it allow others in. */
+export function readableByOthers(file: string): boolean {
+  try {
+    if ((statSync(file).mode & 0o004) === 0) return false;
+    for (let dir = path.dirname(path.resolve(file)); ; dir = path.dirname(dir)) {
+      if ((statSync(dir).mode & 0o001) === 0) return false;
+      if (dir === path.dirname(dir)) return true;
+    }
+  } catch {
+    return false;
+  }
+}
+
+function limits(config: SandboxConfig): string[] {
+  return [
+    `--as=${config.memoryBytes}`,
+    `--cpu=${config.cpuSeconds}`,
+    `--nofile=${config.maxOpenFiles}`,
+    `--nproc=${config.maxProcesses}`,
+  ];
+}
+
+/**
+ * The command line for `spec` under `config`. `uid` is the sandbox user (only
+ * honoured when the gateway runs as root); `credentialFile` is bound read-only
+ * at SANDBOX_CREDENTIAL_PATH.
+ */
+export function planSandbox(
+  spec: ProcessSpec,
+  config: SandboxConfig,
+  uid: number | undefined,
+  credentialFile: string | undefined,
+): SandboxPlan {
+  const root = process.getuid?.() === 0;
+  const env = { ...spec.env };
+  if (credentialFile !== undefined) env.MCP_CREDENTIAL_FILE = SANDBOX_CREDENTIAL_PATH;
+  const bwrap: string[] = [
+    '--unshare-all',
+    ...(config.network ? ['--share-net'] : []),
+    ...(root ? ['--unshare-user', '--disable-userns'] : []),
+    '--die-with-parent',
+    '--new-session',
+    '--ro-bind',
+    '/',
+    '/',
+    '--proc',
+    '/proc',
+    '--dev',
+    '/dev',
+    '--size',
+    String(config.tmpBytes),
+    '--tmpfs',
+    '/tmp',
+  ];
+  // Secrets of the gateway's own (its config, keys, credential files) are masked. Run as
+  // another user, the child can only read what others may read: only those need a mask
+  // (and bwrap, as that user, could not mount over the rest).
+  for (const p of config.hidePaths) {
+    if (root ? readableByOthers(p) : existsSync(p)) bwrap.push('--ro-bind', '/dev/null', p);
+  }
+  for (const p of config.writablePaths) bwrap.push('--bind', p, p);
+  if (credentialFile !== undefined) {
+    bwrap.push('--ro-bind', credentialFile, SANDBOX_CREDENTIAL_PATH);
+  }
+  bwrap.push('--chdir', spec.cwd ?? '/tmp', '--', spec.command, ...spec.args);
+  return {
+    command: 'prlimit',
+    args: [...limits(config), '--', 'bwrap', ...bwrap],
+    env,
+    cwd: undefined,
+    uid: root ? uid : undefined,
+    gid: root ? config.gid : undefined,
+    sandboxed: true,
+  };
+}
+
+/**
+ * The command line for `spec` without a sandbox (sandbox mode off, or auto
+ * where bubblewrap cannot run): the clean environment and, as root, a user
+ * of its own still apply.
+ */
+export function planUnsandboxed(
+  spec: ProcessSpec,
+  uid: number | undefined,
+  gid: number,
+  credentialFile: string | undefined,
+): SandboxPlan {
+  const root = process.getuid?.() === 0;
+  return {
+    command: spec.command,
+    args: [...spec.args],
+    env: {
+      ...spec.env,
+      ...(credentialFile === undefined ? {} : { MCP_CREDENTIAL_FILE: credentialFile }),
+    },
+    cwd: spec.cwd,
+    uid: root ? uid : undefined,
+    gid: root ? gid : undefined,
+    sandboxed: false,
+  };
+}

@@ -1,0 +1,88 @@
+/**
+ * A stdio server behind the gateway: @modelcontextprotocol/server-everything
+ * run by the bridge in its bubblewrap sandbox, one process per session, used
+ * by the official SDK's Streamable HTTP client and its legacy SSE client.
+ */
+import { before, after, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readdirSync, readFileSync } from 'node:fs';
+import { everythingFeatures, connect, sessionOf } from './helpers/everything-features.js';
+import { EVERYTHING_ENTRY, everythingStdio } from './helpers/everything.js';
+import { startTestGateway, type SeenFrame, type TestGateway } from './helpers/gateway.js';
+
+let gateway: TestGateway;
+const frames: SeenFrame[] = [];
+
+before(async () => {
+  gateway = await startTestGateway(
+    { everything: everythingStdio({ sandbox: { mode: 'required' } }) },
+    {},
+    frames,
+  );
+});
+after(async () => {
+  await gateway?.close();
+});
+
+for (const client of ['streamable-http', 'legacy-sse'] as const) {
+  describe(`server-everything over stdio, ${client} client`, () => {
+    everythingFeatures({ gateway: () => gateway, server: 'everything', client, frames });
+  });
+}
+
+/** server-everything stdio processes running now (sandboxed: the command line shows through bwrap's). */
+function everythingProcesses(): Set<string> {
+  const found = new Set<string>();
+  for (const pid of readdirSync('/proc')) {
+    if (!/^\d+$/.test(pid)) continue;
+    try {
+      const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+      // The server itself, not the prlimit or bwrap around it.
+      if (argv[0] === process.execPath && argv[1] === EVERYTHING_ENTRY && argv[2] === 'stdio')
+        found.add(pid);
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return found;
+}
+
+test("two sessions at once get two processes and never see each other's answers", async (t) => {
+  const target = {
+    gateway: () => gateway,
+    server: 'everything',
+    client: 'streamable-http' as const,
+    frames,
+  };
+  const before = everythingProcesses();
+  const a = await connect(target);
+  const b = await connect(target);
+  t.after(async () => {
+    await a.http?.terminateSession();
+    await b.http?.terminateSession();
+    await Promise.all([a.client.close(), b.client.close()]);
+  });
+  // Processes of earlier sessions may still be ending; only new ones count.
+  const started = [...everythingProcesses()].filter((pid) => !before.has(pid));
+  assert.equal(started.length, 2, 'one process per session');
+  // The same request ids in both sessions, at the same time: each answer reaches its own caller.
+  const calls = Array.from({ length: 20 }, (_, i) =>
+    Promise.all([
+      a.client.callTool({ name: 'echo', arguments: { message: `a-${i}` } }),
+      b.client.callTool({ name: 'echo', arguments: { message: `b-${i}` } }),
+    ]),
+  );
+  for (const [i, [ra, rb]] of (await Promise.all(calls)).entries()) {
+    assert.equal(
+      JSON.stringify(ra.content),
+      JSON.stringify([{ type: 'text', text: `Echo: a-${i}` }]),
+    );
+    assert.equal(
+      JSON.stringify(rb.content),
+      JSON.stringify([{ type: 'text', text: `Echo: b-${i}` }]),
+    );
+  }
+  const sa = sessionOf(target, 'a-0');
+  const sb = sessionOf(target, 'b-0');
+  assert.ok(sa && sb && sa !== sb, 'two gateway sessions');
+});

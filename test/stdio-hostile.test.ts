@@ -1,0 +1,331 @@
+/**
+ * A hostile stdio server (test/fixtures/hostile-stdio.mjs, the project's own)
+ * behind the gateway, sandboxed: each thing it tries is contained, and each
+ * containment is asserted here — against the real bubblewrap sandbox, real
+ * processes and the gateway's real log.
+ */
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import {
+  chmodSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
+import { createServer, type Server } from 'node:net';
+import type { AddressInfo } from 'node:net';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { createInterface } from 'node:readline';
+import { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
+import { initializeBody, post } from './helpers/requests.js';
+
+const HOSTILE = fileURLToPath(new URL('./fixtures/hostile-stdio.mjs', import.meta.url));
+/** A secret in the gateway's own environment, from its start: no server may ever see it. */
+const CANARY = `gateway-canary-${randomBytes(8).toString('hex')}`;
+const STATIC_SECRET = `static-secret-${randomBytes(8).toString('hex')}`;
+// Threads count too: node itself runs a dozen or so.
+const MAX_PROCESSES = 40;
+
+const ROOT = fileURLToPath(new URL('..', import.meta.url));
+const CLI = path.join(ROOT, 'dist', 'cli', 'main.js');
+
+/** The gateway runs as its own process, started by the CLI, so the canary is in its real environment. */
+let child: ChildProcess;
+let gateway: { url: string; adminUrl: string; urlFor(server: string): string };
+const logs: Array<Record<string, unknown>> = [];
+let base: string;
+let outside: string;
+let writable: string;
+let listener: Server;
+let connectionsSeen = 0;
+
+before(async () => {
+  // `npm test` builds first; when this file runs alone, build once if needed.
+  if (!existsSync(CLI)) {
+    execFileSync('npx', ['tsc', '-p', 'tsconfig.build.json'], { cwd: ROOT, stdio: 'inherit' });
+  }
+  // Directories anyone may write to: only the sandbox stands between the server and them.
+  base = mkdtempSync(path.join(ROOT, '.hostile-'));
+  outside = path.join(base, 'outside');
+  writable = path.join(base, 'writable');
+  mkdirSync(outside);
+  mkdirSync(writable);
+  for (const dir of [base, outside, writable]) chmodSync(dir, 0o777);
+
+  listener = createServer((socket) => {
+    connectionsSeen++;
+    socket.destroy();
+  });
+  await new Promise<void>((resolve) => listener.listen(0, '127.0.0.1', resolve));
+
+  const hostile = (args: string[]) => ({
+    transport: 'stdio',
+    command: process.execPath,
+    args: [HOSTILE, ...args],
+    credential: { mode: 'static', value: `Bearer ${STATIC_SECRET}` },
+    sandbox: { mode: 'required', writablePaths: [writable], maxProcesses: MAX_PROCESSES },
+  });
+  const configFile = path.join(base, 'portcullis.yaml');
+  // JSON is YAML.
+  writeFileSync(
+    configFile,
+    JSON.stringify({
+      listen: { host: '127.0.0.1', port: 0 },
+      admin: { port: 0 },
+      auth: { mode: 'none' },
+      log: { level: 'debug' },
+      servers: { hostile: hostile([]), loop: hostile(['exit-at-start']) },
+    }),
+  );
+  const env: NodeJS.ProcessEnv = { ...process.env, PORTCULLIS_TEST_CANARY: CANARY };
+  delete env.NODE_OPTIONS;
+  child = spawn(process.execPath, [CLI, 'start', '--config', configFile], {
+    cwd: ROOT,
+    env,
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  const listening = await new Promise<{ url: string; adminUrl: string }>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('the gateway did not start in 15 s')), 15_000);
+    child.once('exit', (code) => reject(new Error(`the gateway exited (${code})`)));
+    createInterface({ input: child.stdout as NodeJS.ReadableStream }).on('line', (line) => {
+      let record: Record<string, unknown>;
+      try {
+        record = JSON.parse(line) as Record<string, unknown>;
+      } catch {
+        return;
+      }
+      logs.push(record);
+      if (record.msg === 'gateway listening') {
+        clearTimeout(timer);
+        resolve(record as unknown as { url: string; adminUrl: string });
+      }
+    });
+  });
+  gateway = { ...listening, urlFor: (server) => `${listening.url}/mcp/${server}` };
+});
+
+after(async () => {
+  if (child && child.exitCode === null) {
+    const exited = new Promise((r) => child.once('exit', r));
+    child.kill('SIGTERM');
+    await exited;
+  }
+  listener?.close();
+  rmSync(base, { recursive: true, force: true });
+});
+
+async function eventually(check: () => boolean, ms = 3_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!check() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 25));
+}
+
+async function connect(server = 'hostile') {
+  const client = new Client({ name: 'hostile-test', version: '1.0.0' }, { capabilities: {} });
+  const transport = new StreamableHTTPClientTransport(new URL(gateway.urlFor(server)));
+  await client.connect(transport);
+  return { client, transport };
+}
+
+async function call<T>(
+  client: Client,
+  name: string,
+  args: Record<string, unknown> = {},
+): Promise<T> {
+  const result = await client.callTool({ name, arguments: args });
+  const content = result.content as Array<{ text: string }>;
+  return JSON.parse(content[0]?.text as string) as T;
+}
+
+/** Processes on the host whose command line is `sleep 60` (the fork bomb's children). */
+function sleepers(): number {
+  let n = 0;
+  for (const pid of readdirSync('/proc')) {
+    if (!/^\d+$/.test(pid)) continue;
+    try {
+      if (readFileSync(`/proc/${pid}/cmdline`, 'utf8') === 'sleep\u000060\u0000') n++;
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return n;
+}
+
+test("it cannot read the gateway's environment, or any secret, through /proc", async (t) => {
+  const { client } = await connect();
+  t.after(() => client.close());
+  const seen = await call<{
+    pids: string[];
+    seen: Record<string, string>;
+    parent: string;
+    own: string;
+  }>(client, 'environ');
+  const everything = JSON.stringify(seen);
+  assert.ok(!everything.includes(CANARY), "the gateway's environment is out of reach");
+  assert.ok(!everything.includes(STATIC_SECRET), 'the credential is not in any environment');
+  assert.ok(!seen.pids.includes(String(child.pid)), "the gateway's pid is not even visible");
+  assert.ok(seen.pids.length <= 3, `a private pid namespace: ${seen.pids.join(',')}`);
+  const names = seen.own
+    .split('\0')
+    .filter(Boolean)
+    .map((kv) => kv.slice(0, kv.indexOf('=')))
+    .sort();
+  // PWD is bwrap's, naming the sandbox's working directory.
+  assert.deepEqual(
+    names,
+    ['HOME', 'LANG', 'MCP_CREDENTIAL_FILE', 'PATH', 'PWD'],
+    'a clean environment',
+  );
+});
+
+test('its credential arrives in a private file, not in its environment', async (t) => {
+  const { client } = await connect();
+  t.after(() => client.close());
+  const got = await call<{ file: string; value: string }>(client, 'credential');
+  assert.equal(got.file, '/tmp/.portcullis/credential');
+  assert.equal(got.value, STATIC_SECRET);
+});
+
+test('it cannot open a network connection', async (t) => {
+  const { client } = await connect();
+  t.after(() => client.close());
+  const port = (listener.address() as AddressInfo).port;
+  const result = await call<{ connected: boolean; error?: string }>(client, 'connect', {
+    host: '127.0.0.1',
+    port,
+  });
+  assert.equal(result.connected, false);
+  assert.ok(result.error, 'the attempt failed');
+  assert.equal(connectionsSeen, 0, "nothing reached the host's loopback");
+});
+
+test('it cannot write outside its directories; /tmp is its own; a configured path is writable', async (t) => {
+  const { client } = await connect();
+  t.after(() => client.close());
+  const denied = await call<{ written: boolean; error?: string }>(client, 'write', {
+    path: path.join(outside, 'planted'),
+  });
+  assert.equal(denied.written, false);
+  assert.equal(denied.error, 'EROFS', 'the root file system is read-only');
+  assert.ok(!existsSync(path.join(outside, 'planted')));
+
+  const tmpName = `/tmp/hostile-${randomBytes(4).toString('hex')}`;
+  const tmp = await call<{ written: boolean }>(client, 'write', { path: tmpName });
+  assert.equal(tmp.written, true, 'its private /tmp is writable');
+  assert.ok(!existsSync(tmpName), "and is not the host's /tmp");
+
+  const allowed = await call<{ written: boolean }>(client, 'write', {
+    path: path.join(writable, 'allowed'),
+  });
+  assert.equal(allowed.written, true);
+  assert.ok(
+    existsSync(path.join(writable, 'allowed')),
+    'a configured writable path reaches the host',
+  );
+});
+
+test('a fork bomb stops at the process limit, and its processes die with the session', async (t) => {
+  const { client, transport } = await connect();
+  t.after(() => client.close());
+  const before = sleepers();
+  const result = await call<{ started: number; alive: number; error?: string }>(client, 'fork', {
+    max: 500,
+  });
+  assert.ok(result.started < MAX_PROCESSES, `started ${result.started}, limit ${MAX_PROCESSES}`);
+  assert.ok(result.error, 'the next fork was refused');
+  await transport.terminateSession();
+  const deadline = Date.now() + 5_000;
+  while (sleepers() > before && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  assert.equal(sleepers(), before, 'every process it started is gone');
+});
+
+test('a stderr flood is rate-limited in the log, with secrets masked; the call still answers', async (t) => {
+  const { client } = await connect();
+  t.after(() => client.close());
+  const from = logs.length;
+  const started = Date.now();
+  const result = await call<{ flooded: number }>(client, 'flood', { lines: 20_000 });
+  assert.equal(result.flooded, 20_000);
+  await new Promise((r) => setTimeout(r, 1_200));
+  const seconds = Math.ceil((Date.now() - started) / 1000) + 1;
+  const mine = logs.slice(from);
+  const stderr = mine.filter((l) => l.msg === 'stdio server stderr');
+  assert.ok(stderr.length > 0, 'stderr reaches the log');
+  assert.ok(stderr.length <= 20 * seconds, `${stderr.length} lines logged in ${seconds} s`);
+  assert.ok(
+    mine.some((l) => String(l.msg).includes('suppressed') && Number(l.suppressed) > 0),
+    'what was dropped is counted',
+  );
+  assert.ok(!JSON.stringify(mine).includes('hunter2'), 'token=… is masked');
+});
+
+test('garbage on stdout is logged and dropped, never forwarded', async (t) => {
+  const { client } = await connect();
+  t.after(() => client.close());
+  const from = logs.length;
+  const result = await call<{ garbage: string }>(client, 'garbage');
+  assert.equal(result.garbage, 'printed');
+  const dropped = () => logs.slice(from).filter((l) => String(l.msg).startsWith('dropped'));
+  // The gateway's log arrives through its stdout: give it a moment.
+  await eventually(() => dropped().length >= 4);
+  assert.equal(
+    dropped().filter((l) => String(l.msg).includes('from stdout')).length,
+    3,
+    'non-JSON, non-JSON-RPC and array lines were each dropped',
+  );
+  assert.ok(
+    dropped().some((l) => l.msg === 'dropped a response nobody waits for'),
+    'a response to no request is dropped',
+  );
+  // The session still works: nothing out of order reached the client.
+  assert.equal((await call<{ garbage: string }>(client, 'garbage')).garbage, 'printed');
+});
+
+test('exiting mid-request: the call fails at once, the session ends (404), a new one works', async () => {
+  const { client, transport } = await connect();
+  const sid = transport.sessionId as string;
+  const started = Date.now();
+  await assert.rejects(call(client, 'crash'));
+  assert.ok(
+    Date.now() - started < 5_000,
+    'the in-flight request failed without waiting for a timeout',
+  );
+  await client.close();
+  const res = await post(
+    gateway.urlFor('hostile'),
+    { jsonrpc: '2.0', id: 1, method: 'tools/list' },
+    { 'mcp-session-id': sid },
+  );
+  assert.equal(res.status, 404, 'the client is told to re-initialize');
+  const again = await connect();
+  assert.equal((await call<{ garbage: string }>(again.client, 'garbage')).garbage, 'printed');
+  await again.client.close();
+});
+
+test('a server that dies at start is detected as a crash loop: refused with a reason, counted', async () => {
+  const initialize = () => post(gateway.urlFor('loop'), initializeBody(1));
+  for (let i = 0; i < 3; i++) {
+    const res = await initialize();
+    const text = await res.text();
+    assert.match(text, /"error"/, `start ${i + 1} fails with a JSON-RPC error`);
+  }
+  const refused = await initialize();
+  assert.equal(refused.status, 502);
+  const body = (await refused.json()) as { error: { message: string; data: { reason?: string } } };
+  assert.equal(body.error.data.reason, 'crash_loop');
+  assert.match(body.error.message, /keeps crashing/);
+  const metrics = await (await fetch(`${gateway.adminUrl}/metrics`)).text();
+  assert.match(metrics, /portcullis_upstream_crash_loops_total\{server="loop"\} 1/);
+  await eventually(() => logs.some((l) => String(l.msg).includes('crash-looping')));
+  assert.ok(
+    logs.some((l) => String(l.msg).includes('crash-looping')),
+    'the crash loop is logged',
+  );
+});
