@@ -8,10 +8,12 @@ import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { before, test, type TestContext } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { initializeBody, post } from './helpers/requests.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const CLI = join(ROOT, 'dist', 'cli', 'main.js');
@@ -83,6 +85,21 @@ function outcome(child: ChildProcess, timeoutMs = RUN_TIMEOUT_MS): Promise<Outco
   });
 }
 
+/** The "gateway listening" log record of a started child; stdout keeps draining afterwards. */
+async function listeningOf(
+  child: ChildProcess,
+): Promise<{ url: string; adminUrl?: string; servers?: unknown } | undefined> {
+  const lines = createInterface({ input: child.stdout! });
+  for await (const line of lines) {
+    if (line.includes('"msg":"gateway listening"')) {
+      // Leaving the loop closes the line reader; keep draining stdout so the child never blocks on it.
+      child.stdout?.resume();
+      return JSON.parse(line) as { url: string };
+    }
+  }
+  return undefined;
+}
+
 function run(t: TestContext, args: string[], env?: NodeJS.ProcessEnv): Promise<Outcome> {
   return outcome(spawnCli(t, args, env));
 }
@@ -116,7 +133,7 @@ test('config check on the example file exits 0', async (t) => {
     TICKETS_CLIENT_SECRET: 'example-secret',
   });
   assert.equal(r.code, 0, r.stderr);
-  assert.equal(r.stdout, 'config/portcullis.example.yaml: ok (3 server(s))\n');
+  assert.equal(r.stdout, 'config/portcullis.example.yaml: ok (5 server(s))\n');
   assert.equal(r.stderr, '');
 });
 
@@ -251,16 +268,7 @@ test('flags are validated together with the file they overlay', async (t) => {
 test('start on port 0 logs where it listens, serves, and exits 0 on SIGTERM', async (t) => {
   const child = spawnCli(t, [...START_FREE_PORTS, '--auth', 'none']);
   const exited = outcome(child, RUN_TIMEOUT_MS + SHUTDOWN_BOUND_MS);
-  const lines = createInterface({ input: child.stdout! });
-  let listening: { url?: unknown; adminUrl?: unknown; servers?: unknown } | undefined;
-  for await (const line of lines) {
-    if (line.includes('"msg":"gateway listening"')) {
-      listening = JSON.parse(line) as typeof listening;
-      break;
-    }
-  }
-  // Leaving the loop closes the line reader; keep draining stdout so the child never blocks on it.
-  child.stdout?.resume();
+  const listening = await listeningOf(child);
   assert.ok(listening, 'logged a JSON "gateway listening" line');
   assert.match(String(listening.url), /^http:\/\/127\.0\.0\.1:\d+$/);
   assert.notEqual(new URL(String(listening.url)).port, '0');
@@ -335,14 +343,7 @@ test('token mint signs the claims asked for, and start --issuer --jwks accepts o
     '--jwks',
     join(dir, 'signing.pub.json'),
   ]);
-  const lines = createInterface({ input: child.stdout! });
-  let url: string | undefined;
-  for await (const line of lines) {
-    if (line.includes('"msg":"gateway listening"')) {
-      url = (JSON.parse(line) as { url: string }).url;
-      break;
-    }
-  }
+  const url = (await listeningOf(child))?.url;
   assert.ok(url);
 
   const minted = await run(t, [
@@ -403,4 +404,71 @@ test('token mint signs the claims asked for, and start --issuer --jwks accepts o
   assert.equal(missing.code, 1);
   assert.match(missing.stderr, /cannot mint/);
   child.kill('SIGTERM');
+});
+
+const EVERYTHING = join(
+  dirname(
+    createRequire(import.meta.url).resolve('@modelcontextprotocol/server-everything/package.json'),
+  ),
+  'dist/index.js',
+);
+
+test('--server NAME=stdio:COMMAND runs a local server, sandboxed, a process per session', async (t) => {
+  const child = spawnCli(t, [
+    'start',
+    '--port',
+    '0',
+    '--admin-port',
+    '0',
+    '--auth',
+    'none',
+    '--server',
+    `everything=stdio:"${process.execPath}" ${EVERYTHING} stdio`,
+  ]);
+  const listening = await listeningOf(child);
+  assert.ok(listening, 'the gateway started');
+  const res = await post(`${listening.url}/mcp/everything`, initializeBody(1));
+  assert.equal(res.status, 200);
+  assert.match(await res.text(), /mcp-servers\/everything/);
+});
+
+test('a server that requires its sandbox stops start-up where the sandbox cannot run; auto warns and runs', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'portcullis-nosandbox-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  const configFor = async (mode: string) => {
+    const file = join(dir, `${mode}.yaml`);
+    await writeFile(
+      file,
+      JSON.stringify({
+        listen: { port: 0 },
+        admin: { port: 0 },
+        auth: { mode: 'none' },
+        servers: {
+          local: {
+            transport: 'stdio',
+            command: process.execPath,
+            args: [EVERYTHING, 'stdio'],
+            sandbox: { mode },
+          },
+        },
+      }),
+    );
+    return file;
+  };
+  // With nothing on PATH (the commands are absolute) bwrap and prlimit are not found.
+  const noSandbox = { PATH: dir };
+
+  const required = await run(t, ['start', '--config', await configFor('required')], noSandbox);
+  assert.equal(required.code, 1);
+  assert.match(required.stderr, /server 'local' needs its sandbox, and bubblewrap cannot run here/);
+  assert.doesNotMatch(required.stdout, /gateway listening/);
+
+  const child = spawnCli(t, ['start', '--config', await configFor('auto')], noSandbox);
+  let output = '';
+  child.stdout?.setEncoding('utf8').on('data', (d: string) => (output += d));
+  const deadline = Date.now() + RUN_TIMEOUT_MS;
+  while (!output.includes('gateway listening') && Date.now() < deadline)
+    await new Promise((r) => setTimeout(r, 50));
+  assert.match(output, /stdio server runs WITHOUT a sandbox/);
+  assert.match(output, /gateway listening/);
 });

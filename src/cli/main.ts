@@ -44,7 +44,10 @@ Options for start:
   --host H               listen address (default 127.0.0.1)
   --port P               listen port (default 8080; 0 picks a free one)
   --admin-port P         admin listener port for /livez and /readyz (default 9090; 0 = free one)
-  --server NAME=URL      an upstream MCP server at /mcp/NAME; repeat for more
+  --server NAME=URL      an upstream MCP server at /mcp/NAME; repeat for more. URL is a
+                         Streamable HTTP endpoint; sse:URL a legacy HTTP+SSE one;
+                         stdio:COMMAND ARGS… a local program, run sandboxed, a process
+                         per session (quote the whole value; see docs/stdio.md)
   --auth jwt|none        client authentication: jwt (the default) or none (only on a
                          loopback address, for local development)
   --jwks FILE_OR_URL     the token issuer's keys: a JWKS URL, or a JWKS/PEM file
@@ -84,6 +87,7 @@ Options for revoke (through the admin API of a running gateway):
 Examples:
   portcullis start --demo
   portcullis start --server docs=http://127.0.0.1:3001/mcp --auth none
+  portcullis start --auth none --server 'files=stdio:mcp-server-filesystem /srv/shared'
   portcullis start --server docs=http://127.0.0.1:3001/mcp \
     --issuer https://login.example.com --jwks https://login.example.com/jwks
   portcullis config check config/portcullis.example.yaml
@@ -97,14 +101,48 @@ function fail(message: string, code = 2): never {
   process.exit(code);
 }
 
-function parseServers(values: string[] | undefined): Record<string, { url: string }> {
-  const out: Record<string, { url: string }> = {};
+/**
+ * A command line as words: split on whitespace; single or double quotes keep
+ * a word together (no other escapes; no shell runs it).
+ */
+export function splitCommandLine(line: string): string[] {
+  const words: string[] = [];
+  const pattern = /"([^"]*)"|'([^']*)'|(\S+)/g;
+  let current: string | undefined;
+  let lastEnd = -1;
+  for (const m of line.matchAll(pattern)) {
+    const word = m[1] ?? m[2] ?? m[3] ?? '';
+    // Pieces with no space between them are one word: --opt="a b".
+    if (current !== undefined && m.index === lastEnd) current += word;
+    else {
+      if (current !== undefined) words.push(current);
+      current = word;
+    }
+    lastEnd = m.index + m[0].length;
+  }
+  if (current !== undefined) words.push(current);
+  return words;
+}
+
+/** `--server` values: NAME=URL (Streamable HTTP), NAME=sse:URL, NAME=stdio:COMMAND ARGS… */
+function parseServers(values: string[] | undefined): Record<string, Record<string, unknown>> {
+  const out: Record<string, Record<string, unknown>> = {};
   for (const v of values ?? []) {
     const eq = v.indexOf('=');
-    if (eq <= 0) fail(`--server expects NAME=URL, got '${v}'`);
+    if (eq <= 0) fail(`--server expects NAME=URL, NAME=sse:URL or NAME=stdio:COMMAND, got '${v}'`);
     const name = v.slice(0, eq);
+    const target = v.slice(eq + 1);
     if (out[name]) fail(`--server ${name} given twice`);
-    out[name] = { url: v.slice(eq + 1) };
+    if (target.startsWith('stdio:')) {
+      const [command, ...args] = splitCommandLine(target.slice('stdio:'.length));
+      if (command === undefined) fail(`--server ${name}=stdio: needs a command`);
+      // Started from a shell, a relative path means the shell's directory (read-only inside).
+      out[name] = { transport: 'stdio', command, args, cwd: process.cwd() };
+    } else if (target.startsWith('sse:')) {
+      out[name] = { transport: 'sse', url: target.slice('sse:'.length) };
+    } else {
+      out[name] = { url: target };
+    }
   }
   return out;
 }
@@ -165,6 +203,7 @@ function banner(
     '',
     `Portcullis ${VERSION} is listening on ${gateway.url}`,
     ...names.map((n) => `  ${n.padEnd(12)} ${gateway.urlFor(n)}`),
+    `  (legacy HTTP+SSE clients: ${gateway.urlFor(first)}/sse)`,
     gateway.adminUrl ? `  health       ${gateway.adminUrl}/livez  ${gateway.adminUrl}/readyz` : '',
     demo ? `  (demo upstream: server-everything, started with the gateway)` : '',
     '',
