@@ -8,6 +8,7 @@ import assert from 'node:assert/strict';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { after, before, test } from 'node:test';
 import { createLocalJWKSet, decodeJwt, jwtVerify } from 'jose';
 import { generateSigningKey } from '../src/auth/keys.js';
@@ -30,6 +31,8 @@ import {
 import { mint, newKey, writeJwks, type SigningKey } from './helpers/tokens.js';
 
 const ADMIN_TOKEN = TEST_ADMIN_TOKEN;
+/** A stdio server of the project's that reports the credential file it was handed. */
+const HOSTILE = fileURLToPath(new URL('./fixtures/hostile-stdio.mjs', import.meta.url));
 
 let upstream: FaultUpstream;
 let as: AuthorizationServer;
@@ -68,6 +71,14 @@ before(async () => {
       },
       tickets: { url: upstream.url('/ok'), credential: exchangeAt('https://tickets.example/mcp') },
       plain: upstream.url('/ok'),
+      local: {
+        transport: 'stdio',
+        command: process.execPath,
+        args: [HOSTILE],
+        sandbox: { mode: 'required' },
+        // The shortest life: renewed 2 s before it ends, 8 s after it was minted.
+        credential: { mode: 'mint', ttlMs: 10_000 },
+      },
     },
     // Two issuers would need two gateways; the local test issuer is enough here,
     // and the exchange test brings an authorization-server token of its own.
@@ -92,6 +103,14 @@ function exchangeAt(resource: string) {
     resource,
     scope: 'tickets',
   };
+}
+
+/** The live revocations, from the admin API. */
+async function revocations(): Promise<Array<{ kind: string; id: string }>> {
+  const res = await fetch(`${gw.adminUrl}/admin/revocations`, {
+    headers: { authorization: `Bearer ${ADMIN_TOKEN}` },
+  });
+  return ((await res.json()) as { revocations: Array<{ kind: string; id: string }> }).revocations;
 }
 
 /** Calls `server` with the agent's token; returns the headers the upstream received. */
@@ -180,14 +199,51 @@ test('mint: a credential minted for a session is revoked when the session ends',
     headers: { authorization: `Bearer ${agent}`, 'mcp-session-id': sessionId },
   });
   assert.ok(del.status < 300);
-  const revocations = (await (
-    await fetch(`${gw.adminUrl}/admin/revocations`, {
-      headers: { authorization: `Bearer ${ADMIN_TOKEN}` },
-    })
-  ).json()) as { revocations: Array<{ kind: string; id: string }> };
   assert.ok(
-    revocations.revocations.some((r) => r.kind === 'jti' && r.id === jti),
+    (await revocations()).some((r) => r.kind === 'jti' && r.id === jti),
     'the session credential is revoked',
+  );
+});
+
+test('mint for a stdio server: a private file the process reads, renewed in place, revoked with the session', async () => {
+  const agent = await mint(issuerKey, gw.url, { claims: { sub: 'stdio-agent' } });
+  const init = await post(gw.urlFor('local'), initializeBody(), {
+    authorization: `Bearer ${agent}`,
+  });
+  assert.equal(init.status, 200, await init.clone().text());
+  const sessionId = init.headers.get('mcp-session-id') as string;
+  const read = async (id: number) => {
+    const res = await post(
+      gw.urlFor('local'),
+      { jsonrpc: '2.0', id, method: 'tools/call', params: { name: 'credential', arguments: {} } },
+      {
+        authorization: `Bearer ${agent}`,
+        'mcp-session-id': sessionId,
+        'mcp-protocol-version': '2025-11-25',
+      },
+    );
+    assert.equal(res.status, 200);
+    const body = (await res.json()) as { result: { content: Array<{ text: string }> } };
+    return JSON.parse(body.result.content[0]?.text as string) as { file: string; value: string };
+  };
+  const first = await read(2);
+  assert.equal(first.file, '/tmp/.portcullis/credential');
+  const claims = decodeJwt(first.value);
+  assert.equal(claims.aud, 'urn:portcullis:server:local', 'minted for this server');
+  assert.equal(claims.sub, 'stdio-agent', 'naming the agent');
+  await new Promise((r) => setTimeout(r, 8_200));
+  const second = await read(3);
+  assert.notEqual(second.value, first.value, 'the renewed credential reached the running process');
+
+  const del = await fetch(gw.urlFor('local'), {
+    method: 'DELETE',
+    headers: { authorization: `Bearer ${agent}`, 'mcp-session-id': sessionId },
+  });
+  assert.ok(del.status < 300);
+  const ids = new Set((await revocations()).map((r) => r.id));
+  assert.ok(
+    ids.has(String(decodeJwt(second.value).jti)) || ids.has(sessionId),
+    'what was minted for the session is revoked',
   );
 });
 

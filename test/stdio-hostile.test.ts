@@ -25,7 +25,7 @@ import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
-import { initializeBody, post } from './helpers/requests.js';
+import { initializeBody, modernCall, modernHeaders, post } from './helpers/requests.js';
 
 const HOSTILE = fileURLToPath(new URL('./fixtures/hostile-stdio.mjs', import.meta.url));
 /** A secret in the gateway's own environment, from its start: no server may ever see it. */
@@ -82,7 +82,11 @@ before(async () => {
       admin: { port: 0 },
       auth: { mode: 'none' },
       log: { level: 'debug' },
-      servers: { hostile: hostile([]), loop: hostile(['exit-at-start']) },
+      servers: {
+        hostile: hostile([]),
+        loop: hostile(['exit-at-start']),
+        ondemand: { ...hostile([]), idleTimeoutMs: 1_000 },
+      },
     }),
   );
   const env: NodeJS.ProcessEnv = { ...process.env, PORTCULLIS_TEST_CANARY: CANARY };
@@ -292,7 +296,11 @@ test('exiting mid-request: the call fails at once, the session ends (404), a new
   const { client, transport } = await connect();
   const sid = transport.sessionId as string;
   const started = Date.now();
-  await assert.rejects(call(client, 'crash'));
+  // A JSON-RPC error naming what happened (PORTCULLIS_ERR_UPSTREAM_STREAM_ENDED).
+  await assert.rejects(
+    call(client, 'crash'),
+    /closed the stream before answering.*exited \(code 3\)/,
+  );
   assert.ok(
     Date.now() - started < 5_000,
     'the in-flight request failed without waiting for a timeout',
@@ -327,5 +335,47 @@ test('a server that dies at start is detected as a crash loop: refused with a re
   assert.ok(
     logs.some((l) => String(l.msg).includes('crash-looping')),
     'the crash loop is logged',
+  );
+});
+
+/** Host pids of the hostile server's processes (its command line shows through prlimit's and bwrap's). */
+function hostileProcesses(): string[] {
+  return readdirSync('/proc').filter((pid) => {
+    if (!/^\d+$/.test(pid)) return false;
+    try {
+      const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+      return argv[0] === process.execPath && argv[1] === HOSTILE;
+    } catch {
+      return false;
+    }
+  });
+}
+
+test('a 2026-07-28 caller: its process starts on demand, serves its next calls, and ends when idle', async () => {
+  const before = new Set(hostileProcesses());
+  const callWhoami = async (id: number) => {
+    const res = await post(
+      gateway.urlFor('ondemand'),
+      modernCall('whoami', {}, id),
+      modernHeaders('whoami'),
+    );
+    assert.equal(res.status, 200);
+    const body = (await res.json()) as { id: number; result: { content: Array<{ text: string }> } };
+    assert.equal(body.id, id);
+    return JSON.parse(body.result.content[0]?.text as string) as { pid: number };
+  };
+  await callWhoami(1);
+  const started = hostileProcesses().filter((pid) => !before.has(pid));
+  assert.equal(started.length, 1, 'one process, started by the first call, without initialize');
+  await callWhoami(2);
+  assert.deepEqual(
+    hostileProcesses().filter((pid) => !before.has(pid)),
+    started,
+    'the same process serves the same caller',
+  );
+  await eventually(() => !hostileProcesses().includes(started[0] as string), 8_000);
+  assert.ok(
+    !hostileProcesses().includes(started[0] as string),
+    'closed after idleTimeoutMs unused',
   );
 });

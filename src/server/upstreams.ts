@@ -3,7 +3,7 @@
  * directly, stdio and legacy HTTP+SSE through the bridge. Part of the
  * composition root (gateway.ts is the only importer).
  */
-import { chownSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chownSync, mkdirSync, mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { Logger } from 'pino';
@@ -65,8 +65,8 @@ export function createUpstream(name: string, server: ServerConfig, deps: Upstrea
   const open =
     server.transport === 'stdio'
       ? stdioOpener(name, server, deps)
-      : (headers: Readonly<Record<string, string>>): Promise<MessageChannel> =>
-          SseChannel.connect({
+      : async (headers: Readonly<Record<string, string>>): Promise<MessageChannel> => {
+          const sse = await SseChannel.connect({
             server: name,
             url: server.url as string,
             headers: { ...server.headers, ...credentialHeader(server, headers) },
@@ -74,11 +74,17 @@ export function createUpstream(name: string, server: ServerConfig, deps: Upstrea
             maxEventBytes: maxResponseBytes,
             log,
           });
+          // Later POSTs carry the credential of the request they belong to.
+          const channel: MessageChannel = sse;
+          channel.updateCredential = (later) => sse.setHeaders(credentialHeader(server, later));
+          return channel;
+        };
   return new ChannelUpstream({
     name,
     maxResponseBytes,
     sharing: server.sharing ?? 'session',
     idleTimeoutMs: server.idleTimeoutMs ?? DEFAULT_STDIO_IDLE_TIMEOUT_MS,
+    headersTimeoutMs: server.timeouts?.headersMs ?? config.upstreamDefaults.timeouts.headersMs,
     open,
     log,
     onCrashLoop: () => deps.metrics.crashLoops.inc({ server: name }),
@@ -168,17 +174,26 @@ function stdioOpener(
     );
   }
   return async (headers) => {
-    const credential = credentialValue(server, headers);
+    let credential = credentialValue(server, headers);
     const uid = uids.take();
     const root = process.getuid?.() === 0;
     const privateDir = mkdtempSync(path.join(os.tmpdir(), 'portcullis-stdio-'));
-    let credentialFile: string | undefined;
+    // Others may pass through the private directory but not list it; the credential's
+    // own directory and file are the process's alone.
+    const credentialDir = path.join(privateDir, 'credential.d');
+    const credentialFile = path.join(credentialDir, 'credential');
+    const writeCredential = (value: string): void => {
+      const next = path.join(credentialDir, `.next-${process.hrtime.bigint()}`);
+      writeFileSync(next, value, { mode: 0o400 });
+      if (root) chownSync(next, uid, sandbox.gid);
+      // Renamed into place: the server never reads half a credential.
+      renameSync(next, credentialFile);
+    };
     try {
       if (credential !== undefined) {
-        credentialFile = path.join(privateDir, 'credential');
-        writeFileSync(credentialFile, credential, { mode: 0o400 });
-        // The directory lets others through but not list it; the file is the process's own.
-        if (root) chownSync(credentialFile, uid, sandbox.gid);
+        mkdirSync(credentialDir, { mode: 0o700 });
+        if (root) chownSync(credentialDir, uid, sandbox.gid);
+        writeCredential(credential);
       }
       if (root) chownSync(privateDir, uid, sandbox.gid);
       const spec = {
@@ -187,16 +202,32 @@ function stdioOpener(
         cwd: server.cwd,
         env: environmentFor(server, sandboxed, privateDir),
       };
+      const file = credential === undefined ? undefined : credentialFile;
       const plan = sandboxed
-        ? planSandbox(spec, sandbox, uid, credentialFile)
-        : planUnsandboxed(spec, uid, sandbox.gid, credentialFile);
-      const channel = new StdioChannel({
+        ? planSandbox(spec, sandbox, uid, file)
+        : planUnsandboxed(spec, uid, sandbox.gid, file);
+      const channel: MessageChannel = new StdioChannel({
         server: name,
         plan,
         maxLineBytes: deps.config.upstreamDefaults.maxResponseBytes,
         shutdownStepMs: server.shutdownTimeoutMs ?? DEFAULT_STDIO_SHUTDOWN_STEP_MS,
         log: deps.log,
       });
+      if (credential !== undefined) {
+        channel.updateCredential = (later) => {
+          const value = credentialValue(server, later);
+          if (value === undefined || value === credential || channel.closed) return;
+          credential = value;
+          try {
+            writeCredential(value);
+          } catch (err) {
+            deps.log.warn(
+              { server: name, err: (err as Error).message },
+              'could not renew a stdio server credential',
+            );
+          }
+        };
+      }
       channel.onClose(() => {
         uids.release(uid);
         rmSync(privateDir, { recursive: true, force: true });

@@ -27,8 +27,9 @@
 import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import { GatewayError } from '../errors/index.js';
-import { ChannelClosedError, type JsonRpcMessage, type MessageChannel } from './channel.js';
+import type { JsonRpcMessage, MessageChannel } from './channel.js';
 import {
+  UpstreamAbort,
   UpstreamBody,
   type BodyController,
   type Upstream,
@@ -64,6 +65,8 @@ export interface BridgeOptions {
   readonly log: Logger;
   /** Told when a crash loop starts (for metrics). */
   readonly onCrashLoop?: () => void;
+  /** How long a request may wait for the server's first message about it; 0: no bound. */
+  readonly headersTimeoutMs: number;
   /** Told how many channels are open, whenever that changes (for metrics). */
   readonly onChannels?: (open: number) => void;
 }
@@ -89,26 +92,87 @@ function progressTokenOf(m: JsonRpcMessage): unknown {
   return isNotification(m) ? params?.progressToken : params?._meta?.progressToken;
 }
 
-/** A response body the bridge writes SSE events into. */
+/**
+ * One answer of the bridge. Its head is decided by the first message: a POST
+ * of one request whose response comes first is answered `application/json`
+ * (nothing to stream, less to parse on both sides); anything else is an SSE
+ * stream. GET streams are SSE from the start.
+ */
 class EmulatedStream implements BodyController {
   readonly body = new UpstreamBody(this);
   /** Request ids (as sent down the channel) this stream still waits for. */
   readonly pending = new Set<Key>();
   aborted = false;
   ended = false;
+  /** Resolves with the head once decided; the relay waits on it. */
+  readonly head: Promise<UpstreamResponse>;
+  private decided = false;
+  private resolveHead!: (head: UpstreamResponse) => void;
+  private rejectHead!: (err: Error) => void;
+  private headTimer: NodeJS.Timeout | undefined;
 
   constructor(
     private readonly onAbort: (stream: EmulatedStream) => void,
     private readonly onPause: (paused: boolean) => void,
-  ) {}
+    /** Headers every head carries (a new session's id). */
+    private readonly extraHeaders: Record<string, string> = {},
+    /** Whether one request is all it answers (a JSON answer is possible). */
+    private readonly single = false,
+  ) {
+    this.head = new Promise<UpstreamResponse>((resolve, reject) => {
+      this.resolveHead = resolve;
+      this.rejectHead = reject;
+    });
+    // Nobody may be waiting yet: a failure before the relay looks must not go unhandled.
+    this.head.catch(() => undefined);
+  }
+
+  /** Decides the head now: an SSE stream (GET streams, and a POST whose first message is not its answer). */
+  streamNow(): void {
+    if (this.decided) return;
+    this.decided = true;
+    clearTimeout(this.headTimer);
+    this.resolveHead({
+      statusCode: 200,
+      headers: { 'content-type': 'text/event-stream', ...this.extraHeaders },
+      body: this.body,
+    });
+  }
+
+  /** Fails the request with `err` if no message came within `ms` (the upstream headers timeout). */
+  boundHead(ms: number, err: () => Error): void {
+    if (ms <= 0 || this.decided) return;
+    this.headTimer = setTimeout(() => {
+      this.fail(err());
+      this.abort();
+    }, ms);
+    this.headTimer.unref();
+  }
 
   push(message: JsonRpcMessage): void {
     if (this.ended) return;
+    if (!this.decided) {
+      if (this.single && this.pending.size === 0 && message.method === undefined) {
+        this.decided = true;
+        clearTimeout(this.headTimer);
+        this.body.push(Buffer.from(JSON.stringify(message)));
+        this.ended = true;
+        this.body.end();
+        this.resolveHead({
+          statusCode: 200,
+          headers: { 'content-type': 'application/json', ...this.extraHeaders },
+          body: this.body,
+        });
+        return;
+      }
+      this.streamNow();
+    }
     this.body.push(Buffer.from(`event: message\ndata: ${JSON.stringify(message)}\n\n`));
   }
 
   end(): void {
     if (this.ended) return;
+    this.streamNow();
     this.ended = true;
     this.body.end();
   }
@@ -116,6 +180,12 @@ class EmulatedStream implements BodyController {
   fail(err: Error): void {
     if (this.ended) return;
     this.ended = true;
+    if (!this.decided) {
+      this.decided = true;
+      clearTimeout(this.headTimer);
+      this.rejectHead(err);
+      return;
+    }
     this.body.fail(err);
   }
 
@@ -129,6 +199,7 @@ class EmulatedStream implements BodyController {
 
   abort(): void {
     if (this.aborted) return;
+    if (!this.decided) this.fail(new UpstreamAbort());
     this.aborted = true;
     this.ended = true;
     this.onAbort(this);
@@ -271,14 +342,29 @@ export class ChannelUpstream implements Upstream {
           : await this.newSession(affinity, req.headers);
     }
     session.lastUsedAt = Date.now();
+    // A credential minted for the session is renewed before it expires: the server gets the new one.
+    if (!created) session.conduit.channel.updateCredential?.(req.headers);
 
     const requests = messages.filter(isRequest);
     if (requests.length === 0) {
       for (const m of messages) this.sendDown(session, m);
       return { statusCode: 202, headers: {}, body: emptyBody() };
     }
-    const stream = this.newStream(session);
+    const stream = this.newStream(
+      session,
+      created ? { 'mcp-session-id': session.id } : {},
+      requests.length === 1 && !Array.isArray(parsed),
+    );
     onStream(stream);
+    stream.boundHead(
+      this.options.headersTimeoutMs,
+      () =>
+        new GatewayError(
+          'PORTCULLIS_ERR_UPSTREAM_TIMEOUT',
+          `server '${this.name}' did not answer within ${this.options.headersTimeoutMs} ms`,
+          { server: this.name },
+        ),
+    );
     const conduit = session.conduit;
     for (const m of messages) {
       if (isRequest(m)) {
@@ -305,14 +391,7 @@ export class ChannelUpstream implements Upstream {
       }
     }
     if (stream.pending.size === 0) stream.end();
-    return {
-      statusCode: 200,
-      headers: {
-        'content-type': 'text/event-stream',
-        ...(created ? { 'mcp-session-id': session.id } : {}),
-      },
-      body: stream.body,
-    };
+    return stream.head;
   }
 
   private sendDownRaw(
@@ -342,10 +421,16 @@ export class ChannelUpstream implements Upstream {
     this.sendDownRaw(session, message);
   }
 
-  private newStream(session: BridgeSession): EmulatedStream {
+  private newStream(
+    session: BridgeSession,
+    headers?: Record<string, string>,
+    single?: boolean,
+  ): EmulatedStream {
     const stream = new EmulatedStream(
       (s) => this.onStreamAborted(session, s),
       (paused) => (paused ? session.conduit.channel.pause() : session.conduit.channel.resume()),
+      headers,
+      single,
     );
     session.streams.add(stream);
     return stream;
@@ -383,10 +468,11 @@ export class ChannelUpstream implements Upstream {
       });
     }
     const stream = this.newStream(session);
+    stream.streamNow();
     session.getStream = stream;
     onStream(stream);
     for (const m of session.backlog.splice(0)) stream.push(m);
-    return { statusCode: 200, headers: { 'content-type': 'text/event-stream' }, body: stream.body };
+    return stream.head;
   }
 
   private async deleteSession(sessionId: string | undefined): Promise<UpstreamResponse> {
@@ -572,7 +658,12 @@ export class ChannelUpstream implements Upstream {
       );
       if (Date.now() - conduit.openedAt < CRASH_WINDOW_MS) this.noteCrash();
     }
-    const err = reason ?? new ChannelClosedError(`server '${this.name}' closed`);
+    // What every request still in flight on it is answered with (a JSON-RPC error each).
+    const err = new GatewayError(
+      'PORTCULLIS_ERR_UPSTREAM_STREAM_ENDED',
+      reason?.message ?? `server '${this.name}' closed`,
+      { server: this.name },
+    );
     for (const entry of conduit.inflight.values()) entry.stream.fail(err);
     conduit.inflight.clear();
     conduit.progress.clear();

@@ -21,6 +21,11 @@ export interface MessageChannel {
   readonly closed: boolean;
   /** Ends the channel gracefully (bounded), then forcibly. */
   close(): Promise<void>;
+  /**
+   * The headers of a later request, the credential step's among them: a
+   * channel that hands the server a credential passes a renewed one on.
+   */
+  updateCredential?(headers: Readonly<Record<string, string>>): void;
 }
 
 /** The channel ended before answering: the server crashed, exited or dropped the connection. */

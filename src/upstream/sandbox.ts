@@ -165,8 +165,9 @@ function limits(config: SandboxConfig): string[] {
 
 /**
  * The command line for `spec` under `config`. `uid` is the sandbox user (only
- * honoured when the gateway runs as root); `credentialFile` is bound read-only
- * at SANDBOX_CREDENTIAL_PATH.
+ * honoured when the gateway runs as root); `credentialFile`, named
+ * `credential`, is seen at SANDBOX_CREDENTIAL_PATH through its directory,
+ * bound read-only.
  */
 export function planSandbox(
   spec: ProcessSpec,
@@ -203,7 +204,9 @@ export function planSandbox(
   }
   for (const p of config.writablePaths) bwrap.push('--bind', p, p);
   if (credentialFile !== undefined) {
-    bwrap.push('--ro-bind', credentialFile, SANDBOX_CREDENTIAL_PATH);
+    // Its directory, not the file: a renewed credential is renamed into place there
+    // and the server sees it (a file bind would keep showing the first one).
+    bwrap.push('--ro-bind', path.dirname(credentialFile), path.dirname(SANDBOX_CREDENTIAL_PATH));
   }
   bwrap.push('--chdir', spec.cwd ?? '/tmp', '--', spec.command, ...spec.args);
   return {

@@ -51,6 +51,7 @@ export class SseChannel extends ChannelListeners implements MessageChannel {
   private posting = false;
   private closing = false;
   private readonly abort = new AbortController();
+  private postHeaders: Record<string, string>;
   private body: (AsyncIterable<Buffer> & { pause(): void; resume(): void }) | undefined;
 
   private constructor(
@@ -58,6 +59,7 @@ export class SseChannel extends ChannelListeners implements MessageChannel {
     private readonly endpoint: URL,
   ) {
     super();
+    this.postHeaders = { ...options.headers };
   }
 
   /** Opens the stream and waits for its endpoint (within the headers timeout). */
@@ -180,6 +182,11 @@ export class SseChannel extends ChannelListeners implements MessageChannel {
     if (!this.posting) void this.drain();
   }
 
+  /** Headers for the POSTs from now on (a renewed credential), over the ones given at connect. */
+  setHeaders(headers: Readonly<Record<string, string>>): void {
+    this.postHeaders = { ...this.postHeaders, ...headers };
+  }
+
   pause(): void {
     this.body?.pause();
   }
@@ -216,7 +223,7 @@ export class SseChannel extends ChannelListeners implements MessageChannel {
             origin: this.endpoint.origin,
             path: `${this.endpoint.pathname}${this.endpoint.search}`,
             method: 'POST',
-            headers: { ...this.options.headers, 'content-type': 'application/json' },
+            headers: { ...this.postHeaders, 'content-type': 'application/json' },
             body,
             signal: this.abort.signal,
             headersTimeout: this.options.timeouts.headersMs,
