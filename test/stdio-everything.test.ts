@@ -15,7 +15,10 @@ const frames: SeenFrame[] = [];
 
 before(async () => {
   gateway = await startTestGateway(
-    { everything: everythingStdio({ sandbox: { mode: 'required' } }) },
+    {
+      everything: everythingStdio({ sandbox: { mode: 'required' } }),
+      shared: everythingStdio({ sandbox: { mode: 'required' }, sharing: 'shared' }),
+    },
     {},
     frames,
   );
@@ -85,4 +88,52 @@ test("two sessions at once get two processes and never see each other's answers"
   const sa = sessionOf(target, 'a-0');
   const sb = sessionOf(target, 'b-0');
   assert.ok(sa && sb && sa !== sb, 'two gateway sessions');
+});
+
+test('sharing: shared — one process for every session, ids and progress tokens kept apart', async (t) => {
+  const target = {
+    gateway: () => gateway,
+    server: 'shared',
+    client: 'streamable-http' as const,
+    frames,
+  };
+  const before = everythingProcesses();
+  const a = await connect(target);
+  const b = await connect(target);
+  t.after(() => Promise.all([a.client.close(), b.client.close()]));
+  const started = [...everythingProcesses()].filter((pid) => !before.has(pid));
+  assert.equal(started.length, 1, 'one process serves both sessions');
+  // Both clients number their requests alike, and the SDK uses the request id as
+  // progress token: without rewriting, answers and progress would cross.
+  const progress = { a: [] as number[], b: [] as number[] };
+  const [ra, rb] = await Promise.all(
+    (['a', 'b'] as const).map((who) =>
+      (who === 'a' ? a : b).client.callTool(
+        { name: 'trigger-long-running-operation', arguments: { duration: 1, steps: 3 } },
+        undefined,
+        { onprogress: (p) => progress[who].push(p.progress) },
+      ),
+    ),
+  );
+  assert.deepEqual(progress, { a: [1, 2, 3], b: [1, 2, 3] });
+  assert.match(JSON.stringify(ra?.content), /completed/);
+  assert.match(JSON.stringify(rb?.content), /completed/);
+  const echoes = await Promise.all(
+    Array.from({ length: 10 }, (_, i) =>
+      Promise.all([
+        a.client.callTool({ name: 'echo', arguments: { message: `a-${i}` } }),
+        b.client.callTool({ name: 'echo', arguments: { message: `b-${i}` } }),
+      ]),
+    ),
+  );
+  for (const [i, [ea, eb]] of echoes.entries()) {
+    assert.equal(
+      JSON.stringify(ea.content),
+      JSON.stringify([{ type: 'text', text: `Echo: a-${i}` }]),
+    );
+    assert.equal(
+      JSON.stringify(eb.content),
+      JSON.stringify([{ type: 'text', text: `Echo: b-${i}` }]),
+    );
+  }
 });

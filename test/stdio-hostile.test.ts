@@ -86,6 +86,8 @@ before(async () => {
         hostile: hostile([]),
         loop: hostile(['exit-at-start']),
         ondemand: { ...hostile([]), idleTimeoutMs: 1_000 },
+        linger: { ...hostile(['linger']), shutdownTimeoutMs: 500 },
+        stubborn: { ...hostile(['stubborn']), shutdownTimeoutMs: 500 },
       },
     }),
   );
@@ -378,4 +380,43 @@ test('a 2026-07-28 caller: its process starts on demand, serves its next calls, 
     !hostileProcesses().includes(started[0] as string),
     'closed after idleTimeoutMs unused',
   );
+});
+
+test('ending a session: stdin closed, then SIGTERM to the server itself, then SIGKILL', async () => {
+  for (const server of ['linger', 'stubborn']) {
+    const before = new Set(hostileProcesses());
+    const init = await post(gateway.urlFor(server), initializeBody(1));
+    assert.equal(init.status, 200);
+    await init.text();
+    const sid = init.headers.get('mcp-session-id') as string;
+    const started = hostileProcesses().filter((pid) => !before.has(pid));
+    assert.equal(started.length, 1);
+    const from = logs.length;
+    const t0 = Date.now();
+    const del = await fetch(gateway.urlFor(server), {
+      method: 'DELETE',
+      headers: { 'mcp-session-id': sid },
+    });
+    assert.equal(del.status, 200);
+    const gone = () => !hostileProcesses().includes(started[0] as string);
+    await eventually(gone, 5_000);
+    assert.ok(gone(), `${server}: the process is gone`);
+    const elapsed = Date.now() - t0;
+    await eventually(() => logs.slice(from).some((l) => l.stderr === 'got SIGTERM'));
+    assert.ok(
+      logs.slice(from).some((l) => l.stderr === 'got SIGTERM'),
+      `${server}: SIGTERM reached the server inside its sandbox`,
+    );
+    if (server === 'linger') {
+      assert.ok(elapsed < 1_500, `linger left on SIGTERM, after one wait (${elapsed} ms)`);
+    } else {
+      await eventually(() =>
+        logs.slice(from).some((l) => l.msg === 'stdio server ignored SIGTERM; killing it'),
+      );
+      assert.ok(
+        logs.slice(from).some((l) => l.msg === 'stdio server ignored SIGTERM; killing it'),
+        'stubborn was killed, and that was logged',
+      );
+    }
+  }
 });

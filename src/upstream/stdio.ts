@@ -16,6 +16,7 @@
  *    "Shutdown").
  */
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
 import type { Logger } from 'pino';
 import {
   ChannelClosedError,
@@ -77,6 +78,53 @@ class RateLimit {
     }
     this.suppressed++;
     return false;
+  }
+}
+
+/** The wrappers a sandboxed server runs under (prlimit execs bwrap, which forks its init). */
+const WRAPPERS = new Set(['bwrap', 'prlimit']);
+
+/**
+ * The server's own process(es) under `root`: `root` itself when it is the
+ * server, else the first processes below the wrappers, found through /proc.
+ */
+export function serverProcesses(root: number | undefined): number[] {
+  if (root === undefined) return [];
+  const children = new Map<number, number[]>();
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
+      // The parenthesised command may hold spaces: the ppid is the second field after it.
+      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+      children.set(ppid, [...(children.get(ppid) ?? []), Number(entry)]);
+    } catch {
+      // gone meanwhile
+    }
+  }
+  const found: number[] = [];
+  const walk = (pid: number): void => {
+    let comm = '';
+    try {
+      comm = readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
+    } catch {
+      return;
+    }
+    if (!WRAPPERS.has(comm)) {
+      found.push(pid);
+      return;
+    }
+    for (const child of children.get(pid) ?? []) walk(child);
+  };
+  walk(root);
+  return found;
+}
+
+function signal(pid: number, sig: NodeJS.Signals): void {
+  try {
+    process.kill(pid, sig);
+  } catch {
+    // already gone
   }
 }
 
@@ -153,9 +201,12 @@ export class StdioChannel extends ChannelListeners implements MessageChannel {
         ]);
       this.child.stdin.end();
       if (await step(this.options.shutdownStepMs)) return;
-      this.child.kill('SIGTERM');
+      // To the server itself: bwrap does not pass signals on, and killing it would
+      // SIGKILL the server through --die-with-parent.
+      for (const pid of serverProcesses(this.child.pid)) signal(pid, 'SIGTERM');
       if (await step(this.options.shutdownStepMs)) return;
       this.log.warn({ pid: this.child.pid }, 'stdio server ignored SIGTERM; killing it');
+      // Killing the sandbox's outer process ends its PID namespace, and everything in it.
       this.child.kill('SIGKILL');
       await exited;
     })();
