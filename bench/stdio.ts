@@ -55,6 +55,7 @@ const HELP = `Usage: npm run bench:stdio -- [options]
   --duration S      measured seconds per target and server (default 10)
   --warmup S        unmeasured seconds first (default 2)
   --starts N        sequential session starts timed per target (default 10)
+  --rounds N        repeat everything N times, targets interleaved; the median round is reported (default 1)
   --out FILE        where the report goes (default bench/RESULTS-stdio.md)`;
 
 const { values: opts } = parseArgs({
@@ -65,6 +66,7 @@ const { values: opts } = parseArgs({
     duration: { type: 'string', default: '10' },
     warmup: { type: 'string', default: '2' },
     starts: { type: 'string', default: '10' },
+    rounds: { type: 'string', default: '1' },
     out: { type: 'string', default: path.join(HERE, 'RESULTS-stdio.md') },
     help: { type: 'boolean', default: false },
   },
@@ -77,6 +79,7 @@ const SESSIONS = Number(opts.sessions);
 const DURATION_MS = Number(opts.duration) * 1000;
 const WARMUP_MS = Number(opts.warmup) * 1000;
 const STARTS = Number(opts.starts);
+const ROUNDS = Math.max(1, Number(opts.rounds));
 
 const agent = new Agent({ connections: SESSIONS * 2, pipelining: 1, keepAliveTimeout: 30_000 });
 const ACCEPT = 'application/json, text/event-stream';
@@ -397,6 +400,20 @@ interface Row {
   load?: LoadResult;
   starts?: StartResult;
   failure?: string;
+  /** Calls per second of every round, when there were several. */
+  spread?: number[];
+}
+
+/** The round with the median throughput for `server` and `target` (a failure if any round failed). */
+function medianRound(rounds: readonly Row[], server: string, target: TargetId): Row {
+  const mine = rounds.filter((r) => r.server === server && r.target === target);
+  const failed = mine.find((r) => r.failure !== undefined || r.load === undefined);
+  if (failed) return failed;
+  const sorted = [...mine].sort(
+    (a, b) => (a.load?.callsPerSecond ?? 0) - (b.load?.callsPerSecond ?? 0),
+  );
+  const median = sorted[Math.floor((sorted.length - 1) / 2)] as Row;
+  return { ...median, spread: mine.map((r) => r.load?.callsPerSecond ?? 0) };
 }
 
 async function main(): Promise<void> {
@@ -405,26 +422,29 @@ async function main(): Promise<void> {
   const targets = opts.targets.split(',').filter((t): t is TargetId => t in TARGETS);
   if (targets.some((t) => t === 'supergateway' || t === 'mcp-proxy')) ensurePeers();
   const work = mkdtempSync(path.join(os.tmpdir(), 'portcullis-bench-stdio-'));
-  const rows: Row[] = [];
+  const rounds: Row[] = [];
   try {
-    for (const server of servers) {
-      for (const target of targets) {
-        console.error(`${server} via ${target}`);
-        const row: Row = { server, target };
-        rows.push(row);
-        let running: Running | undefined;
-        try {
-          running = await startTarget(target, SERVERS[server] as string[], work);
-          row.starts = await measureStarts(running.url);
-          row.load = await measureLoad(running.url, running.pid);
-          console.error(
-            `  ${row.load.callsPerSecond.toFixed(0)} calls/s, p50 ${row.load.p50.toFixed(2)} ms, p99 ${row.load.p99.toFixed(2)} ms, start ${row.starts.firstCallP50.toFixed(0)} ms`,
-          );
-        } catch (err) {
-          row.failure = (err as Error).message;
-          console.error(`  failed: ${row.failure}`);
-        } finally {
-          await running?.stop();
+    // Rounds interleave the targets, so slow drift in the machine's load spreads over all of them.
+    for (let round = 1; round <= ROUNDS; round++) {
+      for (const server of servers) {
+        for (const target of targets) {
+          console.error(`round ${round}/${ROUNDS}: ${server} via ${target}`);
+          const row: Row = { server, target };
+          rounds.push(row);
+          let running: Running | undefined;
+          try {
+            running = await startTarget(target, SERVERS[server] as string[], work);
+            row.starts = await measureStarts(running.url);
+            row.load = await measureLoad(running.url, running.pid);
+            console.error(
+              `  ${row.load.callsPerSecond.toFixed(0)} calls/s, p50 ${row.load.p50.toFixed(2)} ms, p99 ${row.load.p99.toFixed(2)} ms, start ${row.starts.firstCallP50.toFixed(0)} ms`,
+            );
+          } catch (err) {
+            row.failure = (err as Error).message;
+            console.error(`  failed: ${row.failure}`);
+          } finally {
+            await running?.stop();
+          }
         }
       }
     }
@@ -432,6 +452,9 @@ async function main(): Promise<void> {
     rmSync(work, { recursive: true, force: true });
     await agent.close();
   }
+  const rows = servers.flatMap((server) =>
+    targets.map((target) => medianRound(rounds, server, target)),
+  );
   writeFileSync(opts.out, render(rows, servers, targets));
   console.error(`wrote ${opts.out}`);
 }
@@ -450,10 +473,16 @@ function render(
   const out = [
     '# The stdio bridge under load',
     '',
-    `Command: \`npm run bench:stdio -- ${process.argv.slice(2).join(' ')}\`.`.replace(' -- `', '`'),
-    `Date: ${new Date().toISOString()}. Machine: ${os.cpus().length} × ${cpu}, ${(os.totalmem() / 1024 ** 3).toFixed(0)} GiB, Linux ${os.release()}, Node ${process.version}.`,
-    `Load: ${SESSIONS} concurrent sessions, each calling \`tools/call echo\` in a closed loop over raw Streamable HTTP (undici), ${WARMUP_MS / 1000} s warm-up, ${DURATION_MS / 1000} s measured. The load generator shares the machine with the target.`,
-    `Session start: ${STARTS} sessions one after another: \`initialize\`, \`notifications/initialized\`, one \`tools/call\`, DELETE.`,
+    `- Command: \`npm run bench:stdio -- ${process.argv.slice(2).join(' ')}\`.`.replace(
+      ' -- `',
+      '`',
+    ),
+    `- Date: ${new Date().toISOString()}. Machine: ${os.cpus().length} × ${cpu}, ${(os.totalmem() / 1024 ** 3).toFixed(0)} GiB, Linux ${os.release()}, Node ${process.version}.`,
+    `- Load: ${SESSIONS} concurrent sessions, each calling \`tools/call echo\` in a closed loop over raw Streamable HTTP (undici), ${WARMUP_MS / 1000} s warm-up, ${DURATION_MS / 1000} s measured. The load generator shares the machine with the target.`,
+    `- Session start: ${STARTS} sessions one after another: \`initialize\`, \`notifications/initialized\`, one \`tools/call\`, DELETE.`,
+    ROUNDS > 1
+      ? `- Rounds: ${ROUNDS}, targets interleaved in each; each row is the round with the median calls/s (every round's figure in parentheses), the ratios are between medians.`
+      : '- Rounds: 1.',
     '',
   ];
   for (const server of servers) {
@@ -473,8 +502,10 @@ function render(
         continue;
       }
       const l = r.load;
+      const spread =
+        r.spread && r.spread.length > 1 ? ` (${r.spread.map((x) => f(x)).join(', ')})` : '';
       out.push(
-        `| ${TARGETS[t]} | ${f(l?.callsPerSecond)} | ${f(l?.p50, 2)} | ${f(l?.p99, 2)} | ${ratio(l?.callsPerSecond, sg)} | ${ratio(l?.callsPerSecond, mp)} | ${l?.errors ?? '—'} | ${l?.memory.processes ?? '—'} | ${f(l?.memory.mib)} | ${f(r.starts?.initP50)} / ${f(r.starts?.firstCallP50)} |`,
+        `| ${TARGETS[t]} | ${f(l?.callsPerSecond)}${spread} | ${f(l?.p50, 2)} | ${f(l?.p99, 2)} | ${ratio(l?.callsPerSecond, sg)} | ${ratio(l?.callsPerSecond, mp)} | ${l?.errors ?? '—'} | ${l?.memory.processes ?? '—'} | ${f(l?.memory.mib)} | ${f(r.starts?.initP50)} / ${f(r.starts?.firstCallP50)} |`,
       );
     }
     out.push('');
