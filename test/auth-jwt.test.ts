@@ -356,6 +356,95 @@ test('protected-resource metadata (RFC 9728) for the gateway and for each server
   assert.equal(unknown.status, 404);
 });
 
+/** Opens a legacy SSE stream; `next()` resolves with each event in turn. */
+async function openSse(url: string, token: string) {
+  const controller = new AbortController();
+  const res = await fetch(url, {
+    headers: { accept: 'text/event-stream', authorization: `Bearer ${token}` },
+    signal: controller.signal,
+  });
+  assert.equal(res.status, 200);
+  const reader = (res.body as ReadableStream<Uint8Array>).getReader();
+  const decoder = new TextDecoder();
+  let buffer = '';
+  const next = async (): Promise<{ event?: string; data: string }> => {
+    for (;;) {
+      const end = buffer.indexOf('\n\n');
+      if (end !== -1) {
+        const block = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        if (block.startsWith(':')) continue;
+        const event = /^event: (.*)$/m.exec(block)?.[1];
+        const data = /^data: (.*)$/m.exec(block)?.[1] ?? '';
+        return { event, data };
+      }
+      const { value, done } = await reader.read();
+      if (done) throw new Error('stream ended');
+      buffer += decoder.decode(value, { stream: true });
+    }
+  };
+  return { next, close: () => controller.abort() };
+}
+
+test("a legacy SSE connection is bound to its caller: anyone else's POST is 404, none without a token", async (t) => {
+  const alice = await mint(es256, resource(), { claims: { sub: 'alice' } });
+  const mallory = await mint(es256, resource(), { claims: { sub: 'mallory' } });
+  const stream = await openSse(`${docs()}/sse`, alice);
+  t.after(stream.close);
+  const endpoint = await stream.next();
+  assert.equal(endpoint.event, 'endpoint');
+  assert.match(endpoint.data, /^\/mcp\/docs\/messages\?sessionId=[A-Za-z0-9_-]{32}$/);
+  const url = new URL(endpoint.data, gw.url).href;
+  const send = (body: unknown, token?: string) =>
+    fetch(url, {
+      method: 'POST',
+      headers: {
+        'content-type': 'application/json',
+        ...(token === undefined ? {} : { authorization: `Bearer ${token}` }),
+      },
+      body: typeof body === 'string' ? body : JSON.stringify(body),
+    });
+  const ping = { jsonrpc: '2.0', id: 7, method: 'ping' };
+
+  const stolen = await send(ping, mallory);
+  assert.equal(stolen.status, 404);
+  assert.equal(
+    ((await stolen.json()) as RpcError).error.data.code,
+    'PORTCULLIS_ERR_SESSION_UNKNOWN',
+  );
+  assert.equal((await send(ping)).status, 401);
+  const unknown = await fetch(url.replace(/sessionId=[^&]+/, 'sessionId=nope'), {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', authorization: `Bearer ${alice}` },
+    body: JSON.stringify(ping),
+  });
+  assert.equal(unknown.status, 404);
+  const garbled = await send('{"jsonrpc": "2.0", "id": ', alice);
+  assert.equal(garbled.status, 400);
+  assert.equal(
+    ((await garbled.json()) as RpcError).error.data.code,
+    'PORTCULLIS_ERR_JSONRPC_PARSE',
+  );
+
+  const init = await send(
+    {
+      jsonrpc: '2.0',
+      id: 1,
+      method: 'initialize',
+      params: {
+        protocolVersion: '2024-11-05',
+        capabilities: {},
+        clientInfo: { name: 't', version: '1' },
+      },
+    },
+    alice,
+  );
+  assert.equal(init.status, 202);
+  const answer = JSON.parse((await stream.next()).data) as { id: number; result?: unknown };
+  assert.equal(answer.id, 1, "the answer came on the caller's stream");
+  assert.ok(answer.result);
+});
+
 test("a legacy session used with another principal's token is unknown (404), nothing leaked", async () => {
   const alice = await mint(es256, resource(), { claims: { sub: 'alice' } });
   const mallory = await mint(es256, resource(), { claims: { sub: 'mallory' } });

@@ -4,19 +4,48 @@
  * POSTs there), used by the official SDK's Streamable HTTP client and its
  * legacy SSE client.
  */
-import { before, after, describe } from 'node:test';
+import { before, after, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { everythingFeatures } from './helpers/everything-features.js';
 import { startEverything } from './helpers/everything.js';
 import { startTestGateway, type SeenFrame, type TestGateway } from './helpers/gateway.js';
+import { initializeBody, post, type RpcError } from './helpers/requests.js';
 
 let upstream: Awaited<ReturnType<typeof startEverything>>;
+/**
+ * A legacy SSE server whose `endpoint` points at another origin, and that
+ * other origin, counting what reaches it. A fault no real server produces on
+ * demand: this one is written for the test, and says so.
+ */
+let misdirecting: Server | undefined;
+let elsewhere: Server | undefined;
+let reachedElsewhere = 0;
 let gateway: TestGateway;
 const frames: SeenFrame[] = [];
 
 before(async () => {
   upstream = await startEverything(undefined, 'sse');
+  elsewhere = createServer((_req, res) => {
+    reachedElsewhere++;
+    res.writeHead(202).end();
+  });
+  await new Promise<void>((resolve) => elsewhere?.listen(0, '127.0.0.1', resolve));
+  const target = `http://127.0.0.1:${(elsewhere.address() as AddressInfo).port}/messages`;
+  misdirecting = createServer((_req, res) => {
+    res.writeHead(200, { 'content-type': 'text/event-stream' });
+    res.write(`event: endpoint\ndata: ${target}\n\n`);
+  });
+  await new Promise<void>((resolve) => misdirecting?.listen(0, '127.0.0.1', resolve));
   gateway = await startTestGateway(
-    { everything: { transport: 'sse', url: upstream.url } },
+    {
+      everything: { transport: 'sse', url: upstream.url },
+      misdirecting: {
+        transport: 'sse',
+        url: `http://127.0.0.1:${(misdirecting.address() as AddressInfo).port}/sse`,
+      },
+    },
     {},
     frames,
   );
@@ -24,6 +53,21 @@ before(async () => {
 after(async () => {
   await gateway?.close();
   await upstream?.stop();
+  misdirecting?.closeAllConnections();
+  misdirecting?.close();
+  elsewhere?.close();
+});
+
+test('an endpoint event pointing at another origin is refused: nothing is sent there', async () => {
+  const res = await post(gateway.urlFor('misdirecting'), initializeBody(1));
+  assert.equal(res.status, 502);
+  const body = (await res.json()) as RpcError;
+  assert.equal(body.error.data.code, 'PORTCULLIS_ERR_UPSTREAM_UNREACHABLE');
+  assert.match(
+    body.error.message,
+    /endpoint http:\/\/127\.0\.0\.1:\d+ is not on http:\/\/127\.0\.0\.1:\d+/,
+  );
+  assert.equal(reachedElsewhere, 0);
 });
 
 for (const client of ['streamable-http', 'legacy-sse'] as const) {
