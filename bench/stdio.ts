@@ -19,6 +19,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { format } from 'prettier';
 import { Agent, request } from 'undici';
 import { freePort, startLogged, stop, waitForLog, waitForPort } from './proc.js';
 
@@ -455,7 +456,8 @@ async function main(): Promise<void> {
   const rows = servers.flatMap((server) =>
     targets.map((target) => medianRound(rounds, server, target)),
   );
-  writeFileSync(opts.out, render(rows, servers, targets));
+  // Formatted as the repository's Markdown is, so the committed report passes the lint.
+  writeFileSync(opts.out, await format(render(rows, servers, targets), { parser: 'markdown' }));
   console.error(`wrote ${opts.out}`);
 }
 

@@ -33,6 +33,9 @@ const CANARY = `gateway-canary-${randomBytes(8).toString('hex')}`;
 const STATIC_SECRET = `static-secret-${randomBytes(8).toString('hex')}`;
 // Threads count too: node itself runs a dozen or so.
 const MAX_PROCESSES = 40;
+const MEMORY_BYTES = 3 * 1024 ** 3;
+const CPU_SECONDS = 600;
+const OPEN_FILES = 256;
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const CLI = path.join(ROOT, 'dist', 'cli', 'main.js');
@@ -71,7 +74,14 @@ before(async () => {
     command: process.execPath,
     args: [HOSTILE, ...args],
     credential: { mode: 'static', value: `Bearer ${STATIC_SECRET}` },
-    sandbox: { mode: 'required', writablePaths: [writable], maxProcesses: MAX_PROCESSES },
+    sandbox: {
+      mode: 'required',
+      writablePaths: [writable],
+      maxProcesses: MAX_PROCESSES,
+      memoryBytes: MEMORY_BYTES,
+      cpuSeconds: CPU_SECONDS,
+      maxOpenFiles: OPEN_FILES,
+    },
   });
   const configFile = path.join(base, 'portcullis.yaml');
   // JSON is YAML.
@@ -119,7 +129,7 @@ before(async () => {
 });
 
 after(async () => {
-  if (child && child.exitCode === null) {
+  if (child && child.exitCode === null && child.signalCode === null) {
     const exited = new Promise((r) => child.once('exit', r));
     child.kill('SIGTERM');
     await exited;
@@ -210,6 +220,17 @@ test('it cannot open a network connection', async (t) => {
   assert.equal(result.connected, false);
   assert.ok(result.error, 'the attempt failed');
   assert.equal(connectionsSeen, 0, "nothing reached the host's loopback");
+});
+
+test('it runs under the configured limits: address space, CPU time, open files, processes', async (t) => {
+  const { client } = await connect();
+  t.after(() => client.close());
+  const { limits } = await call<{ limits: string }>(client, 'limits');
+  const soft = (name: string) => new RegExp(`^${name}\\s+(\\S+)`, 'm').exec(limits)?.[1];
+  assert.equal(soft('Max address space'), String(MEMORY_BYTES));
+  assert.equal(soft('Max cpu time'), String(CPU_SECONDS));
+  assert.equal(soft('Max open files'), String(OPEN_FILES));
+  assert.equal(soft('Max processes'), String(MAX_PROCESSES));
 });
 
 test('it cannot write outside its directories; /tmp is its own; a configured path is writable', async (t) => {
@@ -419,4 +440,18 @@ test('ending a session: stdin closed, then SIGTERM to the server itself, then SI
       );
     }
   }
+});
+
+// Last: it kills the gateway.
+test('the sandboxes die with the gateway, even when it is killed outright', async (t) => {
+  const { client } = await connect();
+  t.after(() => client.close());
+  await call(client, 'whoami');
+  const running = hostileProcesses();
+  assert.ok(running.length > 0);
+  child.kill('SIGKILL');
+  await new Promise((r) => child.once('exit', r));
+  const gone = () => running.every((pid) => !hostileProcesses().includes(pid));
+  await eventually(gone, 5_000);
+  assert.ok(gone(), 'no server outlived the gateway');
 });
