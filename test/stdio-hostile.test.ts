@@ -10,6 +10,7 @@ import { randomBytes } from 'node:crypto';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import {
   chmodSync,
+  copyFileSync,
   existsSync,
   mkdirSync,
   mkdtempSync,
@@ -45,6 +46,7 @@ let child: ChildProcess;
 let gateway: { url: string; adminUrl: string; urlFor(server: string): string };
 const logs: Array<Record<string, unknown>> = [];
 let base: string;
+let inTmp: string;
 let outside: string;
 let writable: string;
 let listener: Server;
@@ -83,6 +85,11 @@ before(async () => {
       maxOpenFiles: OPEN_FILES,
     },
   });
+  // A copy installed under /tmp, which the sandbox replaces with a private one.
+  inTmp = mkdtempSync('/tmp/portcullis-hostile-');
+  // Readable by the server's own user, as an installed program is.
+  chmodSync(inTmp, 0o755);
+  copyFileSync(HOSTILE, path.join(inTmp, 'server.mjs'));
   const configFile = path.join(base, 'portcullis.yaml');
   // JSON is YAML.
   writeFileSync(
@@ -97,6 +104,7 @@ before(async () => {
         loop: hostile(['exit-at-start']),
         ondemand: { ...hostile([]), idleTimeoutMs: 1_000 },
         linger: { ...hostile(['linger']), shutdownTimeoutMs: 500 },
+        intmp: { ...hostile([]), args: [path.join(inTmp, 'server.mjs')] },
         stubborn: { ...hostile(['stubborn']), shutdownTimeoutMs: 500 },
       },
     }),
@@ -136,6 +144,7 @@ after(async () => {
   }
   listener?.close();
   rmSync(base, { recursive: true, force: true });
+  rmSync(inTmp, { recursive: true, force: true });
 });
 
 async function eventually(check: () => boolean, ms = 3_000): Promise<void> {
@@ -256,6 +265,18 @@ test('it cannot write outside its directories; /tmp is its own; a configured pat
     existsSync(path.join(writable, 'allowed')),
     'a configured writable path reaches the host',
   );
+});
+
+test('a server installed under /tmp runs: its directory is bound back, read-only', async (t) => {
+  const { client } = await connect('intmp');
+  t.after(() => client.close());
+  const me = await call<{ env: string[] }>(client, 'whoami');
+  assert.ok(me.env.includes('PATH'));
+  const planted = await call<{ written: boolean; error?: string }>(client, 'write', {
+    path: path.join(inTmp, 'planted'),
+  });
+  assert.equal(planted.error, 'EROFS');
+  assert.ok(!existsSync(path.join(inTmp, 'planted')));
 });
 
 test('a fork bomb stops at the process limit, and its processes die with the session', async (t) => {

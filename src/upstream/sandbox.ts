@@ -154,6 +154,20 @@ export function readableByOthers(file: string): boolean {
   }
 }
 
+/**
+ * The directories right under /tmp that hold any of `paths` (absolute paths
+ * that exist on the host), e.g. `/tmp/ci` for `/tmp/ci/app/server.js`.
+ */
+export function hostTmpRoots(paths: ReadonlyArray<string | undefined>): string[] {
+  const roots = new Set<string>();
+  for (const p of paths) {
+    if (p === undefined || !p.startsWith('/tmp/')) continue;
+    const top = `/tmp/${p.slice('/tmp/'.length).split('/')[0] ?? ''}`;
+    if (top !== '/tmp/' && existsSync(p)) roots.add(top);
+  }
+  return [...roots];
+}
+
 function limits(config: SandboxConfig): string[] {
   return [
     `--as=${config.memoryBytes}`,
@@ -196,6 +210,10 @@ export function planSandbox(
     '--tmpfs',
     '/tmp',
   ];
+  // The private /tmp hides the host's: a server installed under it (its command, working
+  // directory or a path argument) gets the top directory holding it back, read-only.
+  for (const p of hostTmpRoots([spec.command, spec.cwd, ...spec.args]))
+    bwrap.push('--ro-bind', p, p);
   // Secrets of the gateway's own (its config, keys, credential files) are masked. Run as
   // another user, the child can only read what others may read: only those need a mask
   // (and bwrap, as that user, could not mount over the rest).
