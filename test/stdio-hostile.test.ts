@@ -21,6 +21,7 @@ import {
 } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import type { AddressInfo } from 'node:net';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
@@ -47,6 +48,38 @@ let gateway: { url: string; adminUrl: string; urlFor(server: string): string };
 const logs: Array<Record<string, unknown>> = [];
 let base: string;
 let inTmp: string;
+let configPath: string;
+
+/** Starts the gateway with the CLI, its log records collected into `logs`, the canary in its environment. */
+async function startCli(
+  configFile: string,
+): Promise<{ child: ChildProcess; listening: { url: string; adminUrl: string } }> {
+  const env: NodeJS.ProcessEnv = { ...process.env, PORTCULLIS_TEST_CANARY: CANARY };
+  delete env.NODE_OPTIONS;
+  const started = spawn(process.execPath, [CLI, 'start', '--config', configFile], {
+    cwd: ROOT,
+    env,
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  const listening = await new Promise<{ url: string; adminUrl: string }>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('the gateway did not start in 15 s')), 15_000);
+    started.once('exit', (code) => reject(new Error(`the gateway exited (${code})`)));
+    createInterface({ input: started.stdout as NodeJS.ReadableStream }).on('line', (line) => {
+      let record: Record<string, unknown>;
+      try {
+        record = JSON.parse(line) as Record<string, unknown>;
+      } catch {
+        return;
+      }
+      logs.push(record);
+      if (record.msg === 'gateway listening') {
+        clearTimeout(timer);
+        resolve(record as unknown as { url: string; adminUrl: string });
+      }
+    });
+  });
+  return { child: started, listening };
+}
 let outside: string;
 let writable: string;
 let listener: Server;
@@ -109,30 +142,9 @@ before(async () => {
       },
     }),
   );
-  const env: NodeJS.ProcessEnv = { ...process.env, PORTCULLIS_TEST_CANARY: CANARY };
-  delete env.NODE_OPTIONS;
-  child = spawn(process.execPath, [CLI, 'start', '--config', configFile], {
-    cwd: ROOT,
-    env,
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  const listening = await new Promise<{ url: string; adminUrl: string }>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('the gateway did not start in 15 s')), 15_000);
-    child.once('exit', (code) => reject(new Error(`the gateway exited (${code})`)));
-    createInterface({ input: child.stdout as NodeJS.ReadableStream }).on('line', (line) => {
-      let record: Record<string, unknown>;
-      try {
-        record = JSON.parse(line) as Record<string, unknown>;
-      } catch {
-        return;
-      }
-      logs.push(record);
-      if (record.msg === 'gateway listening') {
-        clearTimeout(timer);
-        resolve(record as unknown as { url: string; adminUrl: string });
-      }
-    });
-  });
+  configPath = configFile;
+  let listening: { url: string; adminUrl: string };
+  ({ child, listening } = await startCli(configFile));
   gateway = { ...listening, urlFor: (server) => `${listening.url}/mcp/${server}` };
 });
 
@@ -475,4 +487,17 @@ test('the sandboxes die with the gateway, even when it is killed outright', asyn
   const gone = () => running.every((pid) => !hostileProcesses().includes(pid));
   await eventually(gone, 5_000);
   assert.ok(gone(), 'no server outlived the gateway');
+
+  // What it could not clean up (the credential files among it), the next gateway removes.
+  const leftBy = (pid: number | undefined) =>
+    readdirSync(os.tmpdir()).filter((d) => d.startsWith(`portcullis-stdio-${pid}-`));
+  const left = leftBy(child.pid);
+  assert.ok(left.length > 0, 'a killed gateway leaves its private directories');
+  const next = await startCli(configPath);
+  t.after(async () => {
+    const exited = new Promise((r) => next.child.once('exit', r));
+    next.child.kill('SIGTERM');
+    await exited;
+  });
+  assert.deepEqual(leftBy(child.pid), [], 'the next gateway removed them at start');
 });

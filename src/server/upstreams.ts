@@ -3,7 +3,15 @@
  * directly, stdio and legacy HTTP+SSE through the bridge. Part of the
  * composition root (gateway.ts is the only importer).
  */
-import { chownSync, mkdirSync, mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  chownSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  renameSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { Logger } from 'pino';
@@ -41,6 +49,45 @@ export interface UpstreamDeps {
 }
 
 const uids = new UidPool();
+
+/** Each process's private directory (its credential) is `<tmpdir>/portcullis-stdio-<gateway pid>-XXXXXX`. */
+const PRIVATE_DIR_PREFIX = 'portcullis-stdio-';
+let swept = false;
+
+/**
+ * Removes the private directories of gateways that are gone (killed before
+ * they could clean up), credentials and all. Those of live gateways stay.
+ */
+export function sweepStalePrivateDirs(log: Logger): void {
+  if (swept) return;
+  swept = true;
+  const tmp = os.tmpdir();
+  let names: string[];
+  try {
+    names = readdirSync(tmp);
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    const pid = Number(/^portcullis-stdio-(\d+)-/.exec(name)?.[1]);
+    if (!pid || pid === process.pid || isAlive(pid)) continue;
+    try {
+      rmSync(path.join(tmp, name), { recursive: true, force: true });
+      log.info({ dir: name }, 'removed a stdio private directory left by a gateway that is gone');
+    } catch {
+      // not ours to remove
+    }
+  }
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as { code?: string }).code === 'EPERM';
+  }
+}
 
 /** The gateway's own secret files, masked inside every sandbox. */
 export function gatewaySecrets(config: Config): string[] {
@@ -158,6 +205,7 @@ function stdioOpener(
   server: ServerConfig,
   deps: UpstreamDeps,
 ): (headers: Readonly<Record<string, string>>) => Promise<MessageChannel> {
+  sweepStalePrivateDirs(deps.log);
   const sandbox = sandboxFor(server, deps.secrets);
   const support = sandboxSupport();
   if (sandbox.mode === 'required' && !support.ok) {
@@ -177,7 +225,7 @@ function stdioOpener(
     let credential = credentialValue(server, headers);
     const uid = uids.take();
     const root = process.getuid?.() === 0;
-    const privateDir = mkdtempSync(path.join(os.tmpdir(), 'portcullis-stdio-'));
+    const privateDir = mkdtempSync(path.join(os.tmpdir(), `${PRIVATE_DIR_PREFIX}${process.pid}-`));
     // Others may pass through the private directory but not list it; the credential's
     // own directory and file are the process's alone.
     const credentialDir = path.join(privateDir, 'credential.d');
