@@ -5,15 +5,7 @@
 //   npm run bench:stdio                       # every target, both servers (about 4 minutes)
 //   npm run bench:stdio -- --help
 import { execFileSync } from 'node:child_process';
-import {
-  existsSync,
-  mkdirSync,
-  mkdtempSync,
-  readdirSync,
-  readFileSync,
-  rmSync,
-  writeFileSync,
-} from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import os from 'node:os';
 import path from 'node:path';
@@ -21,6 +13,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { format } from 'prettier';
 import { Agent, request } from 'undici';
+import { childrenByParent } from '../src/upstream/procfs.js';
 import { freePort, startLogged, stop, waitForLog, waitForPort } from './proc.js';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
@@ -193,17 +186,7 @@ function percentile(sorted: readonly number[], p: number): number {
 
 /** Resident memory of a process and all its descendants, in MiB, and how many there are. */
 function treeMemory(root: number): { mib: number; processes: number } {
-  const children = new Map<number, number[]>();
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
-      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
-      children.set(ppid, [...(children.get(ppid) ?? []), Number(entry)]);
-    } catch {
-      // gone meanwhile
-    }
-  }
+  const children = childrenByParent();
   let kib = 0;
   let processes = 0;
   const walk = (pid: number): void => {

@@ -109,21 +109,29 @@ export function createUpstream(name: string, server: ServerConfig, deps: Upstrea
     return new HttpUpstream(name, server, config.upstreamDefaults);
   const maxResponseBytes = config.upstreamDefaults.maxResponseBytes;
   const log = deps.log;
+  const credentialName = credentialHeaderName(server);
   const open =
     server.transport === 'stdio'
-      ? stdioOpener(name, server, deps)
+      ? stdioOpener(name, server, credentialName, deps)
       : async (headers: Readonly<Record<string, string>>): Promise<MessageChannel> => {
+          const credential = headers[credentialName];
           const sse = await SseChannel.connect({
             server: name,
             url: server.url as string,
-            headers: { ...server.headers, ...credentialHeader(server, headers) },
+            headers: {
+              ...server.headers,
+              ...(credential === undefined ? {} : { [credentialName]: credential }),
+            },
             timeouts: { ...config.upstreamDefaults.timeouts, ...server.timeouts },
             maxEventBytes: maxResponseBytes,
             log,
           });
           // Later POSTs carry the credential of the request they belong to.
           const channel: MessageChannel = sse;
-          channel.updateCredential = (later) => sse.setHeaders(credentialHeader(server, later));
+          channel.updateCredential = (later) => {
+            const renewed = later[credentialName];
+            if (renewed !== undefined) sse.setHeader(credentialName, renewed);
+          };
           return channel;
         };
   return new ChannelUpstream({
@@ -139,26 +147,18 @@ export function createUpstream(name: string, server: ServerConfig, deps: Upstrea
   });
 }
 
-/** The header the credential step set for `server`, if it set one. */
-function credentialHeader(
-  server: ServerConfig,
-  headers: Readonly<Record<string, string>>,
-): Record<string, string> {
-  const name =
-    server.credential.mode === 'static' ? server.credential.header.toLowerCase() : 'authorization';
-  const value = headers[name];
-  return value === undefined ? {} : { [name]: value };
+/** The header the credential step sets for `server` (lower case, as the request headers are). */
+function credentialHeaderName(server: ServerConfig): string {
+  return server.credential.mode === 'static'
+    ? server.credential.header.toLowerCase()
+    : 'authorization';
 }
 
-/** The credential itself: a bearer token without its scheme, a static value as it is. */
-function credentialValue(
-  server: ServerConfig,
-  headers: Readonly<Record<string, string>>,
-): string | undefined {
-  const [value] = Object.values(credentialHeader(server, headers));
-  if (value === undefined) return undefined;
-  const bearer = /^(?:Bearer|DPoP)\s+(.+)$/i.exec(value);
-  return bearer ? bearer[1] : value;
+/** The credential itself, from its header value: a bearer token without its scheme, a static value as it is. */
+function credentialOf(headerValue: string | undefined): string | undefined {
+  if (headerValue === undefined) return undefined;
+  const bearer = /^(?:Bearer|DPoP)\s+(.+)$/i.exec(headerValue);
+  return bearer ? bearer[1] : headerValue;
 }
 
 function sandboxFor(server: ServerConfig, secrets: readonly string[]): SandboxConfig {
@@ -203,6 +203,7 @@ function environmentFor(
 function stdioOpener(
   name: string,
   server: ServerConfig,
+  credentialName: string,
   deps: UpstreamDeps,
 ): (headers: Readonly<Record<string, string>>) => Promise<MessageChannel> {
   sweepStalePrivateDirs(deps.log);
@@ -222,7 +223,9 @@ function stdioOpener(
     );
   }
   return async (headers) => {
-    let credential = credentialValue(server, headers);
+    // The header as last seen: a renewal is a different header value.
+    let seen = headers[credentialName];
+    const credential = credentialOf(seen);
     const uid = uids.take();
     const root = process.getuid?.() === 0;
     const privateDir = mkdtempSync(path.join(os.tmpdir(), `${PRIVATE_DIR_PREFIX}${process.pid}-`));
@@ -263,11 +266,11 @@ function stdioOpener(
       });
       if (credential !== undefined) {
         channel.updateCredential = (later) => {
-          const value = credentialValue(server, later);
-          if (value === undefined || value === credential || channel.closed) return;
-          credential = value;
+          const renewed = later[credentialName];
+          if (renewed === undefined || renewed === seen || channel.closed) return;
+          seen = renewed;
           try {
-            writeCredential(value);
+            writeCredential(credentialOf(renewed) as string);
           } catch (err) {
             deps.log.warn(
               { server: name, err: (err as Error).message },

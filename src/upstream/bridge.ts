@@ -212,6 +212,8 @@ interface Inflight {
   readonly clientId: unknown;
   /** The session's own progress token, if the request carried one. */
   readonly clientToken?: unknown;
+  /** Its key in the conduit's progress map (the token it travels under), if it has one. */
+  readonly progressKey?: Key;
   readonly session: BridgeSession;
 }
 
@@ -268,11 +270,6 @@ export class ChannelUpstream implements Upstream {
       Math.max(1_000, Math.min(60_000, options.idleTimeoutMs / 4)),
     );
     this.idleTimer.unref();
-  }
-
-  /** Live sessions, for tests and metrics. */
-  get sessionCount(): number {
-    return this.sessions.size;
   }
 
   request(req: UpstreamRequest): UpstreamCall {
@@ -375,13 +372,21 @@ export class ChannelUpstream implements Upstream {
         }
         const channelId = conduit.channelId(m.id);
         const token = progressTokenOf(m);
-        const entry: Inflight = { stream, clientId: m.id, clientToken: token, session };
+        const channelToken =
+          token === undefined ? undefined : conduit.shared ? `${String(channelId)}:p` : token;
+        const progressKey = channelToken === undefined ? undefined : keyOf(channelToken);
+        const entry: Inflight = {
+          stream,
+          clientId: m.id,
+          clientToken: token,
+          progressKey,
+          session,
+        };
         conduit.inflight.set(keyOf(channelId), entry);
         stream.pending.add(keyOf(channelId));
         let down = m;
-        if (token !== undefined) {
-          const channelToken = conduit.shared ? `${String(channelId)}:p` : token;
-          conduit.progress.set(keyOf(channelToken), entry);
+        if (progressKey !== undefined) {
+          conduit.progress.set(progressKey, entry);
           if (conduit.shared) down = withProgressToken(m, channelToken);
         }
         if (conduit.shared) down = { ...down, id: channelId };
@@ -445,6 +450,7 @@ export class ChannelUpstream implements Upstream {
       const entry = conduit.inflight.get(key);
       conduit.inflight.delete(key);
       if (entry === undefined) continue;
+      if (entry.progressKey !== undefined) conduit.progress.delete(entry.progressKey);
       this.sendDownRaw(session, {
         jsonrpc: '2.0',
         method: 'notifications/cancelled',
@@ -611,10 +617,10 @@ export class ChannelUpstream implements Upstream {
         return;
       }
       conduit.inflight.delete(key);
+      if (entry.progressKey !== undefined) conduit.progress.delete(entry.progressKey);
       entry.stream.pending.delete(key);
       entry.stream.push(conduit.shared ? { ...message, id: entry.clientId } : message);
       if (entry.stream.pending.size === 0) {
-        for (const [k, p] of conduit.progress) if (p === entry) conduit.progress.delete(k);
         entry.stream.end();
         entry.session.streams.delete(entry.stream);
       }

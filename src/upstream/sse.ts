@@ -51,7 +51,7 @@ export class SseChannel extends ChannelListeners implements MessageChannel {
   private posting = false;
   private closing = false;
   private readonly abort = new AbortController();
-  private postHeaders: Record<string, string>;
+  private readonly postHeaders: Record<string, string>;
   private body: (AsyncIterable<Buffer> & { pause(): void; resume(): void }) | undefined;
 
   private constructor(
@@ -182,9 +182,9 @@ export class SseChannel extends ChannelListeners implements MessageChannel {
     if (!this.posting) void this.drain();
   }
 
-  /** Headers for the POSTs from now on (a renewed credential), over the ones given at connect. */
-  setHeaders(headers: Readonly<Record<string, string>>): void {
-    this.postHeaders = { ...this.postHeaders, ...headers };
+  /** A header for the POSTs from now on (a renewed credential), over the one given at connect. */
+  setHeader(name: string, value: string): void {
+    this.postHeaders[name] = value;
   }
 
   pause(): void {

@@ -16,7 +16,7 @@
  *    "Shutdown").
  */
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import type { Logger } from 'pino';
 import {
   ChannelClosedError,
@@ -24,10 +24,11 @@ import {
   type JsonRpcMessage,
   type MessageChannel,
 } from './channel.js';
+import { childrenByParent } from './procfs.js';
 import type { SandboxPlan } from './sandbox.js';
 
 /** stderr lines logged per second per process; the rest are counted. */
-export const STDERR_LINES_PER_SECOND = 20;
+const STDERR_LINES_PER_SECOND = 20;
 /** A stderr line is cut to this many characters in the log. */
 const STDERR_LINE_CHARS = 1_000;
 /** How much garbage on stdout is logged per second. */
@@ -43,7 +44,7 @@ const SECRET_PATTERNS: ReadonlyArray<[RegExp, string]> = [
   ],
 ];
 
-export function redact(line: string): string {
+function redact(line: string): string {
   let out = line;
   for (const [pattern, replacement] of SECRET_PATTERNS) out = out.replace(pattern, replacement);
   return out;
@@ -90,18 +91,7 @@ const WRAPPERS = new Set(['bwrap', 'prlimit']);
  */
 export function serverProcesses(root: number | undefined): number[] {
   if (root === undefined) return [];
-  const children = new Map<number, number[]>();
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
-      // The parenthesised command may hold spaces: the ppid is the second field after it.
-      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
-      children.set(ppid, [...(children.get(ppid) ?? []), Number(entry)]);
-    } catch {
-      // gone meanwhile
-    }
-  }
+  const children = childrenByParent();
   const found: number[] = [];
   const walk = (pid: number): void => {
     let comm = '';
@@ -169,10 +159,6 @@ export class StdioChannel extends ChannelListeners implements MessageChannel {
     this.summaryTimer = setInterval(() => this.summarise(), 1000);
     this.summaryTimer.unref();
     this.log.info({ pid: this.child.pid, sandboxed: plan.sandboxed }, 'stdio server started');
-  }
-
-  get pid(): number | undefined {
-    return this.child.pid;
   }
 
   send(message: JsonRpcMessage): void {
