@@ -14,7 +14,13 @@ import { after, before, test } from 'node:test';
 import { SignJWT } from 'jose';
 import { startFaultUpstream, type FaultUpstream } from './fixtures/fault-upstream.js';
 import { startAuthGateway, type AuthGateway } from './helpers/auth-gateway.js';
-import { modernCall, modernHeaders, post, type RpcError } from './helpers/requests.js';
+import {
+  initializeBody,
+  modernCall,
+  modernHeaders,
+  post,
+  type RpcError,
+} from './helpers/requests.js';
 import {
   ISSUER,
   jwks,
@@ -426,19 +432,7 @@ test("a legacy SSE connection is bound to its caller: anyone else's POST is 404,
     'PORTCULLIS_ERR_JSONRPC_PARSE',
   );
 
-  const init = await send(
-    {
-      jsonrpc: '2.0',
-      id: 1,
-      method: 'initialize',
-      params: {
-        protocolVersion: '2024-11-05',
-        capabilities: {},
-        clientInfo: { name: 't', version: '1' },
-      },
-    },
-    alice,
-  );
+  const init = await send(initializeBody(1, '2024-11-05'), alice);
   assert.equal(init.status, 202);
   const answer = JSON.parse((await stream.next()).data) as { id: number; result?: unknown };
   assert.equal(answer.id, 1, "the answer came on the caller's stream");
@@ -448,22 +442,7 @@ test("a legacy SSE connection is bound to its caller: anyone else's POST is 404,
 test("a legacy session used with another principal's token is unknown (404), nothing leaked", async () => {
   const alice = await mint(es256, resource(), { claims: { sub: 'alice' } });
   const mallory = await mint(es256, resource(), { claims: { sub: 'mallory' } });
-  const legacy = gw.urlFor('legacy');
-  void legacy;
-  const init = await post(
-    docs(),
-    {
-      jsonrpc: '2.0',
-      id: 1,
-      method: 'initialize',
-      params: {
-        protocolVersion: '2025-11-25',
-        capabilities: {},
-        clientInfo: { name: 't', version: '1' },
-      },
-    },
-    { authorization: `Bearer ${alice}` },
-  );
+  const init = await post(docs(), initializeBody(1), { authorization: `Bearer ${alice}` });
   // The /ok upstream answers initialize with a result and no session id of its own.
   assert.equal(init.status, 200);
   const sessionId = init.headers.get('mcp-session-id');

@@ -376,24 +376,7 @@ test('token mint signs the claims asked for, and start --issuer --jwks accepts o
   assert.equal((claims.exp as number) - (claims.iat as number), 600);
 
   const call = (headers: Record<string, string>) =>
-    fetch(`${url}/mcp/a`, {
-      method: 'POST',
-      headers: {
-        'content-type': 'application/json',
-        accept: 'application/json, text/event-stream',
-        ...headers,
-      },
-      body: JSON.stringify({
-        jsonrpc: '2.0',
-        id: 1,
-        method: 'initialize',
-        params: {
-          protocolVersion: '2025-11-25',
-          capabilities: {},
-          clientInfo: { name: 't', version: '1' },
-        },
-      }),
-    });
+    post(`${url}/mcp/a`, initializeBody(1), headers);
   assert.equal((await call({})).status, 401);
   // Authenticated, the request goes on to the (dead) upstream: 502, not 401.
   assert.equal((await call({ authorization: `Bearer ${token}` })).status, 502);
