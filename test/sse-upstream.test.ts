@@ -41,6 +41,8 @@ before(async () => {
   gateway = await startTestGateway(
     {
       everything: { transport: 'sse', url: upstream.url },
+      // Nothing listens on port 1.
+      down: { transport: 'sse', url: 'http://127.0.0.1:1/sse' },
       misdirecting: {
         transport: 'sse',
         url: `http://127.0.0.1:${(misdirecting.address() as AddressInfo).port}/sse`,
@@ -56,6 +58,15 @@ after(async () => {
   misdirecting?.closeAllConnections();
   misdirecting?.close();
   elsewhere?.close();
+});
+
+test('a legacy SSE server that is down: 502 naming the server, a JSON-RPC error for the request', async () => {
+  const res = await post(gateway.urlFor('down'), initializeBody(3));
+  assert.equal(res.status, 502);
+  const body = (await res.json()) as RpcError;
+  assert.equal(body.id, 3);
+  assert.equal(body.error.data.code, 'PORTCULLIS_ERR_UPSTREAM_UNREACHABLE');
+  assert.match(body.error.message, /server 'down' \(cannot open the SSE stream: ECONNREFUSED\)/);
 });
 
 test('an endpoint event pointing at another origin is refused: nothing is sent there', async () => {

@@ -27,7 +27,13 @@ import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
-import { initializeBody, modernCall, modernHeaders, post } from './helpers/requests.js';
+import {
+  initializeBody,
+  modernCall,
+  modernHeaders,
+  post,
+  type RpcError,
+} from './helpers/requests.js';
 
 const HOSTILE = fileURLToPath(new URL('./fixtures/hostile-stdio.mjs', import.meta.url));
 /** A secret in the gateway's own environment, from its start: no server may ever see it. */
@@ -35,6 +41,7 @@ const CANARY = `gateway-canary-${randomBytes(8).toString('hex')}`;
 const STATIC_SECRET = `static-secret-${randomBytes(8).toString('hex')}`;
 // Threads count too: node itself runs a dozen or so.
 const MAX_PROCESSES = 40;
+const MAX_LINE_BYTES = 64 * 1024;
 const MEMORY_BYTES = 3 * 1024 ** 3;
 const CPU_SECONDS = 600;
 const OPEN_FILES = 256;
@@ -132,12 +139,15 @@ before(async () => {
       admin: { port: 0 },
       auth: { mode: 'none' },
       log: { level: 'debug' },
+      // Small enough for a test to overflow.
+      upstreamDefaults: { maxResponseBytes: MAX_LINE_BYTES },
       servers: {
         hostile: hostile([]),
         loop: hostile(['exit-at-start']),
         ondemand: { ...hostile([]), idleTimeoutMs: 1_000 },
         linger: { ...hostile(['linger']), shutdownTimeoutMs: 500 },
         intmp: { ...hostile([]), args: [path.join(inTmp, 'server.mjs')] },
+        slow: { ...hostile([]), timeouts: { headersMs: 500 } },
         stubborn: { ...hostile(['stubborn']), shutdownTimeoutMs: 500 },
       },
     }),
@@ -346,6 +356,45 @@ test('garbage on stdout is logged and dropped, never forwarded', async (t) => {
   );
   // The session still works: nothing out of order reached the client.
   assert.equal((await call<{ garbage: string }>(client, 'garbage')).garbage, 'printed');
+});
+
+test('an oversized line on stdout is dropped and logged; the answer after it arrives', async (t) => {
+  const { client } = await connect();
+  t.after(() => client.close());
+  const from = logs.length;
+  const result = await call<{ oversized: number }>(client, 'oversized', {
+    bytes: 4 * MAX_LINE_BYTES,
+  });
+  assert.equal(result.oversized, 4 * MAX_LINE_BYTES);
+  const dropped = () =>
+    logs.slice(from).some((l) => String(l.msg).startsWith('dropped an oversized line'));
+  await eventually(dropped);
+  assert.ok(dropped(), 'the oversized line was reported');
+});
+
+test('a request the server never answers: 504 after the headers timeout, and the server is told to cancel it', async () => {
+  const init = await post(gateway.urlFor('slow'), initializeBody(1));
+  assert.equal(init.status, 200);
+  await init.text();
+  const sid = init.headers.get('mcp-session-id') as string;
+  const from = logs.length;
+  const started = Date.now();
+  const res = await post(
+    gateway.urlFor('slow'),
+    { jsonrpc: '2.0', id: 41, method: 'tools/call', params: { name: 'hang', arguments: {} } },
+    { 'mcp-session-id': sid, 'mcp-protocol-version': '2025-11-25' },
+    // Without the bound, this would wait for ever: fail instead.
+    AbortSignal.timeout(5_000),
+  );
+  assert.equal(res.status, 504);
+  const body = (await res.json()) as RpcError;
+  assert.equal(body.id, 41);
+  assert.equal(body.error.data.code, 'PORTCULLIS_ERR_UPSTREAM_TIMEOUT');
+  assert.ok(Date.now() - started < 3_000, 'bounded by the configured 500 ms');
+  const cancelled = () => logs.slice(from).some((l) => l.stderr === 'cancelled 41');
+  await eventually(cancelled);
+  assert.ok(cancelled(), 'notifications/cancelled reached the server');
+  await fetch(gateway.urlFor('slow'), { method: 'DELETE', headers: { 'mcp-session-id': sid } });
 });
 
 test('exiting mid-request: the call fails at once, the session ends (404), a new one works', async () => {
