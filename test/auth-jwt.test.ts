@@ -14,6 +14,7 @@ import { after, before, test } from 'node:test';
 import { SignJWT } from 'jose';
 import { startFaultUpstream, type FaultUpstream } from './fixtures/fault-upstream.js';
 import { startAuthGateway, type AuthGateway } from './helpers/auth-gateway.js';
+import { openSse } from './helpers/sse.js';
 import {
   initializeBody,
   modernCall,
@@ -361,36 +362,6 @@ test('protected-resource metadata (RFC 9728) for the gateway and for each server
   const unknown = await fetch(`${gw.url}/.well-known/oauth-protected-resource/mcp/nope`);
   assert.equal(unknown.status, 404);
 });
-
-/** Opens a legacy SSE stream; `next()` resolves with each event in turn. */
-async function openSse(url: string, token: string) {
-  const controller = new AbortController();
-  const res = await fetch(url, {
-    headers: { accept: 'text/event-stream', authorization: `Bearer ${token}` },
-    signal: controller.signal,
-  });
-  assert.equal(res.status, 200);
-  const reader = (res.body as ReadableStream<Uint8Array>).getReader();
-  const decoder = new TextDecoder();
-  let buffer = '';
-  const next = async (): Promise<{ event?: string; data: string }> => {
-    for (;;) {
-      const end = buffer.indexOf('\n\n');
-      if (end !== -1) {
-        const block = buffer.slice(0, end);
-        buffer = buffer.slice(end + 2);
-        if (block.startsWith(':')) continue;
-        const event = /^event: (.*)$/m.exec(block)?.[1];
-        const data = /^data: (.*)$/m.exec(block)?.[1] ?? '';
-        return { event, data };
-      }
-      const { value, done } = await reader.read();
-      if (done) throw new Error('stream ended');
-      buffer += decoder.decode(value, { stream: true });
-    }
-  };
-  return { next, close: () => controller.abort() };
-}
 
 test("a legacy SSE connection is bound to its caller: anyone else's POST is 404, none without a token", async (t) => {
   const alice = await mint(es256, resource(), { claims: { sub: 'alice' } });

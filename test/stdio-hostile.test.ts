@@ -27,6 +27,7 @@ import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
+import { openSse } from './helpers/sse.js';
 import {
   initializeBody,
   modernCall,
@@ -417,9 +418,47 @@ test('exiting mid-request: the call fails at once, the session ends (404), a new
     { 'mcp-session-id': sid },
   );
   assert.equal(res.status, 404, 'the client is told to re-initialize');
+  assert.equal(((await res.json()) as RpcError).error.data.code, 'PORTCULLIS_ERR_SESSION_UNKNOWN');
   const again = await connect();
   assert.equal((await call<{ garbage: string }>(again.client, 'garbage')).garbage, 'printed');
   await again.client.close();
+});
+
+test('a legacy SSE client: a crash fails its call on the stream, and the stream ends with the session', async (t) => {
+  const stream = await openSse(`${gateway.urlFor('hostile')}/sse`);
+  t.after(stream.close);
+  const endpoint = await stream.next();
+  assert.equal(endpoint.event, 'endpoint');
+  const url = new URL(endpoint.data, gateway.url).href;
+  const send = async (body: unknown) => {
+    const res = await fetch(url, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify(body),
+    });
+    assert.equal(res.status, 202);
+  };
+  const toolCall = (id: number, name: string) => ({
+    jsonrpc: '2.0',
+    id,
+    method: 'tools/call',
+    params: { name, arguments: {} },
+  });
+  await send(initializeBody(1, '2024-11-05'));
+  assert.equal((JSON.parse((await stream.next()).data) as { id: number }).id, 1);
+  await send({ jsonrpc: '2.0', method: 'notifications/initialized' });
+
+  await send(toolCall(5, 'crash'));
+  const failed = JSON.parse((await stream.next()).data) as RpcError;
+  assert.equal(failed.id, 5);
+  assert.equal(failed.error.data.code, 'PORTCULLIS_ERR_UPSTREAM_STREAM_ENDED');
+
+  // The session died with the process: the next call is told so, then the stream ends.
+  await send(toolCall(6, 'whoami'));
+  const unknown = JSON.parse((await stream.next()).data) as RpcError;
+  assert.equal(unknown.id, 6);
+  assert.equal(unknown.error.data.code, 'PORTCULLIS_ERR_SESSION_UNKNOWN');
+  await assert.rejects(stream.next(), /stream ended/);
 });
 
 test('a server that dies at start is detected as a crash loop: refused with a reason, counted', async () => {

@@ -26,7 +26,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
-import { GatewayError } from '../errors/index.js';
+import { GatewayError, type JsonRpcId } from '../errors/index.js';
 import type { JsonRpcMessage, MessageChannel } from './channel.js';
 import {
   UpstreamAbort,
@@ -311,11 +311,7 @@ export class ChannelUpstream implements Upstream {
     try {
       parsed = JSON.parse(req.body ?? '');
     } catch {
-      return json(400, {
-        jsonrpc: '2.0',
-        id: null,
-        error: { code: -32700, message: 'Parse error' },
-      });
+      return refusal(new GatewayError('PORTCULLIS_ERR_JSONRPC_PARSE'), null);
     }
     const messages = (Array.isArray(parsed) ? parsed : [parsed]) as JsonRpcMessage[];
     const initialize = messages.find((m) => m.method === 'initialize');
@@ -752,6 +748,14 @@ function json(status: number, payload: unknown): UpstreamResponse {
 
 /** spec/2025-11-25/basic/transports.mdx: a request for an ended session MUST get 404. */
 function sessionNotFound(messages: JsonRpcMessage[]): UpstreamResponse {
-  const id = messages.find(isRequest)?.id ?? null;
-  return json(404, { jsonrpc: '2.0', id, error: { code: -32600, message: 'Session not found' } });
+  const id = (messages.find(isRequest)?.id ?? null) as JsonRpcId;
+  return refusal(
+    new GatewayError('PORTCULLIS_ERR_SESSION_UNKNOWN', 'the session and its process have ended'),
+    id,
+  );
+}
+
+/** A refusal as the gateway words it: its status, and its JSON-RPC error with the code clients act on. */
+function refusal(err: GatewayError, id: JsonRpcId): UpstreamResponse {
+  return json(err.status, err.toResponse(id));
 }
