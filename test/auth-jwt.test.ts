@@ -335,9 +335,10 @@ test('a missing scope is 403 insufficient_scope naming the scope needed', async 
 test('an unknown server is 401 before authentication and 404 after, naming nothing', async () => {
   const anonymous = await call(gw.urlFor('nope'));
   assert.equal(anonymous.status, 401);
+  // The same challenge as a configured server's: it tells nothing about which exist.
   assert.equal(
     challenge(anonymous).params.resource_metadata,
-    `${resource()}/.well-known/oauth-protected-resource`,
+    `${resource()}/.well-known/oauth-protected-resource/mcp/nope`,
   );
   const res = await call(gw.urlFor('nope'), await mint(es256, resource()));
   assert.equal(res.status, 404);
@@ -359,8 +360,13 @@ test('protected-resource metadata (RFC 9728) for the gateway and for each server
   ).json()) as Record<string, unknown>;
   assert.equal(perServer.resource, `${resource()}/mcp/admin`);
   assert.deepEqual(perServer.scopes_supported, ['admin']);
+  // Every well-formed name gets a document of the same shape, configured or not.
   const unknown = await fetch(`${gw.url}/.well-known/oauth-protected-resource/mcp/nope`);
-  assert.equal(unknown.status, 404);
+  assert.equal(unknown.status, 200);
+  const unknownDoc = (await unknown.json()) as Record<string, unknown>;
+  assert.deepEqual({ ...unknownDoc, resource: undefined }, { ...perServer, resource: undefined });
+  const malformed = await fetch(`${gw.url}/.well-known/oauth-protected-resource/mcp/-x`);
+  assert.equal(malformed.status, 404);
 });
 
 test("a legacy SSE connection is bound to its caller: anyone else's POST is 404, none without a token", async (t) => {

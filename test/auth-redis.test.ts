@@ -19,6 +19,9 @@ import { cuttableLink, freePort, startRedisServer } from './helpers/redis.js';
 import { modernCall, modernHeaders, post, type RpcError } from './helpers/requests.js';
 import { mint, newKey, writeJwks, type SigningKey } from './helpers/tokens.js';
 
+/** /metrics needs the admin credential once one is configured. */
+const ADMIN = { headers: { authorization: `Bearer ${TEST_ADMIN_TOKEN}` } };
+
 const SHARED_REDIS = 'redis://127.0.0.1:6379';
 /** Both replicas present themselves as one resource, as they would behind one address. */
 const RESOURCE = 'http://gateway.test';
@@ -166,7 +169,7 @@ test('Redis unreachable: fail closed with 503 and not ready; reachable again: wh
   assert.equal(ready.status, 503);
   assert.deepEqual(await ready.json(), { status: 'store unavailable' });
   assert.ok(gw.logs.some((l) => l.msg === 'store disconnected'));
-  const metrics = await (await fetch(`${gw.adminUrl}/metrics`)).text();
+  const metrics = await (await fetch(`${gw.adminUrl}/metrics`, ADMIN)).text();
   assert.match(metrics, /portcullis_store_healthy 0/);
   assert.match(
     metrics,
@@ -212,12 +215,14 @@ test('Redis down with failClosed: false lets requests through unchecked, and cou
   await redis.kill();
   await eventually(
     async () =>
-      /portcullis_store_healthy 0/.test(await (await fetch(`${gw.adminUrl}/metrics`)).text()),
+      /portcullis_store_healthy 0/.test(
+        await (await fetch(`${gw.adminUrl}/metrics`, ADMIN)).text(),
+      ),
     'the store reported down',
   );
   assert.equal((await call(gw, token)).status, 200);
   assert.equal((await fetch(`${gw.adminUrl}/readyz`)).status, 200, 'still ready: failing open');
-  const metrics = await (await fetch(`${gw.adminUrl}/metrics`)).text();
+  const metrics = await (await fetch(`${gw.adminUrl}/metrics`, ADMIN)).text();
   assert.match(metrics, /portcullis_revocation_unchecked_total [1-9]/);
 });
 

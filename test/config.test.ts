@@ -218,7 +218,7 @@ test('defaults are filled in and the result is deeply frozen', () => {
       keepAliveTimeoutMs: DEFAULT_KEEP_ALIVE_TIMEOUT_MS,
       heartbeatIntervalMs: DEFAULT_HEARTBEAT_INTERVAL_MS,
     },
-    admin: { enabled: true, host: '127.0.0.1', port: DEFAULT_ADMIN_PORT },
+    admin: { enabled: true, host: '127.0.0.1', port: DEFAULT_ADMIN_PORT, publicMetrics: false },
     auth: {
       mode: 'jwt',
       authorizationServers: [],
@@ -672,6 +672,19 @@ test('a non-loopback listener without tls and allowedHosts is refused', () => {
     }),
   );
   assert.deepEqual(paths(emptyHosts), ['listen.allowedHosts']);
+});
+
+test('a non-loopback admin listener needs admin.allowedHosts (DNS rebinding)', () => {
+  const problems = problemsOf(() =>
+    buildConfig({ admin: { host: '0.0.0.0' }, auth: JWT_AUTH, servers: { a: { url: URL_A } } }),
+  );
+  assert.deepEqual(paths(problems), ['admin.allowedHosts']);
+  assert.match(problems[0]?.message ?? '', /DNS-rebinding/);
+  buildConfig({
+    admin: { host: '0.0.0.0', allowedHosts: ['*'] },
+    auth: JWT_AUTH,
+    servers: { a: { url: URL_A } },
+  });
 });
 
 test('listen.tls needs both cert and key', () => {

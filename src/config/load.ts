@@ -226,6 +226,16 @@ function crossChecks(config: Config): ConfigProblem[] {
     problems.push(...transportChecks(name, server));
   }
   problems.push(...authChecks(config));
+  if (
+    config.admin.enabled &&
+    !isLoopbackHost(config.admin.host) &&
+    !config.admin.allowedHosts?.length
+  ) {
+    problems.push({
+      path: 'admin.allowedHosts',
+      message: 'is required when admin.host is not a loopback address (DNS-rebinding protection)',
+    });
+  }
   if (config.admin.enabled && config.admin.port !== 0 && config.admin.port === config.listen.port) {
     problems.push({ path: 'admin.port', message: 'must differ from listen.port' });
   }

@@ -335,12 +335,24 @@ export const configSchema = {
           type: 'string',
           minLength: 32,
           description:
-            'Bearer credential for the admin API (/admin/*), e.g. "${PORTCULLIS_ADMIN_TOKEN}". Without token or tokenFile the admin API is off; /livez, /readyz and /metrics stay open.',
+            'Bearer credential for the admin API (/admin/*) and /metrics, e.g. "${PORTCULLIS_ADMIN_TOKEN}". Without token or tokenFile the admin API is off and /metrics is open only on a loopback admin listener; /livez and /readyz are always open.',
         },
         tokenFile: {
           type: 'string',
           minLength: 1,
           description: 'File holding the admin credential.',
+        },
+        allowedHosts: {
+          type: 'array',
+          items: { type: 'string', minLength: 1 },
+          description:
+            'Host header values the admin listener accepts (host or host:port, "*" for any). Default: loopback names when admin.host is loopback; required otherwise.',
+        },
+        publicMetrics: {
+          type: 'boolean',
+          default: false,
+          description:
+            'Serve /metrics without the admin credential (for scrapers that cannot send one).',
         },
       },
     },
@@ -805,7 +817,15 @@ export interface Config {
     keepAliveTimeoutMs: number;
     heartbeatIntervalMs: number;
   };
-  admin: { enabled: boolean; host: string; port: number; token?: string; tokenFile?: string };
+  admin: {
+    enabled: boolean;
+    host: string;
+    port: number;
+    token?: string;
+    tokenFile?: string;
+    allowedHosts?: string[];
+    publicMetrics: boolean;
+  };
   auth: AuthConfig;
   store: StoreConfig;
   signing: { keysFile?: string; activeKid?: string; issuer?: string };

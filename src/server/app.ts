@@ -44,7 +44,7 @@ import type { VerifiedToken } from '../auth/jwt.js';
 import type { UpstreamCredential } from '../auth/credentials.js';
 import type { SigningKeys } from '../auth/keys.js';
 import type { Metrics } from '../telemetry/metrics.js';
-import { authHooks, registerMetadataRoutes, type ResourceInfo } from './auth-http.js';
+import { authHooks, PRM_PATH, registerMetadataRoutes, type ResourceInfo } from './auth-http.js';
 import { Exchange, relayResponse, sendError, type RelayRoute } from './relay.js';
 import type { StreamRegistry } from './streams.js';
 
@@ -69,6 +69,26 @@ export interface AppDeps {
   signingKeys?: SigningKeys | undefined;
   /** auth.mode jwt: the authenticator and the metadata, known once the listener has its address. */
   auth?: { authenticator: () => Authenticator; info: () => ResourceInfo } | undefined;
+}
+
+/**
+ * The public listener's routes that need no credential, and the only ones:
+ * every other route, and every path no route matches, is authenticated.
+ * Protected-resource metadata (RFC 9728) and the gateway's JWKS are what a
+ * client or an upstream needs before it can hold a credential at all.
+ */
+export const PUBLIC_ROUTES: ReadonlySet<string> = new Set([
+  `GET ${PRM_PATH}`,
+  `GET ${PRM_PATH}/mcp/:server`,
+  'GET /.well-known/jwks.json',
+]);
+
+/** Whether the request matched a route on the public list (HEAD is GET's twin). */
+export function isPublicRoute(req: FastifyRequest): boolean {
+  const url = req.routeOptions.url;
+  if (url === undefined) return false;
+  const method = req.method === 'HEAD' ? 'GET' : req.method;
+  return PUBLIC_ROUTES.has(`${method} ${url}`);
 }
 
 /** Client request headers an upstream may see; everything else (Authorization, Cookie…) stays here. */
@@ -217,9 +237,12 @@ export function buildApp(deps: AppDeps): FastifyInstance {
       req.token = identity.token;
       return done();
     }
-    // Authenticate before routing and before reading the body: an unauthenticated
-    // caller learns nothing about which servers exist and costs no parsing.
-    if (auth && req.url.startsWith('/mcp/')) return auth.authenticate(req, reply, done);
+    // Decided on the route the router matched, never on the raw URL: every
+    // spelling of a path (percent-encoding, absolute-form target) reaches the
+    // same route and so the same check. Unmatched paths authenticate too, so an
+    // unauthenticated caller learns nothing about which routes or servers exist,
+    // and costs no parsing: authentication runs before the body is read.
+    if (auth && !isPublicRoute(req)) return auth.authenticate(req, reply, done);
     done();
   });
 

@@ -12,6 +12,7 @@ import type { VerifiedToken } from '../auth/jwt.js';
 import { tokenHash } from '../auth/jwt.js';
 import { GatewayError } from '../errors/index.js';
 import type { Metrics } from '../telemetry/metrics.js';
+import { SERVER_NAME_PATTERN } from '../config/schema.js';
 
 export const PRM_PATH = '/.well-known/oauth-protected-resource';
 
@@ -44,13 +45,23 @@ export function authInput(req: FastifyRequest): AuthInput {
   };
 }
 
-/** The metadata URL for a request path: the server's own document, or the gateway's. */
-export function metadataUrlFor(info: ResourceInfo, url: string): string {
-  const m = /^\/mcp\/([^/?#]+)/.exec(url);
-  const name = m?.[1] === undefined ? undefined : decodeURIComponent(m[1]);
-  return name !== undefined && info.servers.has(name)
-    ? `${info.resource}${PRM_PATH}/mcp/${name}`
-    : `${info.resource}${PRM_PATH}`;
+const SERVER_NAME = new RegExp(SERVER_NAME_PATTERN);
+
+/** The server a request is for, from the matched route (never the raw URL), if it names one validly. */
+export function requestedServer(req: FastifyRequest): string | undefined {
+  const name = (req.params as { server?: unknown } | undefined)?.server;
+  return typeof name === 'string' && SERVER_NAME.test(name) ? name : undefined;
+}
+
+/**
+ * The metadata URL for a request: the server's own document for any
+ * well-formed name, configured or not, so a challenge tells an
+ * unauthenticated caller nothing about which servers exist.
+ */
+export function metadataUrlFor(info: ResourceInfo, server: string | undefined): string {
+  return server === undefined
+    ? `${info.resource}${PRM_PATH}`
+    : `${info.resource}${PRM_PATH}/mcp/${server}`;
 }
 
 /** An auth-param quoted-string value: visible ASCII without `"` and `\` (RFC 6750 §3). */
@@ -58,10 +69,14 @@ function quoted(text: string): string {
   return `"${text.replace(/[^\x20\x21\x23-\x5b\x5d-\x7e]/g, ' ')}"`;
 }
 
-export function challengeHeader(err: GatewayError, info: ResourceInfo, url: string): string {
+export function challengeHeader(
+  err: GatewayError,
+  info: ResourceInfo,
+  server: string | undefined,
+): string {
   const challenge = err.challenge;
   if (challenge === undefined) throw new Error(`${err.code} carries no challenge`);
-  const params = [`resource_metadata=${quoted(metadataUrlFor(info, url))}`];
+  const params = [`resource_metadata=${quoted(metadataUrlFor(info, server))}`];
   if (challenge.error !== '') {
     params.push(`error=${quoted(challenge.error)}`, `error_description=${quoted(err.message)}`);
   }
@@ -103,7 +118,8 @@ export function authHooks(
   send: (reply: FastifyReply, err: GatewayError) => void,
 ): AuthHooks {
   const refuse = (req: FastifyRequest, reply: FastifyReply, err: GatewayError): void => {
-    if (err.challenge) reply.header('www-authenticate', challengeHeader(err, info(), req.url));
+    if (err.challenge)
+      reply.header('www-authenticate', challengeHeader(err, info(), requestedServer(req)));
     log.warn(refusalRecord(req, err), 'refused a request at authentication');
     metrics.authRefusals.inc({ code: err.code, reason: String(err.data.reason ?? '') });
     send(reply, err);
@@ -142,14 +158,19 @@ export function authHooks(
   };
 }
 
-/** GET /.well-known/oauth-protected-resource[/mcp/<name>] (RFC 9728 §3). */
+/**
+ * GET /.well-known/oauth-protected-resource[/mcp/<name>] (RFC 9728 §3).
+ * Public, so every well-formed name gets the same document: a configured
+ * server's cannot be told from an unknown name's. Its scopes are every scope
+ * the gateway knows; the challenge of a 403 names the one a server needs.
+ */
 export function registerMetadataRoutes(app: FastifyInstance, info: () => ResourceInfo): void {
-  const document = (resource: string, serverScopes: readonly string[]): Record<string, unknown> => {
+  const document = (resource: string): Record<string, unknown> => {
     const i = info();
     return {
       resource,
       authorization_servers: i.authorizationServers,
-      scopes_supported: [...new Set([...i.scopesSupported, ...serverScopes])],
+      scopes_supported: [...new Set([...i.scopesSupported, ...[...i.servers.values()].flat()])],
       bearer_methods_supported: ['header'],
       resource_name: 'Portcullis MCP gateway',
       dpop_signing_alg_values_supported: i.dpopAlgorithms,
@@ -159,13 +180,12 @@ export function registerMetadataRoutes(app: FastifyInstance, info: () => Resourc
   };
   app.get(PRM_PATH, async (_req, reply) => {
     void reply.header('cache-control', 'public, max-age=300');
-    return document(info().resource, []);
+    return document(info().resource);
   });
   app.get<{ Params: { server: string } }>(`${PRM_PATH}/mcp/:server`, async (req, reply) => {
-    const i = info();
-    const scopes = i.servers.get(req.params.server);
-    if (scopes === undefined) throw new GatewayError('PORTCULLIS_ERR_HTTP_NOT_FOUND');
+    const server = requestedServer(req);
+    if (server === undefined) throw new GatewayError('PORTCULLIS_ERR_HTTP_NOT_FOUND');
     void reply.header('cache-control', 'public, max-age=300');
-    return document(serverResource(i.resource, req.params.server), scopes);
+    return document(serverResource(info().resource, server));
   });
 }

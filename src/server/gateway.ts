@@ -189,6 +189,9 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
         (config.admin.tokenFile === undefined
           ? undefined
           : readFileSync(config.admin.tokenFile, 'utf8').trim()),
+      host: config.admin.host,
+      allowedHosts: config.admin.allowedHosts,
+      publicMetrics: config.admin.publicMetrics,
       revocations,
       tokenRevocationMs: config.auth.jwt.maxLifetimeMs + config.auth.jwt.clockSkewMs,
       sessionRevocationMs: config.sessions.idleTimeoutMs,

@@ -48,23 +48,24 @@ export function transportErrorCode(err: unknown): string | undefined {
   return (err as { code?: string } | undefined)?.code;
 }
 
+/**
+ * The client-facing error for a transport failure. It names the server and a
+ * coarse reason, never the upstream's address or the system's error text:
+ * those are for the operator's log (the caller logs `err`).
+ */
 export function toGatewayError(err: unknown, server: string): GatewayError {
   if (err instanceof GatewayError) return err;
   const code = transportErrorCode(err);
   if (code && TIMEOUTS.has(code)) {
-    return new GatewayError('PORTCULLIS_ERR_UPSTREAM_TIMEOUT', `server '${server}' (${code})`, {
+    return new GatewayError('PORTCULLIS_ERR_UPSTREAM_TIMEOUT', `server '${server}'`, {
       server,
-    });
-  }
-  if (code && CONNECT_FAILURES.has(code)) {
-    return new GatewayError('PORTCULLIS_ERR_UPSTREAM_UNREACHABLE', `server '${server}' (${code})`, {
-      server,
+      reason: 'timeout',
     });
   }
   return new GatewayError(
     'PORTCULLIS_ERR_UPSTREAM_UNREACHABLE',
-    `server '${server}' (${(err as Error)?.message ?? String(err)})`,
-    { server },
+    `server '${server}' could not be reached`,
+    { server, reason: code && CONNECT_FAILURES.has(code) ? 'connect' : 'transport' },
   );
 }
 
