@@ -103,6 +103,49 @@ test('a revoked token id is refused, its siblings are not, and the cache does no
   assert.ok(gw.logs.some((l) => l.event === 'revocation' && l.id === 'revoke-me'));
 });
 
+test('keys cannot collide: revoking subject "b\\0c" of tenant "a" leaves subject "c" of tenant "a\\0b" alone', async () => {
+  const victim = await mint(key, gw.url, { claims: { sub: 'c', tenant: 'a\u0000b' } });
+  const target = await mint(key, gw.url, { claims: { sub: 'b\u0000c', tenant: 'a' } });
+  assert.equal((await call(victim)).status, 200);
+  const res = await admin('/admin/revocations', {
+    method: 'POST',
+    body: JSON.stringify({ kind: 'sub', id: 'b\u0000c', tenant: 'a' }),
+  });
+  assert.equal(res.status, 201);
+  await expectRevoked(await call(target));
+  assert.equal((await call(victim)).status, 200, 'the other principal is not revoked');
+  const list = (await (await admin('/admin/revocations')).json()) as {
+    revocations: Array<{ kind: string; id: string; tenant?: string }>;
+  };
+  assert.ok(
+    list.revocations.some((r) => r.kind === 'sub' && r.id === 'b\u0000c' && r.tenant === 'a'),
+  );
+  // A session opened by one principal is not usable by its look-alike.
+  const owner = await mint(key, gw.url, { claims: { sub: 'z', tenant: 'x\u0000y' } });
+  const lookalike = await mint(key, gw.url, { claims: { sub: 'y\u0000z', tenant: 'x' } });
+  const init = await post(gw.urlFor('legacy'), initializeBody(), {
+    authorization: `Bearer ${owner}`,
+  });
+  assert.equal(init.status, 200);
+  await init.text();
+  const session = init.headers.get('mcp-session-id') ?? '';
+  const ping = { jsonrpc: '2.0', id: 2, method: 'ping' };
+  const headers = (token: string) => ({
+    authorization: `Bearer ${token}`,
+    'mcp-session-id': session,
+    'mcp-protocol-version': '2025-11-25',
+  });
+  const stolen = await post(gw.urlFor('legacy'), ping, headers(lookalike));
+  assert.equal(stolen.status, 404);
+  assert.equal(
+    ((await stolen.json()) as RpcError).error.data.code,
+    'PORTCULLIS_ERR_SESSION_UNKNOWN',
+  );
+  const own = await post(gw.urlFor('legacy'), ping, headers(owner));
+  assert.equal(own.status, 200);
+  await own.text();
+});
+
 test('a revoked subject loses every token, in its tenant only', async () => {
   const mallory = await mint(key, gw.url, { claims: { sub: 'mallory', tenant: 'acme' } });
   const namesake = await mint(key, gw.url, { claims: { sub: 'mallory', tenant: 'other' } });

@@ -19,7 +19,7 @@ import type { CredentialConfig } from '../config/schema.js';
 import { GatewayError } from '../errors/index.js';
 import type { VerifiedToken } from './jwt.js';
 import type { SigningKeys } from './keys.js';
-import { ownerKey } from './principal.js';
+import { compositeKey } from './principal.js';
 import type { Revocations } from './revocation.js';
 
 /** A cached credential is replaced this long before it expires, so none expires in flight. */
@@ -143,7 +143,7 @@ class MintedCredential extends CachingCredential {
     // stateless requests share one per agent and scope set.
     if (sessionId !== undefined) return `session:${sessionId}`;
     const p = token.principal;
-    return `agent:${ownerKey(p)}\u0000${p.clientId ?? ''}\u0000${p.scopes.join(' ')}`;
+    return compositeKey('agent', p.tenant, p.subject, p.clientId ?? null, ...p.scopes);
   }
 
   protected async obtain(token: VerifiedToken): Promise<Cached> {

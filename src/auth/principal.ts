@@ -18,7 +18,16 @@ export const ANONYMOUS: Principal = Object.freeze({
   scopes: Object.freeze([]) as readonly string[],
 });
 
+/**
+ * A key made of several claims, built structurally: distinct part lists give
+ * distinct keys whatever the parts contain. Joining with a separator would
+ * not: tenant `a\0b` with subject `c` would equal tenant `a` with `b\0c`.
+ */
+export function compositeKey(...parts: ReadonlyArray<string | null>): string {
+  return JSON.stringify(parts);
+}
+
 /** The key a session is bound to: a session is only ever usable by the principal that opened it. */
 export function ownerKey(p: Principal): string {
-  return `${p.tenant}\u0000${p.subject}`;
+  return compositeKey(p.tenant, p.subject);
 }

@@ -9,6 +9,7 @@
  * and the caller fails closed unless configured otherwise.
  */
 import type { Store } from '../store/index.js';
+import { compositeKey } from './principal.js';
 
 export type RevocationKind = 'jti' | 'sub' | 'session';
 
@@ -30,7 +31,19 @@ const PRUNE_INTERVAL_MS = 60_000;
 
 /** The subject a subject revocation names: subjects are only unique within a tenant. */
 export function subjectKey(tenant: string, subject: string): string {
-  return `${tenant}\u0000${subject}`;
+  return compositeKey(tenant, subject);
+}
+
+/** The tenant and subject a subject revocation's id names, or undefined for one that names none. */
+export function parseSubjectKey(id: string): { tenant: string; subject: string } | undefined {
+  try {
+    const parts = JSON.parse(id) as unknown;
+    if (Array.isArray(parts) && parts.length === 2 && parts.every((p) => typeof p === 'string'))
+      return { tenant: parts[0] as string, subject: parts[1] as string };
+  } catch {
+    // Not a key this gateway made.
+  }
+  return undefined;
 }
 
 function storeKey(kind: RevocationKind, id: string): string {

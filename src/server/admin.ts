@@ -16,7 +16,12 @@ import Fastify, {
   type FastifyRequest,
 } from 'fastify';
 import type { Logger } from 'pino';
-import { subjectKey, type Revocation, type Revocations } from '../auth/revocation.js';
+import {
+  parseSubjectKey,
+  subjectKey,
+  type Revocation,
+  type Revocations,
+} from '../auth/revocation.js';
 import { GatewayError } from '../errors/index.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import { isLoopbackHost } from '../config/load.js';
@@ -132,8 +137,8 @@ export function buildAdmin(deps: AdminDeps): FastifyInstance {
   admin.get('/admin/revocations', async () => ({
     revocations: revocations.list().map((r) => {
       if (r.kind !== 'sub') return r;
-      const [tenant, subject] = r.id.split('\u0000');
-      return { ...r, id: subject, tenant };
+      const named = parseSubjectKey(r.id);
+      return named === undefined ? r : { ...r, id: named.subject, tenant: named.tenant };
     }),
   }));
 
