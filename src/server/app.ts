@@ -92,7 +92,14 @@ export function isPublicRoute(req: FastifyRequest): boolean {
 }
 
 /** Client request headers an upstream may see; everything else (Authorization, Cookie…) stays here. */
-const FORWARDED_HEADERS = ['mcp-protocol-version', 'mcp-method', 'mcp-name', 'last-event-id'];
+const FORWARDED_HEADERS = ['mcp-protocol-version', 'last-event-id'];
+/**
+ * The 2026-07-28 routing headers. Forwarded only in that era, where they have
+ * been checked against the body (validateModernRequest); a legacy request
+ * carrying them could tell an upstream or a proxy behind it one thing while
+ * its body says another, so they are dropped there.
+ */
+const MODERN_HEADERS = ['mcp-method', 'mcp-name'];
 const UPSTREAM_ACCEPT = 'application/json, text/event-stream';
 
 declare module 'fastify' {
@@ -114,10 +121,19 @@ function acceptsBoth(accept: string | undefined): boolean {
 function upstreamHeaders(
   req: FastifyRequest,
   session: Session | undefined,
+  modern: boolean,
 ): Record<string, string> {
   const out: Record<string, string> = {};
   const h = req.headers;
   for (const name of FORWARDED_HEADERS) {
+    const v = h[name];
+    if (typeof v === 'string') out[name] = v;
+  }
+  if (!modern) {
+    if (session?.upstreamId !== undefined) out['mcp-session-id'] = session.upstreamId;
+    return out;
+  }
+  for (const name of MODERN_HEADERS) {
     const v = h[name];
     if (typeof v === 'string') out[name] = v;
   }
@@ -292,10 +308,12 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     req: FastifyRequest,
     route: Route,
     session: Session | undefined,
+    /** Whether the request is of the 2026-07-28 era (its routing headers checked). */
+    modern: boolean,
     /** For initialize: the id the session will have, so what is minted for it dies with it. */
     newSessionId?: string,
   ): Promise<Record<string, string>> => {
-    const headers = upstreamHeaders(req, session);
+    const headers = upstreamHeaders(req, session, modern);
     const extra = route.credential().headers({
       token: req.token,
       sessionId: session?.id ?? newSessionId,
@@ -433,7 +451,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     const sessionIdToBe = initialize ? newSessionId() : undefined;
     let headers: Record<string, string>;
     try {
-      headers = await credentialHeaders(req, route, session, sessionIdToBe);
+      headers = await credentialHeaders(req, route, session, era === 'modern', sessionIdToBe);
     } catch (err) {
       return fail(err instanceof GatewayError ? err : new GatewayError('PORTCULLIS_ERR_INTERNAL'));
     }
@@ -483,7 +501,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
       throw new GatewayError('PORTCULLIS_ERR_SESSION_MISSING');
     }
     if (!session) throw new GatewayError('PORTCULLIS_ERR_SESSION_UNKNOWN');
-    const headers = await credentialHeaders(req, route, session);
+    const headers = await credentialHeaders(req, route, session, false);
     headers.accept = 'text/event-stream';
     await forward(
       reply,
@@ -510,7 +528,9 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     if (!session) throw new GatewayError('PORTCULLIS_ERR_SESSION_UNKNOWN');
     // The upstream's credential is taken while the session lives: ending it revokes what it minted.
     const headers =
-      session.upstreamId === undefined ? undefined : await credentialHeaders(req, route, session);
+      session.upstreamId === undefined
+        ? undefined
+        : await credentialHeaders(req, route, session, false);
     // DELETE ends both sides: the gateway's mapping goes whatever the upstream says.
     sessions.delete(session.id);
     log.info({ server: route.name, session: session.id }, 'session closed by the client');

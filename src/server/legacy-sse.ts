@@ -127,6 +127,19 @@ class LegacyConnection implements ClientStream {
   }
 }
 
+/**
+ * Whether a legacy client's Accept admits an event stream. The 2024-11-05
+ * transport asks nothing of Accept, and its reference servers take any: no
+ * header, `*\/*` and `text/*` all do, as a media range that names the type.
+ */
+export function acceptsEventStream(accept: string | undefined): boolean {
+  if (accept === undefined || accept.trim() === '') return true;
+  return accept.split(',').some((range) => {
+    const type = (range.split(';')[0] ?? '').trim().toLowerCase();
+    return type === 'text/event-stream' || type === '*/*' || type === 'text/*';
+  });
+}
+
 export function registerLegacySse(deps: LegacySseDeps): void {
   const { app, tickets, streams, log } = deps;
   const connections = new Map<string, LegacyConnection>();
@@ -257,7 +270,7 @@ export function registerLegacySse(deps: LegacySseDeps): void {
 
   app.get<{ Params: { server: string } }>('/mcp/:server/sse', async (req, reply) => {
     deps.checkRoute(req);
-    if (!req.headers.accept?.includes('text/event-stream'))
+    if (!acceptsEventStream(req.headers.accept))
       throw new GatewayError('PORTCULLIS_ERR_HTTP_NOT_ACCEPTABLE_STREAM');
     if (connections.size >= MAX_CONNECTIONS) throw new GatewayError('PORTCULLIS_ERR_SESSION_LIMIT');
     const id = randomBytes(24).toString('base64url');
