@@ -43,8 +43,8 @@ export interface AdminDeps {
   /** How long a revocation of a token or subject must last: every token alive now is dead by then. */
   readonly tokenRevocationMs: number;
   readonly sessionRevocationMs: number;
-  /** Ends a gateway session (and revokes what was minted for it); false if there is none. */
-  readonly endSession: (id: string) => boolean;
+  /** Whether a gateway session is open (a revocation of it then ends it, through the listener). */
+  readonly hasSession: (id: string) => boolean;
 }
 
 const KINDS = new Set(['jti', 'sub', 'session']);
@@ -165,6 +165,7 @@ export function buildAdmin(deps: AdminDeps): FastifyInstance {
       expiresAt: Date.now() + ttlMs,
       ...(typeof body.reason === 'string' ? { reason: body.reason } : {}),
     };
+    const open = kind === 'session' ? deps.hasSession(id) : undefined;
     try {
       await revocations.revoke(revocation);
     } catch (err) {
@@ -175,7 +176,7 @@ export function buildAdmin(deps: AdminDeps): FastifyInstance {
         `the shared store could not record it: ${(err as Error).message}`,
       );
     }
-    const ended = kind === 'session' ? deps.endSession(id) : undefined;
+    const ended = open === undefined ? undefined : open && !deps.hasSession(id);
     log.warn(
       {
         event: 'revocation',

@@ -46,7 +46,7 @@ import type { SigningKeys } from '../auth/keys.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import { authHooks, PRM_PATH, registerMetadataRoutes, type ResourceInfo } from './auth-http.js';
 import { Exchange, relayResponse, sendError, type RelayRoute } from './relay.js';
-import type { StreamRegistry } from './streams.js';
+import type { PendingCall, StreamRegistry } from './streams.js';
 
 export interface Route extends RelayRoute {
   readonly upstream: Upstream;
@@ -146,6 +146,16 @@ function upstreamHeaders(
   }
   if (session?.upstreamId !== undefined) out['mcp-session-id'] = session.upstreamId;
   return out;
+}
+
+/** Marks whom an exchange serves, so that revoking the subject, token or session ends its stream. */
+function identified(req: FastifyRequest, x: Exchange): Exchange {
+  x.identity = {
+    owner: ownerKey(req.principal),
+    jti: req.token?.tokenId,
+    session: () => x.session?.id,
+  };
+  return x;
 }
 
 /**
@@ -345,8 +355,19 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     const onClose = abortUnlessAnswered.bind(reply.raw, call);
     reply.raw.once('close', onClose);
     const ids = [...x.pending];
+    // Until its answer begins, a revocation of whom it serves gives up on it.
+    let revoked: GatewayError | undefined;
+    const pending: PendingCall | undefined = x.identity && {
+      identity: x.identity,
+      cancel: (reason) => {
+        revoked = reason;
+        call.abort();
+      },
+    };
+    if (pending) streams.addCall(pending);
     try {
       const up = await call.response;
+      if (pending) streams.removeCall(pending);
       if (onAnswer) {
         const session = onAnswer(up.statusCode, headerValue(up.headers['mcp-session-id']));
         if (session) {
@@ -361,6 +382,8 @@ export function buildApp(deps: AppDeps): FastifyInstance {
       }
       await relayResponse(x, up, reply, streams);
     } catch (err) {
+      if (pending) streams.removeCall(pending);
+      if (revoked) return sendError(reply, revoked, ids);
       if (call.aborted && reply.raw.destroyed) return;
       const gerr = toGatewayError(err, route.name);
       log.warn(
@@ -461,16 +484,19 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     await forward(
       reply,
       route,
-      new Exchange(
-        route,
-        era,
-        session,
-        new Set(ids),
-        methodsById,
-        session ? { 'mcp-session-id': session.id } : {},
-        era === 'modern' && first.method === 'subscriptions/listen',
-        log,
-        deps.onFrame,
+      identified(
+        req,
+        new Exchange(
+          route,
+          era,
+          session,
+          new Set(ids),
+          methodsById,
+          session ? { 'mcp-session-id': session.id } : {},
+          era === 'modern' && first.method === 'subscriptions/listen',
+          log,
+          deps.onFrame,
+        ),
       ),
       { method: 'POST', headers, body: req.body, affinity: owner },
       initialize
@@ -506,16 +532,19 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     await forward(
       reply,
       route,
-      new Exchange(
-        route,
-        'legacy',
-        session,
-        new Set(),
-        new Map(),
-        { 'mcp-session-id': session.id },
-        true,
-        log,
-        deps.onFrame,
+      identified(
+        req,
+        new Exchange(
+          route,
+          'legacy',
+          session,
+          new Set(),
+          new Map(),
+          { 'mcp-session-id': session.id },
+          true,
+          log,
+          deps.onFrame,
+        ),
       ),
       { method: 'GET', headers, affinity: ownerKey(req.principal) },
     );

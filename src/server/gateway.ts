@@ -12,9 +12,10 @@ import { createCredential, type UpstreamCredential } from '../auth/credentials.j
 import { SigningKeys } from '../auth/keys.js';
 import { Revocations } from '../auth/revocation.js';
 import type { Config } from '../config/schema.js';
+import { GatewayError } from '../errors/index.js';
 import { ToolHeaderRegistry } from '../mcp/era.js';
 import type { FrameObserver } from '../mcp/frame.js';
-import { MemorySessionStore } from '../mcp/sessions.js';
+import { MemorySessionStore, type Session } from '../mcp/sessions.js';
 import { openStore } from '../store/index.js';
 import { createMetrics } from '../telemetry/metrics.js';
 import { createUpstream, gatewaySecrets } from './upstreams.js';
@@ -128,18 +129,61 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
         : undefined,
   });
 
+  /** The upstream's side of an ended session: a best-effort DELETE (a stdio process stops). */
+  const endUpstreamSession = (s: Session): void => {
+    const route = routes.get(s.server);
+    if (route && s.upstreamId !== undefined) {
+      route.upstream
+        .request({ method: 'DELETE', headers: { 'mcp-session-id': s.upstreamId } })
+        .response.then((r) => r.body.dump())
+        .catch(() => undefined);
+    }
+  };
+
+  // A revocation ends what is open, not only what comes next: the revoked
+  // subject's or session's streams are cut (pending requests answered with the
+  // revocation), their sessions end on both sides, and a stateless caller's
+  // process stops. Revocations from other replicas arrive here the same way.
+  revocations.onRevoked((r) => {
+    const reason = new GatewayError(
+      'PORTCULLIS_ERR_AUTH_TOKEN_REVOKED',
+      r.kind === 'session' ? 'the session was revoked' : undefined,
+    );
+    const ended: Session[] = [];
+    for (const s of [...sessions.all()]) {
+      if ((r.kind === 'sub' && s.owner === r.id) || (r.kind === 'session' && s.id === r.id)) {
+        sessions.delete(s.id);
+        ended.push(s);
+      }
+    }
+    const streamsEnded = streams.terminateWhere(
+      (who) =>
+        (r.kind === 'sub' && who.owner === r.id) ||
+        (r.kind === 'jti' && who.jti === r.id) ||
+        (r.kind === 'session' && who.session() === r.id),
+      reason,
+    );
+    for (const s of ended) endUpstreamSession(s);
+    if (r.kind === 'sub') for (const route of routes.values()) route.upstream.endCaller?.(r.id);
+    if (ended.length > 0 || streamsEnded > 0) {
+      log.warn(
+        {
+          event: 'revocation.enforced',
+          kind: r.kind,
+          sessions: ended.length,
+          streams: streamsEnded,
+        },
+        'revocation ended open sessions and streams',
+      );
+    }
+  });
+
   // Idle sessions are ended on both sides: the upstream gets a best-effort DELETE.
   const sweeper = setInterval(
     () => {
       for (const s of sessions.sweep(Date.now())) {
         log.info({ server: s.server, session: s.id }, 'session expired');
-        const route = routes.get(s.server);
-        if (route && s.upstreamId !== undefined) {
-          route.upstream
-            .request({ method: 'DELETE', headers: { 'mcp-session-id': s.upstreamId } })
-            .response.then((r) => r.body.dump())
-            .catch(() => undefined);
-        }
+        endUpstreamSession(s);
       }
     },
     Math.min(60_000, Math.max(1_000, Math.floor(config.sessions.idleTimeoutMs / 4))),
@@ -195,7 +239,7 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
       revocations,
       tokenRevocationMs: config.auth.jwt.maxLifetimeMs + config.auth.jwt.clockSkewMs,
       sessionRevocationMs: config.sessions.idleTimeoutMs,
-      endSession: (id) => sessions.delete(id) !== undefined,
+      hasSession: (id) => [...sessions.all()].some((s) => s.id === id),
     });
     await admin.listen({ host: config.admin.host, port: config.admin.port });
     adminUrl = baseUrl(admin, false);

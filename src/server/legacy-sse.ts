@@ -36,10 +36,10 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
 import type { VerifiedToken } from '../auth/jwt.js';
 import { ownerKey, type Principal } from '../auth/principal.js';
-import { GatewayError } from '../errors/index.js';
+import { GatewayError, type JsonRpcId } from '../errors/index.js';
 import { headerValue } from '../mcp/era.js';
 import { encodeMessage, SSE_HEADERS } from '../mcp/sse.js';
-import type { ClientStream, StreamRegistry } from './streams.js';
+import type { ClientStream, StreamIdentity, StreamRegistry } from './streams.js';
 
 /** The header an in-process request carries its ticket in; never accepted from outside without one. */
 export const INTERNAL_TICKET_HEADER = 'x-portcullis-internal-ticket';
@@ -106,6 +106,7 @@ class LegacyConnection implements ClientStream {
   readonly inflight = new Set<InjectedResponse>();
   getStream: InjectedResponse | undefined;
   closed = false;
+  readonly identity: StreamIdentity;
 
   constructor(
     readonly id: string,
@@ -113,7 +114,10 @@ class LegacyConnection implements ClientStream {
     readonly owner: string,
     readonly host: string | undefined,
     readonly res: FastifyReply['raw'],
-  ) {}
+    jti: string | undefined,
+  ) {
+    this.identity = { owner, jti, session: () => this.sessionId };
+  }
 
   send(message: unknown): void {
     if (this.closed || this.res.writableEnded) return;
@@ -121,8 +125,12 @@ class LegacyConnection implements ClientStream {
     this.res.write(encodeMessage(message));
   }
 
-  terminate(): void {
-    // Errors for what is still pending travel as the in-process streams end.
+  terminate(_retryHintMs: number, reason?: GatewayError): void {
+    // A revocation answers what is pending at once: the in-process streams are cut.
+    if (reason !== undefined) {
+      for (const id of this.pending) this.send(reason.toResponse(id as JsonRpcId));
+    }
+    // Otherwise errors for what is still pending travel as the in-process streams end.
     this.res.end();
   }
 }
@@ -283,6 +291,7 @@ export function registerLegacySse(deps: LegacySseDeps): void {
       ownerKey(req.principal),
       req.headers.host,
       res,
+      req.token?.tokenId,
     );
     connections.set(id, conn);
     streams.add(conn);

@@ -24,7 +24,7 @@ import { encodeEvent, encodeMessage, encodeRetry, SSE_HEADERS } from '../mcp/sse
 import type { Session } from '../mcp/sessions.js';
 import type { Era, ToolHeaderRegistry } from '../mcp/era.js';
 import type { UpstreamCall, UpstreamResponse } from '../upstream/types.js';
-import type { ClientStream, StreamRegistry } from './streams.js';
+import type { ClientStream, StreamIdentity, StreamRegistry } from './streams.js';
 
 /** What a relay needs to know of the route it relays for. */
 export interface RelayRoute {
@@ -45,6 +45,8 @@ export class Exchange {
   readonly maxResponseBytes: number;
   /** The upstream request, once sent; aborted when the relay gives up on it. */
   call: UpstreamCall | undefined = undefined;
+  /** Whom the exchange serves: a revocation of them ends its stream. */
+  identity: StreamIdentity | undefined = undefined;
 
   constructor(
     route: RelayRoute,
@@ -291,14 +293,17 @@ function relayStream(
     res,
     pending: x.pending,
     lastWriteAt: Date.now(),
-    terminate: (retryHintMs) => {
-      const err = new GatewayError(
-        'PORTCULLIS_ERR_HTTP_SHUTTING_DOWN',
-        `request to '${x.server}' interrupted`,
-        {
-          server: x.server,
-        },
-      );
+    identity: x.identity,
+    terminate: (retryHintMs, reason) => {
+      const err =
+        reason ??
+        new GatewayError(
+          'PORTCULLIS_ERR_HTTP_SHUTTING_DOWN',
+          `request to '${x.server}' interrupted`,
+          {
+            server: x.server,
+          },
+        );
       // Finish first: aborting reports the upstream's end synchronously.
       finish(err, retryHintMs);
       x.abort();

@@ -2,20 +2,43 @@
  * The gateway's open SSE streams to clients: one heartbeat ticker for all of
  * them (not a timer per stream), and the drain that SIGTERM starts.
  */
+import type { GatewayError } from '../errors/index.js';
 import { HEARTBEAT, encodeRetry } from '../mcp/sse.js';
 import type { ServerResponse } from 'node:http';
+
+/** Whom a stream serves, so that revoking them can end it. */
+export interface StreamIdentity {
+  /** ownerKey of the principal. */
+  readonly owner: string;
+  /** The token id (jti) the stream was opened with, if it had one. */
+  readonly jti: string | undefined;
+  /** The gateway session the stream belongs to, if any (may be learnt later). */
+  session(): string | undefined;
+}
 
 export interface ClientStream {
   readonly res: ServerResponse;
   /** Requests still waiting for their response on this stream. */
   readonly pending: ReadonlySet<unknown>;
   lastWriteAt: number;
-  /** Ends the stream now: errors for every pending request, then the retry hint. */
-  terminate(retryHintMs: number): void;
+  readonly identity?: StreamIdentity | undefined;
+  /**
+   * Ends the stream now: errors for every pending request (`reason`, or a
+   * shutdown error), then the retry hint.
+   */
+  terminate(retryHintMs: number, reason?: GatewayError): void;
+}
+
+/** A request sent upstream whose answer has not begun (no stream to cut yet). */
+export interface PendingCall {
+  readonly identity: StreamIdentity;
+  /** Gives up on the upstream call and answers the client with `reason`. */
+  cancel(reason: GatewayError): void;
 }
 
 export class StreamRegistry {
   private readonly streams = new Set<ClientStream>();
+  private readonly calls = new Set<PendingCall>();
   private readonly ticker: NodeJS.Timeout;
   private draining = false;
   private idleWaiters: Array<() => void> = [];
@@ -83,6 +106,37 @@ export class StreamRegistry {
       }, timeoutMs);
     });
     clearTimeout(timer);
+  }
+
+  /** Tracks a call until its answer begins (then its stream, if any, is added). */
+  addCall(call: PendingCall): void {
+    this.calls.add(call);
+  }
+
+  removeCall(call: PendingCall): void {
+    this.calls.delete(call);
+  }
+
+  /**
+   * Ends every stream and pending call `match` picks, at once, answering what
+   * is pending with `reason`; how many.
+   */
+  terminateWhere(match: (identity: StreamIdentity) => boolean, reason: GatewayError): number {
+    let ended = 0;
+    for (const c of [...this.calls]) {
+      if (match(c.identity)) {
+        this.calls.delete(c);
+        c.cancel(reason);
+        ended++;
+      }
+    }
+    for (const s of [...this.streams]) {
+      if (s.identity !== undefined && match(s.identity)) {
+        s.terminate(this.retryHintMs, reason);
+        ended++;
+      }
+    }
+    return ended;
   }
 
   private settle(): void {

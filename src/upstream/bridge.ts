@@ -699,6 +699,16 @@ export class ChannelUpstream implements Upstream {
     }
   }
 
+  endCaller(affinity: string): void {
+    const session = this.byAffinity.get(affinity);
+    if (session === undefined) return;
+    this.dropSession(
+      session,
+      new GatewayError('PORTCULLIS_ERR_AUTH_TOKEN_REVOKED', 'the caller was revoked'),
+    );
+    if (!session.conduit.shared) void session.conduit.channel.close();
+  }
+
   private closeIdle(): void {
     const cutoff = Date.now() - this.options.idleTimeoutMs;
     for (const session of [...this.byAffinity.values()]) {

@@ -27,6 +27,11 @@ export interface Upstream {
   /** Largest JSON answer, or single SSE event, relayed. */
   readonly maxResponseBytes: number;
   request(req: UpstreamRequest): UpstreamCall;
+  /**
+   * Ends what the upstream keeps for one caller outside any session (a stateless
+   * caller's stdio process), when that caller's access is revoked.
+   */
+  endCaller?(affinity: string): void;
   close(): Promise<void>;
 }
 
