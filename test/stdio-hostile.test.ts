@@ -150,6 +150,8 @@ before(async () => {
         intmp: { ...hostile([]), args: [path.join(inTmp, 'server.mjs')] },
         slow: { ...hostile([]), timeouts: { headersMs: 500 } },
         stubborn: { ...hostile(['stubborn']), shutdownTimeoutMs: 500 },
+        // The sandbox's defaults, nothing configured.
+        defaults: { ...hostile([]), sandbox: { mode: 'required' } },
       },
     }),
   );
@@ -263,6 +265,17 @@ test('it runs under the configured limits: address space, CPU time, open files, 
   assert.equal(soft('Max cpu time'), String(CPU_SECONDS));
   assert.equal(soft('Max open files'), String(OPEN_FILES));
   assert.equal(soft('Max processes'), String(MAX_PROCESSES));
+});
+
+test('the default sandbox runs a Node server that calls fetch: no address-space limit kills WebAssembly', async (t) => {
+  const { client } = await connect('defaults');
+  t.after(() => client.close());
+  const got = await call<{ fetched: string; http: string; wasm: string }>(client, 'fetch');
+  assert.equal(got.fetched, 'fetched');
+  assert.notEqual(got.http, 'connected', 'and still no network');
+  assert.equal(got.wasm, 'instantiated');
+  const { limits } = await call<{ limits: string }>(client, 'limits');
+  assert.match(limits, /^Max address space\s+unlimited/m);
 });
 
 test('it cannot write outside its directories; /tmp is its own; a configured path is writable', async (t) => {

@@ -136,7 +136,8 @@ const sandboxSchema = {
     memoryBytes: {
       type: 'integer',
       minimum: 1,
-      description: 'Address-space limit (default 4 GiB).',
+      description:
+        'Address-space limit (RLIMIT_AS). None by default: V8 and WebAssembly reserve far more address space than they use, and a limit kills Node servers that call fetch.',
     },
     cpuSeconds: { type: 'integer', minimum: 1, description: 'CPU time limit (default 3600).' },
     maxOpenFiles: { type: 'integer', minimum: 16, description: 'Open files (default 1024).' },
@@ -723,11 +724,14 @@ export interface SandboxSettings {
 
 export const DEFAULT_STDIO_IDLE_TIMEOUT_MS = 10 * 60_000;
 export const DEFAULT_STDIO_SHUTDOWN_STEP_MS = 2_000;
-/** Sandbox limits when not configured: generous for Node servers (V8 reserves much address space). */
+/**
+ * Sandbox limits when not configured. No address-space limit: a WebAssembly
+ * instance reserves about 10 GiB of guard pages (undici's fetch instantiates
+ * one), so any RLIMIT_AS a Node server could live with limits nothing real.
+ */
 export const SANDBOX_DEFAULTS = {
   mode: 'auto',
   network: false,
-  memoryBytes: 4 * 1024 ** 3,
   cpuSeconds: 3_600,
   maxOpenFiles: 1_024,
   maxProcesses: 256,

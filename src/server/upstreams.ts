@@ -168,7 +168,7 @@ function sandboxFor(server: ServerConfig, secrets: readonly string[]): SandboxCo
     network: s.network ?? SANDBOX_DEFAULTS.network,
     writablePaths: s.writablePaths ?? [],
     hidePaths: [...secrets, ...(s.hidePaths ?? [])],
-    memoryBytes: s.memoryBytes ?? SANDBOX_DEFAULTS.memoryBytes,
+    memoryBytes: s.memoryBytes,
     cpuSeconds: s.cpuSeconds ?? SANDBOX_DEFAULTS.cpuSeconds,
     maxOpenFiles: s.maxOpenFiles ?? SANDBOX_DEFAULTS.maxOpenFiles,
     maxProcesses: s.maxProcesses ?? SANDBOX_DEFAULTS.maxProcesses,

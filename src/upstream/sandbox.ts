@@ -14,7 +14,8 @@
  *   before bwrap starts (a user namespace alone would map back to root and
  *   read root's files), one uid per process so the process limit, which
  *   counts per uid, is per process;
- * - limits on address space, CPU time, open files and processes (prlimit);
+ * - limits on CPU time, open files and processes, and address space if
+ *   configured (prlimit);
  * - `--die-with-parent`: it dies with the gateway.
  */
 import { execFileSync } from 'node:child_process';
@@ -26,7 +27,8 @@ export interface SandboxConfig {
   readonly network: boolean;
   readonly writablePaths: readonly string[];
   readonly hidePaths: readonly string[];
-  readonly memoryBytes: number;
+  /** RLIMIT_AS, when configured (none by default: WebAssembly reserves more than any limit). */
+  readonly memoryBytes: number | undefined;
   readonly cpuSeconds: number;
   readonly maxOpenFiles: number;
   readonly maxProcesses: number;
@@ -170,7 +172,7 @@ export function hostTmpRoots(paths: ReadonlyArray<string | undefined>): string[]
 
 function limits(config: SandboxConfig): string[] {
   return [
-    `--as=${config.memoryBytes}`,
+    ...(config.memoryBytes === undefined ? [] : [`--as=${config.memoryBytes}`]),
     `--cpu=${config.cpuSeconds}`,
     `--nofile=${config.maxOpenFiles}`,
     `--nproc=${config.maxProcesses}`,
