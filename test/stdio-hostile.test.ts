@@ -90,6 +90,9 @@ async function startCli(
 }
 let outside: string;
 let writable: string;
+/** Directories only root may enter (0700, as `mktemp -d` makes them), one under /tmp and one not. */
+let lockedInTmp: string;
+let lockedElsewhere: string;
 let listener: Server;
 let connectionsSeen = 0;
 
@@ -131,6 +134,22 @@ before(async () => {
   // Readable by the server's own user, as an installed program is.
   chmodSync(inTmp, 0o755);
   copyFileSync(HOSTILE, path.join(inTmp, 'server.mjs'));
+  // A server installed where only root may walk (a clone in a `mktemp -d` directory or
+  // under /root), with a writable directory of its own there.
+  lockedInTmp = mkdtempSync('/tmp/portcullis-locked-');
+  lockedElsewhere = path.join(base, 'locked');
+  mkdirSync(lockedElsewhere, { mode: 0o700 });
+  for (const locked of [lockedInTmp, lockedElsewhere]) {
+    mkdirSync(path.join(locked, 'app', 'out'), { recursive: true });
+    chmodSync(path.join(locked, 'app', 'out'), 0o777);
+    copyFileSync(HOSTILE, path.join(locked, 'app', 'server.mjs'));
+    writeFileSync(path.join(locked, 'beside'), 'not for the server\n');
+  }
+  const locked = (dir: string) => ({
+    ...hostile([]),
+    args: [path.join(dir, 'app', 'server.mjs')],
+    sandbox: { mode: 'required', writablePaths: [path.join(dir, 'app', 'out')] },
+  });
   const configFile = path.join(base, 'portcullis.yaml');
   // JSON is YAML.
   writeFileSync(
@@ -150,6 +169,8 @@ before(async () => {
         intmp: { ...hostile([]), args: [path.join(inTmp, 'server.mjs')] },
         slow: { ...hostile([]), timeouts: { headersMs: 500 } },
         stubborn: { ...hostile(['stubborn']), shutdownTimeoutMs: 500 },
+        lockedtmp: locked(lockedInTmp),
+        lockedelsewhere: locked(lockedElsewhere),
         // The sandbox's defaults, nothing configured.
         defaults: { ...hostile([]), sandbox: { mode: 'required' } },
       },
@@ -170,6 +191,7 @@ after(async () => {
   listener?.close();
   rmSync(base, { recursive: true, force: true });
   rmSync(inTmp, { recursive: true, force: true });
+  rmSync(lockedInTmp, { recursive: true, force: true });
 });
 
 async function eventually(check: () => boolean, ms = 3_000): Promise<void> {
@@ -277,6 +299,28 @@ test('the default sandbox runs a Node server that calls fetch: no address-space 
   const { limits } = await call<{ limits: string }>(client, 'limits');
   assert.match(limits, /^Max address space\s+unlimited/m);
 });
+
+for (const [server, where] of [
+  ['lockedtmp', 'in a 0700 directory under /tmp'],
+  ['lockedelsewhere', 'in a 0700 directory outside /tmp'],
+] as const) {
+  test(`a server installed ${where} runs, as root too, and not as "keeps crashing"`, async (t) => {
+    const { client } = await connect(server);
+    t.after(() => client.close());
+    const me = await call<{ uid: number }>(client, 'whoami');
+    if (process.getuid?.() === 0) assert.ok(me.uid >= 200_000, 'as a user of its own');
+    const dir = server === 'lockedtmp' ? lockedInTmp : lockedElsewhere;
+    const out = await call<{ written: boolean }>(client, 'write', {
+      path: path.join(dir, 'app', 'out', 'written'),
+    });
+    assert.equal(out.written, true, 'its writable directory there is writable');
+    assert.ok(existsSync(path.join(dir, 'app', 'out', 'written')));
+    const beside = await call<{ written: boolean; error?: string }>(client, 'write', {
+      path: path.join(dir, 'beside'),
+    });
+    assert.equal(beside.written, false, 'the rest of the locked directory stays out of reach');
+  });
+}
 
 test('it cannot write outside its directories; /tmp is its own; a configured path is writable', async (t) => {
   const { client } = await connect();
