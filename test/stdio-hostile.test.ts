@@ -17,6 +17,7 @@ import {
   readdirSync,
   readFileSync,
   rmSync,
+  symlinkSync,
   writeFileSync,
 } from 'node:fs';
 import { createServer, type Server } from 'node:net';
@@ -150,6 +151,9 @@ before(async () => {
     args: [path.join(dir, 'app', 'server.mjs')],
     sandbox: { mode: 'required', writablePaths: [path.join(dir, 'app', 'out')] },
   });
+  // A writable path given through a symlinked directory, as /var/run/postgresql is (/var/run -> /run).
+  symlinkSync(base, path.join(base, 'via-link'));
+  const throughLink = path.join(base, 'via-link', 'writable');
   const configFile = path.join(base, 'portcullis.yaml');
   // JSON is YAML.
   writeFileSync(
@@ -169,6 +173,10 @@ before(async () => {
         intmp: { ...hostile([]), args: [path.join(inTmp, 'server.mjs')] },
         slow: { ...hostile([]), timeouts: { headersMs: 500 } },
         stubborn: { ...hostile(['stubborn']), shutdownTimeoutMs: 500 },
+        throughlink: {
+          ...hostile([]),
+          sandbox: { mode: 'required', writablePaths: [throughLink] },
+        },
         lockedtmp: locked(lockedInTmp),
         lockedelsewhere: locked(lockedElsewhere),
         // The sandbox's defaults, nothing configured.
@@ -298,6 +306,16 @@ test('the default sandbox runs a Node server that calls fetch: no address-space 
   assert.equal(got.wasm, 'instantiated');
   const { limits } = await call<{ limits: string }>(client, 'limits');
   assert.match(limits, /^Max address space\s+unlimited/m);
+});
+
+test('a writable path given through a symlink is resolved: bwrap binds it, and the server writes there', async (t) => {
+  const { client } = await connect('throughlink');
+  t.after(() => client.close());
+  const got = await call<{ written: boolean }>(client, 'write', {
+    path: path.join(base, 'via-link', 'writable', 'through-link'),
+  });
+  assert.equal(got.written, true);
+  assert.ok(existsSync(path.join(writable, 'through-link')));
 });
 
 for (const [server, where] of [

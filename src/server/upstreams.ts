@@ -22,13 +22,16 @@ import {
   type Config,
   type ServerConfig,
 } from '../config/schema.js';
+import { GatewayError } from '../errors/index.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import { ChannelUpstream } from '../upstream/bridge.js';
 import type { MessageChannel } from '../upstream/channel.js';
 import { HttpUpstream } from '../upstream/http.js';
+import { startProblems, type StartProblem } from '../upstream/preflight.js';
 import {
   planSandbox,
   planUnsandboxed,
+  realPath,
   sandboxSupport,
   UidPool,
   type SandboxConfig,
@@ -134,7 +137,7 @@ export function createUpstream(name: string, server: ServerConfig, deps: Upstrea
           };
           return channel;
         };
-  return new ChannelUpstream({
+  const upstream = new ChannelUpstream({
     name,
     maxResponseBytes,
     sharing: server.sharing ?? 'session',
@@ -144,6 +147,11 @@ export function createUpstream(name: string, server: ServerConfig, deps: Upstrea
     log,
     onCrashLoop: () => deps.metrics.crashLoops.inc({ server: name }),
     onChannels: (n) => deps.metrics.upstreamProcesses.set({ server: name }, n),
+  });
+  if (server.transport !== 'stdio') return upstream;
+  return Object.assign(upstream, {
+    notReady: () =>
+      stdioStartProblems(server).some((p) => p.fatal) ? `server '${name}' cannot start` : undefined,
   });
 }
 
@@ -166,8 +174,9 @@ function sandboxFor(server: ServerConfig, secrets: readonly string[]): SandboxCo
   return {
     mode: s.mode ?? SANDBOX_DEFAULTS.mode,
     network: s.network ?? SANDBOX_DEFAULTS.network,
-    writablePaths: s.writablePaths ?? [],
-    hidePaths: [...secrets, ...(s.hidePaths ?? [])],
+    // Resolved: bwrap cannot mount onto a path through a symlink (/var/run -> /run).
+    writablePaths: (s.writablePaths ?? []).map(realPath),
+    hidePaths: [...secrets, ...(s.hidePaths ?? [])].map(realPath),
     memoryBytes: s.memoryBytes,
     cpuSeconds: s.cpuSeconds ?? SANDBOX_DEFAULTS.cpuSeconds,
     maxOpenFiles: s.maxOpenFiles ?? SANDBOX_DEFAULTS.maxOpenFiles,
@@ -193,6 +202,35 @@ function environmentFor(
     if (value !== undefined) env[nameOf] = value;
   }
   return { ...env, ...server.setEnv };
+}
+
+/** Whether `server` runs sandboxed here: unless its sandbox is off or, in auto mode, cannot run. */
+function runsSandboxed(server: ServerConfig): boolean {
+  const mode = server.sandbox?.mode ?? SANDBOX_DEFAULTS.mode;
+  return mode !== 'off' && sandboxSupport().ok;
+}
+
+/**
+ * Why a stdio server cannot start here, or will fail later (upstream/preflight.ts);
+ * `config check` prints these and the gateway logs them at start.
+ */
+export function stdioStartProblems(server: ServerConfig): StartProblem[] {
+  if (server.transport !== 'stdio') return [];
+  const sandboxed = runsSandboxed(server);
+  return startProblems({
+    spec: {
+      command: server.command as string,
+      args: server.args ?? [],
+      cwd: server.cwd,
+      env: environmentFor(server, sandboxed, '/tmp'),
+    },
+    writablePaths: (server.sandbox?.writablePaths ?? []).map((given) => ({
+      given,
+      real: realPath(given),
+    })),
+    gid: server.sandbox?.gid ?? SANDBOX_DEFAULTS.gid,
+    sandboxed,
+  });
 }
 
 /**
@@ -222,7 +260,25 @@ function stdioOpener(
       'stdio server runs WITHOUT a sandbox: bubblewrap cannot run here',
     );
   }
+  for (const p of stdioStartProblems(server)) {
+    if (p.fatal)
+      deps.log.error({ server: name, key: p.key }, `stdio server cannot start: ${p.message}`);
+    else deps.log.warn({ server: name, key: p.key }, `stdio server: ${p.message}`);
+  }
   return async (headers) => {
+    // Checked again each time: a server fixed meanwhile starts, one broken meanwhile is
+    // refused as such, and neither counts as a crash.
+    const cannot = stdioStartProblems(server).find((p) => p.fatal);
+    if (cannot !== undefined) {
+      deps.log.error(
+        { server: name, key: cannot.key },
+        `stdio server cannot start: ${cannot.message}`,
+      );
+      throw new GatewayError('PORTCULLIS_ERR_UPSTREAM_CANNOT_START', undefined, {
+        server: name,
+        reason: 'cannot_start',
+      });
+    }
     // The header as last seen: a renewal is a different header value.
     let seen = headers[credentialName];
     const credential = credentialOf(seen);
