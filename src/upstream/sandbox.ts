@@ -311,11 +311,25 @@ export function planSandbox(
       sandboxed: true,
     };
   }
-  // The outer bwrap only changes the view (a mount namespace, nothing else unshared), then
-  // drops to the sandbox's user; the sandbox proper is the inner one, as without it.
-  const outer = ['--dev-bind', '/', '/', '--die-with-parent'];
+  // The outer bwrap only changes the view (a mount namespace), then drops to the sandbox's
+  // user; the sandbox proper is the inner one, as without it. Its own pid namespace keeps
+  // it waiting for, and taking down with it, everything inside: the parent-death signal
+  // alone does not outlive the change of user.
+  const outer = ['--unshare-pid', '--dev-bind', '/', '/', '--die-with-parent'];
   for (const cover of reach.covers) outer.push('--tmpfs', cover);
-  for (const p of reach.binds) outer.push('--ro-bind', p, p);
+  // The directories between a cover and a bind, made searchable (bwrap would make them 0700).
+  const made = new Set<string>();
+  for (const p of reach.binds) {
+    const cover = reach.covers.find((c) => within(p, c)) as string;
+    const between: string[] = [];
+    for (let dir = path.dirname(p); dir !== cover && within(dir, cover); dir = path.dirname(dir))
+      between.unshift(dir);
+    for (const dir of between.filter((d) => !made.has(d))) {
+      made.add(dir);
+      outer.push('--perms', '0755', '--dir', dir);
+    }
+    outer.push('--ro-bind', p, p);
+  }
   // The inner bwrap binds these read-write: they must be so in the view it starts from.
   for (const p of config.writablePaths) {
     if (reach.covers.some((c) => within(p, c))) outer.push('--bind', p, p);
@@ -323,8 +337,12 @@ export function planSandbox(
   // A cover is only there to walk through: read-only, like the rest of the root.
   for (const cover of reach.covers) outer.push('--remount-ro', cover);
   return {
-    command: 'bwrap',
+    // The outer bwrap dies with the gateway (its own --die-with-parent is for its child).
+    command: 'setpriv',
     args: [
+      '--pdeathsig=SIGKILL',
+      '--',
+      'bwrap',
       ...outer,
       '--',
       'setpriv',
