@@ -47,6 +47,7 @@ const MAX_LINE_BYTES = 64 * 1024;
 const MEMORY_BYTES = 3 * 1024 ** 3;
 const CPU_SECONDS = 600;
 const OPEN_FILES = 256;
+const WARM_POOL = 2;
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const CLI = path.join(ROOT, 'dist', 'cli', 'main.js');
@@ -121,6 +122,8 @@ before(async () => {
     command: process.execPath,
     args: [HOSTILE, ...args],
     credential: { mode: 'static', value: `Bearer ${STATIC_SECRET}` },
+    // Processes start when a session needs one (so each test sees its own start), but for `warm`.
+    warmPool: 0,
     sandbox: {
       mode: 'required',
       writablePaths: [writable],
@@ -169,6 +172,8 @@ before(async () => {
         hostile: hostile([]),
         loop: hostile(['exit-at-start']),
         ondemand: { ...hostile([]), idleTimeoutMs: 1_000 },
+        // `warm` is only a mark on its command line, for the test to find its processes.
+        warm: { ...hostile(['warm']), warmPool: WARM_POOL },
         linger: { ...hostile(['linger']), shutdownTimeoutMs: 500 },
         intmp: { ...hostile([]), args: [path.join(inTmp, 'server.mjs')] },
         slow: { ...hostile([]), timeouts: { headersMs: 500 } },
@@ -597,6 +602,38 @@ test('a 2026-07-28 caller: its process starts on demand, serves its next calls, 
     !hostileProcesses().includes(started[0] as string),
     'closed after idleTimeoutMs unused',
   );
+});
+
+/** The `warm` server's processes on the host. */
+function warmProcesses(): string[] {
+  return hostileProcesses().filter((pid) => {
+    try {
+      return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0')[2] === 'warm';
+    } catch {
+      return false;
+    }
+  });
+}
+
+test('a new session gets a warm process, booted before its initialize, its own, with its credential', async (t) => {
+  await eventually(() => warmProcesses().length === WARM_POOL, 10_000);
+  assert.equal(warmProcesses().length, WARM_POOL, 'the pool is full before any session');
+  const beforeInitialize = Date.now();
+  const a = await connect('warm');
+  t.after(() => a.client.close());
+  const b = await connect('warm');
+  t.after(() => b.client.close());
+  const wa = await call<{ startedAt: number; uid: number }>(a.client, 'whoami');
+  const wb = await call<{ startedAt: number; uid: number }>(b.client, 'whoami');
+  assert.ok(wa.startedAt < beforeInitialize, 'the first session got a process started before it');
+  assert.ok(wb.startedAt < beforeInitialize, 'and so did the second');
+  assert.notEqual(wa.startedAt, wb.startedAt, 'two sessions, two processes');
+  if (process.getuid?.() === 0) assert.notEqual(wa.uid, wb.uid, 'each a user of its own');
+  const credential = await call<{ value: string }>(a.client, 'credential');
+  assert.equal(credential.value, STATIC_SECRET, 'written when the process was handed over');
+  // The pool refills in the background: two in use, two waiting.
+  await eventually(() => warmProcesses().length === 2 * WARM_POOL, 10_000);
+  assert.equal(warmProcesses().length, 2 * WARM_POOL);
 });
 
 test('ending a session: stdin closed, then SIGTERM to the server itself, then SIGKILL', async () => {

@@ -639,6 +639,13 @@ export const configSchema = {
             description:
               'stdio: after closing stdin, and again after SIGTERM, how long to wait before the next step (default 2000).',
           },
+          warmPool: {
+            type: 'integer',
+            minimum: 0,
+            maximum: 64,
+            description:
+              'stdio: processes started ahead of need, each handed to one new session (default 2; 0: none; not with sharing: shared).',
+          },
           sandbox: sandboxSchema,
           description: { type: 'string' },
           headers: {
@@ -724,6 +731,8 @@ export interface SandboxSettings {
 
 export const DEFAULT_STDIO_IDLE_TIMEOUT_MS = 10 * 60_000;
 export const DEFAULT_STDIO_SHUTDOWN_STEP_MS = 2_000;
+/** Warm processes per per-session stdio server: a new session rarely waits for a boot. */
+export const DEFAULT_STDIO_WARM_POOL = 2;
 /**
  * Sandbox limits when not configured. No address-space limit: a WebAssembly
  * instance reserves about 10 GiB of guard pages (undici's fetch instantiates
@@ -750,6 +759,7 @@ export interface ServerConfig {
   sharing?: 'session' | 'shared';
   idleTimeoutMs?: number;
   shutdownTimeoutMs?: number;
+  warmPool?: number;
   sandbox?: SandboxSettings;
   description?: string;
   headers?: Record<string, string>;

@@ -18,6 +18,7 @@ import type { Logger } from 'pino';
 import {
   DEFAULT_STDIO_IDLE_TIMEOUT_MS,
   DEFAULT_STDIO_SHUTDOWN_STEP_MS,
+  DEFAULT_STDIO_WARM_POOL,
   SANDBOX_DEFAULTS,
   type Config,
   type ServerConfig,
@@ -27,6 +28,7 @@ import type { Metrics } from '../telemetry/metrics.js';
 import { ChannelUpstream } from '../upstream/bridge.js';
 import type { MessageChannel } from '../upstream/channel.js';
 import { HttpUpstream } from '../upstream/http.js';
+import { WarmPool, type WarmProcess } from '../upstream/pool.js';
 import { startProblems, type StartProblem } from '../upstream/preflight.js';
 import {
   planSandbox,
@@ -38,7 +40,7 @@ import {
 } from '../upstream/sandbox.js';
 import { SseChannel } from '../upstream/sse.js';
 import { StdioChannel } from '../upstream/stdio.js';
-import type { Upstream } from '../upstream/types.js';
+import type { Upstream, UpstreamCall, UpstreamRequest } from '../upstream/types.js';
 
 /** What every stdio server gets, and nothing else from the gateway's environment. */
 const BASE_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
@@ -113,9 +115,11 @@ export function createUpstream(name: string, server: ServerConfig, deps: Upstrea
   const maxResponseBytes = config.upstreamDefaults.maxResponseBytes;
   const log = deps.log;
   const credentialName = credentialHeaderName(server);
+  const stdio =
+    server.transport === 'stdio' ? stdioOpener(name, server, credentialName, deps) : undefined;
   const open =
-    server.transport === 'stdio'
-      ? stdioOpener(name, server, credentialName, deps)
+    stdio !== undefined
+      ? stdio.open
       : async (headers: Readonly<Record<string, string>>): Promise<MessageChannel> => {
           const credential = headers[credentialName];
           const sse = await SseChannel.connect({
@@ -148,11 +152,33 @@ export function createUpstream(name: string, server: ServerConfig, deps: Upstrea
     onCrashLoop: () => deps.metrics.crashLoops.inc({ server: name }),
     onChannels: (n) => deps.metrics.upstreamProcesses.set({ server: name }, n),
   });
-  if (server.transport !== 'stdio') return upstream;
-  return Object.assign(upstream, {
-    notReady: () =>
-      stdioStartProblems(server).some((p) => p.fatal) ? `server '${name}' cannot start` : undefined,
-  });
+  if (stdio === undefined) return upstream;
+  return new StdioUpstream(upstream, server, stdio.pool);
+}
+
+/** A stdio server's upstream: the bridge, its warm processes, and whether it can start at all. */
+class StdioUpstream implements Upstream {
+  readonly name: string;
+  readonly maxResponseBytes: number;
+  constructor(
+    private readonly bridge: ChannelUpstream,
+    private readonly server: ServerConfig,
+    private readonly pool: WarmPool | undefined,
+  ) {
+    this.name = bridge.name;
+    this.maxResponseBytes = bridge.maxResponseBytes;
+  }
+  request(req: UpstreamRequest): UpstreamCall {
+    return this.bridge.request(req);
+  }
+  async close(): Promise<void> {
+    await Promise.all([this.pool?.close(), this.bridge.close()]);
+  }
+  notReady(): string | undefined {
+    return stdioStartProblems(this.server).some((p) => p.fatal)
+      ? `server '${this.name}' cannot start`
+      : undefined;
+  }
 }
 
 /** The header the credential step sets for `server` (lower case, as the request headers are). */
@@ -243,7 +269,10 @@ function stdioOpener(
   server: ServerConfig,
   credentialName: string,
   deps: UpstreamDeps,
-): (headers: Readonly<Record<string, string>>) => Promise<MessageChannel> {
+): {
+  open: (headers: Readonly<Record<string, string>>) => Promise<MessageChannel>;
+  pool: WarmPool | undefined;
+} {
   sweepStalePrivateDirs(deps.log);
   const sandbox = sandboxFor(server, deps.secrets);
   const support = sandboxSupport();
@@ -265,7 +294,105 @@ function stdioOpener(
       deps.log.error({ server: name, key: p.key }, `stdio server cannot start: ${p.message}`);
     else deps.log.warn({ server: name, key: p.key }, `stdio server: ${p.message}`);
   }
-  return async (headers) => {
+  const root = process.getuid?.() === 0;
+  // A warm process cannot know its credential yet: with a credential mode, its
+  // directory is made and bound up front, the file written when it is handed over.
+  const credentialMode = server.credential.mode !== 'none';
+  const launch = (credential: string | undefined): WarmProcess => {
+    const uid = uids.take();
+    const privateDir = mkdtempSync(path.join(os.tmpdir(), `${PRIVATE_DIR_PREFIX}${process.pid}-`));
+    const cleanUp = (): void => {
+      uids.release(uid);
+      rmSync(privateDir, { recursive: true, force: true });
+    };
+    // Others may pass through the private directory but not list it; the credential's
+    // own directory and file are the process's alone.
+    const credentialDir = path.join(privateDir, 'credential.d');
+    const credentialFile = path.join(credentialDir, 'credential');
+    const writeCredential = (value: string): void => {
+      const next = path.join(credentialDir, `.next-${process.hrtime.bigint()}`);
+      writeFileSync(next, value, { mode: 0o400 });
+      if (root) chownSync(next, uid, sandbox.gid);
+      // Renamed into place: the server never reads half a credential.
+      renameSync(next, credentialFile);
+    };
+    try {
+      const file = credentialMode || credential !== undefined ? credentialFile : undefined;
+      if (file !== undefined) {
+        mkdirSync(credentialDir, { mode: 0o700 });
+        if (root) chownSync(credentialDir, uid, sandbox.gid);
+      }
+      // Started for a session: the credential is there before the server is.
+      if (credential !== undefined) writeCredential(credential);
+      let written = credential !== undefined;
+      if (root) chownSync(privateDir, uid, sandbox.gid);
+      const spec = {
+        command: server.command as string,
+        args: server.args ?? [],
+        cwd: server.cwd,
+        env: environmentFor(server, sandboxed, privateDir),
+      };
+      const plan = sandboxed
+        ? planSandbox(spec, sandbox, uid, file)
+        : planUnsandboxed(spec, uid, sandbox.gid, file);
+      const channel: MessageChannel = new StdioChannel({
+        server: name,
+        plan,
+        maxLineBytes: deps.config.upstreamDefaults.maxResponseBytes,
+        shutdownStepMs: server.shutdownTimeoutMs ?? DEFAULT_STDIO_SHUTDOWN_STEP_MS,
+        log: deps.log,
+      });
+      channel.onClose(cleanUp);
+      return {
+        channel,
+        handOver(headers) {
+          if (file === undefined) return;
+          // The header as last seen: a renewal is a different header value.
+          let seen = headers[credentialName];
+          const first = credentialOf(seen);
+          if (!written && first !== undefined) {
+            try {
+              writeCredential(first);
+            } catch (err) {
+              void channel.close();
+              throw err;
+            }
+            written = true;
+          }
+          channel.updateCredential = (later) => {
+            const renewed = later[credentialName];
+            if (renewed === undefined || renewed === seen || channel.closed) return;
+            seen = renewed;
+            try {
+              writeCredential(credentialOf(renewed) as string);
+            } catch (err) {
+              deps.log.warn(
+                { server: name, err: (err as Error).message },
+                'could not renew a stdio server credential',
+              );
+            }
+          };
+        },
+      };
+    } catch (err) {
+      cleanUp();
+      throw err;
+    }
+  };
+  const canStart = (): boolean => !stdioStartProblems(server).some((p) => p.fatal);
+  const poolSize =
+    (server.sharing ?? 'session') === 'shared' ? 0 : (server.warmPool ?? DEFAULT_STDIO_WARM_POOL);
+  const pool =
+    poolSize === 0
+      ? undefined
+      : new WarmPool({
+          server: name,
+          size: poolSize,
+          start: () => launch(undefined),
+          canStart,
+          log: deps.log,
+        });
+  const open = async (headers: Readonly<Record<string, string>>): Promise<MessageChannel> => {
     // Checked again each time: a server fixed meanwhile starts, one broken meanwhile is
     // refused as such, and neither counts as a crash.
     const cannot = stdioStartProblems(server).find((p) => p.fatal);
@@ -279,71 +406,9 @@ function stdioOpener(
         reason: 'cannot_start',
       });
     }
-    // The header as last seen: a renewal is a different header value.
-    let seen = headers[credentialName];
-    const credential = credentialOf(seen);
-    const uid = uids.take();
-    const root = process.getuid?.() === 0;
-    const privateDir = mkdtempSync(path.join(os.tmpdir(), `${PRIVATE_DIR_PREFIX}${process.pid}-`));
-    // Others may pass through the private directory but not list it; the credential's
-    // own directory and file are the process's alone.
-    const credentialDir = path.join(privateDir, 'credential.d');
-    const credentialFile = path.join(credentialDir, 'credential');
-    const writeCredential = (value: string): void => {
-      const next = path.join(credentialDir, `.next-${process.hrtime.bigint()}`);
-      writeFileSync(next, value, { mode: 0o400 });
-      if (root) chownSync(next, uid, sandbox.gid);
-      // Renamed into place: the server never reads half a credential.
-      renameSync(next, credentialFile);
-    };
-    try {
-      if (credential !== undefined) {
-        mkdirSync(credentialDir, { mode: 0o700 });
-        if (root) chownSync(credentialDir, uid, sandbox.gid);
-        writeCredential(credential);
-      }
-      if (root) chownSync(privateDir, uid, sandbox.gid);
-      const spec = {
-        command: server.command as string,
-        args: server.args ?? [],
-        cwd: server.cwd,
-        env: environmentFor(server, sandboxed, privateDir),
-      };
-      const file = credential === undefined ? undefined : credentialFile;
-      const plan = sandboxed
-        ? planSandbox(spec, sandbox, uid, file)
-        : planUnsandboxed(spec, uid, sandbox.gid, file);
-      const channel: MessageChannel = new StdioChannel({
-        server: name,
-        plan,
-        maxLineBytes: deps.config.upstreamDefaults.maxResponseBytes,
-        shutdownStepMs: server.shutdownTimeoutMs ?? DEFAULT_STDIO_SHUTDOWN_STEP_MS,
-        log: deps.log,
-      });
-      if (credential !== undefined) {
-        channel.updateCredential = (later) => {
-          const renewed = later[credentialName];
-          if (renewed === undefined || renewed === seen || channel.closed) return;
-          seen = renewed;
-          try {
-            writeCredential(credentialOf(renewed) as string);
-          } catch (err) {
-            deps.log.warn(
-              { server: name, err: (err as Error).message },
-              'could not renew a stdio server credential',
-            );
-          }
-        };
-      }
-      channel.onClose(() => {
-        uids.release(uid);
-        rmSync(privateDir, { recursive: true, force: true });
-      });
-      return channel;
-    } catch (err) {
-      uids.release(uid);
-      rmSync(privateDir, { recursive: true, force: true });
-      throw err;
-    }
+    const started = pool?.take() ?? launch(credentialOf(headers[credentialName]));
+    started.handOver(headers);
+    return started.channel;
   };
+  return { open, pool };
 }
