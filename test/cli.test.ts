@@ -241,6 +241,29 @@ test('config check resolves a writable path given through a symlink, and says wh
   assert.match(m.stderr, /servers\.files\.sandbox\.writablePaths\[0\]: .*gone does not exist/);
 });
 
+test('config check refuses an unsandboxed server below a directory its user cannot enter, naming it and the fix', async (t) => {
+  const locked = await mkdtemp(join(tmpdir(), 'portcullis-locked-'));
+  t.after(() => rm(locked, { recursive: true, force: true }));
+  await chmod(locked, 0o700);
+  const script = join(locked, 'server.mjs');
+  await writeFile(script, '');
+  const file = await stdioConfig(t, { args: [script], sandbox: { mode: 'off' } });
+  const r = await run(t, ['config', 'check', file]);
+  if (process.getuid?.() === 0) {
+    // As root the server runs as a user of its own, and without a sandbox nothing can bind it in.
+    assert.equal(r.code, 1);
+    assert.match(
+      r.stderr,
+      new RegExp(
+        `servers\\.files\\.args\\[0\\]: ${script} is below ${locked}, which the server's own user .* cannot enter; chmod o\\+x ${locked}, install the server where others may read it, or run it sandboxed`,
+      ),
+    );
+  } else {
+    // As another user it runs as the gateway's own user, who can enter.
+    assert.equal(r.code, 0, r.stderr);
+  }
+});
+
 test('config check without a file is a usage error (exit 2)', async (t) => {
   const r = await run(t, ['config', 'check']);
   assert.equal(r.code, 2);
