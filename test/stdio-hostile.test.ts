@@ -157,6 +157,9 @@ before(async () => {
   // A writable path given through a symlinked directory, as /var/run/postgresql is (/var/run -> /run).
   symlinkSync(base, path.join(base, 'via-link'));
   const throughLink = path.join(base, 'via-link', 'writable');
+  // Given as writable, but writable by nobody but root.
+  const readOnly = path.join(base, 'read-only');
+  mkdirSync(readOnly, { mode: 0o555 });
   const configFile = path.join(base, 'portcullis.yaml');
   // JSON is YAML.
   writeFileSync(
@@ -182,6 +185,8 @@ before(async () => {
           ...hostile([]),
           sandbox: { mode: 'required', writablePaths: [throughLink] },
         },
+        readonlypath: { ...hostile([]), sandbox: { mode: 'required', writablePaths: [readOnly] } },
+        missing: { ...hostile([]), command: 'portcullis-no-such-server' },
         lockedtmp: locked(lockedInTmp),
         lockedelsewhere: locked(lockedElsewhere),
         // The sandbox's defaults, nothing configured.
@@ -311,6 +316,24 @@ test('the default sandbox runs a Node server that calls fetch: no address-space 
   assert.equal(got.wasm, 'instantiated');
   const { limits } = await call<{ limits: string }>(client, 'limits');
   assert.match(limits, /^Max address space\s+unlimited/m);
+});
+
+test('start-up says which stdio server cannot start, and which writable path its server cannot write', () => {
+  const said = (server: string, pattern: RegExp) =>
+    logs.find((l) => l.server === server && pattern.test(String(l.msg)));
+  const missing = said('missing', /^stdio server cannot start: /);
+  assert.ok(missing, 'the missing command is reported at start-up');
+  assert.equal(missing.level, 50, 'as an error');
+  assert.match(
+    String(missing.msg),
+    /command 'portcullis-no-such-server' is not found on the PATH searched \([^)]+\)/,
+  );
+  const readOnly = said('readonlypath', /is not writable by /);
+  assert.ok(
+    readOnly,
+    'the read-only writable path is reported at start-up, not at the first write',
+  );
+  assert.equal(readOnly.key, 'sandbox.writablePaths[0]');
 });
 
 test('a writable path given through a symlink is resolved: bwrap binds it, and the server writes there', async (t) => {

@@ -198,7 +198,9 @@ export function blockedAncestors(p: string, gid: number): string[] {
  * cannot search (a checkout in a 0700 `mktemp -d` or home directory): the
  * topmost such directory is covered by an empty tmpfs (what else it holds
  * stays out of sight), and the directory just below the deepest one is bound
- * back by an fd the gateway opened, so the path works as written.
+ * back, so the path works as written. bwrap run as that user cannot do it (it
+ * resolves every source path as its caller), so an outer bwrap run as root
+ * does, before the drop to the user (planSandbox).
  */
 export function reachBinds(
   paths: ReadonlyArray<string | undefined>,
