@@ -34,10 +34,12 @@ const SERVERS: Record<string, string[]> = {
   echo: [process.execPath, path.join(HERE, 'echo-stdio.mjs')],
 };
 
-type TargetId = 'portcullis' | 'portcullis-nosandbox' | 'supergateway' | 'mcp-proxy';
+type TargetId =
+  'portcullis-warm' | 'portcullis' | 'portcullis-nosandbox' | 'supergateway' | 'mcp-proxy';
 const TARGETS: Record<TargetId, string> = {
-  portcullis: 'Portcullis (sandboxed, process per session)',
-  'portcullis-nosandbox': 'Portcullis (no sandbox, process per session)',
+  'portcullis-warm': 'Portcullis (sandboxed, process per session, warm pool of 2: the default)',
+  portcullis: 'Portcullis (sandboxed, process per session, no warm pool)',
+  'portcullis-nosandbox': 'Portcullis (no sandbox, process per session, no warm pool)',
   supergateway: `supergateway ${PEERS.supergateway} (--stateful, process per session)`,
   'mcp-proxy': `mcp-proxy ${PEERS['mcp-proxy']} (one process for all sessions)`,
 };
@@ -49,8 +51,10 @@ const HELP = `Usage: npm run bench:stdio -- [options]
   --duration S      measured seconds per target and server (default 10)
   --warmup S        unmeasured seconds first (default 2)
   --starts N        sequential session starts timed per target (default 10)
+  --start-gap MS    pause between two timed session starts, as sessions arriving apart (default 500)
   --rounds N        repeat everything N times, targets interleaved; the median round is reported (default 1)
-  --out FILE        where the report goes (default bench/RESULTS-stdio.md)`;
+  --out FILE        where the report goes (default bench/RESULTS-stdio.md)
+  --note TEXT       a line about the run's conditions, in the report (e.g. other load on the machine)`;
 
 const { values: opts } = parseArgs({
   options: {
@@ -60,6 +64,8 @@ const { values: opts } = parseArgs({
     duration: { type: 'string', default: '10' },
     warmup: { type: 'string', default: '2' },
     starts: { type: 'string', default: '10' },
+    'start-gap': { type: 'string', default: '500' },
+    note: { type: 'string' },
     rounds: { type: 'string', default: '1' },
     out: { type: 'string', default: path.join(HERE, 'RESULTS-stdio.md') },
     help: { type: 'boolean', default: false },
@@ -73,6 +79,7 @@ const SESSIONS = Number(opts.sessions);
 const DURATION_MS = Number(opts.duration) * 1000;
 const WARMUP_MS = Number(opts.warmup) * 1000;
 const STARTS = Number(opts.starts);
+const START_GAP_MS = Number(opts['start-gap']);
 const ROUNDS = Math.max(1, Number(opts.rounds));
 
 const agent = new Agent({ connections: SESSIONS * 2, pipelining: 1, keepAliveTimeout: 30_000 });
@@ -242,7 +249,7 @@ async function startTarget(target: TargetId, server: string[], work: string): Pr
   const port = await freePort();
   const log = path.join(work, `${target}.log`);
   const [command, ...args] = server as [string, ...string[]];
-  if (target === 'portcullis' || target === 'portcullis-nosandbox') {
+  if (target.startsWith('portcullis')) {
     const config = path.join(work, `${target}.json`);
     writeFileSync(
       config,
@@ -257,7 +264,8 @@ async function startTarget(target: TargetId, server: string[], work: string): Pr
             transport: 'stdio',
             command,
             args,
-            sandbox: { mode: target === 'portcullis' ? 'required' : 'off' },
+            sandbox: { mode: target === 'portcullis-nosandbox' ? 'off' : 'required' },
+            ...(target === 'portcullis-warm' ? {} : { warmPool: 0 }),
           },
         },
       }),
@@ -313,6 +321,8 @@ async function measureStarts(url: string): Promise<StartResult> {
   const init: number[] = [];
   const first: number[] = [];
   for (let i = 0; i < STARTS; i++) {
+    // Untimed: sessions arrive apart (a warm pool refills meanwhile, as it would).
+    await new Promise((r) => setTimeout(r, START_GAP_MS));
     const t0 = performance.now();
     const session = await Session.open(url);
     init.push(performance.now() - t0);
@@ -464,10 +474,11 @@ function render(
     ),
     `- Date: ${new Date().toISOString()}. Machine: ${os.cpus().length} × ${cpu}, ${(os.totalmem() / 1024 ** 3).toFixed(0)} GiB, Linux ${os.release()}, Node ${process.version}.`,
     `- Load: ${SESSIONS} concurrent sessions, each calling \`tools/call echo\` in a closed loop over raw Streamable HTTP (undici), ${WARMUP_MS / 1000} s warm-up, ${DURATION_MS / 1000} s measured. The load generator shares the machine with the target.`,
-    `- Session start: ${STARTS} sessions one after another: \`initialize\`, \`notifications/initialized\`, one \`tools/call\`, DELETE.`,
+    `- Session start: ${STARTS} sessions one after another, ${START_GAP_MS} ms apart: \`initialize\`, \`notifications/initialized\`, one \`tools/call\`, DELETE.`,
     ROUNDS > 1
       ? `- Rounds: ${ROUNDS}, targets interleaved in each; each row is the round with the median calls/s (every round's figure in parentheses), the ratios are between medians.`
       : '- Rounds: 1.',
+    ...(opts.note === undefined ? [] : [`- Note: ${opts.note}`]),
     '',
   ];
   for (const server of servers) {

@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync, statSync } from 'node:fs';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
@@ -127,7 +127,12 @@ test('--version prints the package.json version', async (t) => {
 });
 
 test('config check on the example file exits 0', async (t) => {
+  // The directory its stdio server serves must exist, and be writable by the server.
+  const files = await mkdtemp(join(tmpdir(), 'portcullis-files-'));
+  t.after(() => rm(files, { recursive: true, force: true }));
+  await chmod(files, 0o777);
   const r = await run(t, ['config', 'check', 'config/portcullis.example.yaml'], {
+    FILES_ROOT: files,
     SEARCH_API_TOKEN: 'example-token',
     PORTCULLIS_ADMIN_TOKEN: 'a'.repeat(64),
     TICKETS_CLIENT_SECRET: 'example-secret',
@@ -180,6 +185,83 @@ test('config check on a bad file exits 1 and prints every problem with its path'
     '  servers.docs.url: must be an http:// or https:// URL',
     '  servers.my docs: server names must be 1-63 letters, digits, "_" or "-", starting with a letter or digit',
   ]);
+});
+
+/** A config file with one stdio server, `server` merged into it; its path. */
+async function stdioConfig(t: TestContext, server: Record<string, unknown>): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), 'portcullis-cli-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  const file = join(dir, 'stdio.yaml');
+  // JSON is YAML.
+  await writeFile(
+    file,
+    JSON.stringify({
+      auth: { mode: 'none' },
+      servers: { files: { transport: 'stdio', command: process.execPath, ...server } },
+    }),
+  );
+  return file;
+}
+
+test('config check reports a stdio command that does not exist, with the command and the PATH searched', async (t) => {
+  const file = await stdioConfig(t, { command: 'portcullis-no-such-server' });
+  const r = await run(t, ['config', 'check', file]);
+  assert.equal(r.code, 1);
+  assert.equal(r.stdout, '');
+  assert.match(
+    r.stderr,
+    /^ {2}servers\.files\.command: command 'portcullis-no-such-server' is not found on the PATH searched \([^)]*\/usr\/bin[^)]*\); install it, or give its absolute path$/m,
+  );
+});
+
+test('config check resolves a writable path given through a symlink, and says when the server cannot write it', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'portcullis-paths-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  const real = join(dir, 'real');
+  await mkdir(real, { mode: 0o755 });
+  // Not writable by the server: not by others (as root, the server's user), nor by its owner.
+  await chmod(real, 0o555);
+  const link = join(dir, 'link');
+  await symlink(dir, link);
+  const given = join(link, 'real');
+  const file = await stdioConfig(t, { sandbox: { writablePaths: [given] } });
+  const r = await run(t, ['config', 'check', file]);
+  assert.equal(r.code, 0, r.stderr);
+  const warning = new RegExp(
+    `^${file}: warning: servers\\.files\\.sandbox\\.writablePaths\\[0\\]: ${given} \\(${real}\\) is not writable by .*: its writes will fail \\(EACCES\\)`,
+    'm',
+  );
+  assert.match(r.stderr, warning);
+  if (process.getuid?.() === 0)
+    assert.match(r.stderr, /chgrp 65534 .* or set sandbox\.gid to its group \(0\)/);
+
+  const missing = await stdioConfig(t, { sandbox: { writablePaths: [join(dir, 'gone')] } });
+  const m = await run(t, ['config', 'check', missing]);
+  assert.equal(m.code, 1);
+  assert.match(m.stderr, /servers\.files\.sandbox\.writablePaths\[0\]: .*gone does not exist/);
+});
+
+test('config check refuses an unsandboxed server below a directory its user cannot enter, naming it and the fix', async (t) => {
+  const locked = await mkdtemp(join(tmpdir(), 'portcullis-locked-'));
+  t.after(() => rm(locked, { recursive: true, force: true }));
+  await chmod(locked, 0o700);
+  const script = join(locked, 'server.mjs');
+  await writeFile(script, '');
+  const file = await stdioConfig(t, { args: [script], sandbox: { mode: 'off' } });
+  const r = await run(t, ['config', 'check', file]);
+  if (process.getuid?.() === 0) {
+    // As root the server runs as a user of its own, and without a sandbox nothing can bind it in.
+    assert.equal(r.code, 1);
+    assert.match(
+      r.stderr,
+      new RegExp(
+        `servers\\.files\\.args\\[0\\]: ${script} is below ${locked}, which the server's own user .* cannot enter; chmod o\\+x ${locked}, install the server where others may read it, or run it sandboxed`,
+      ),
+    );
+  } else {
+    // As another user it runs as the gateway's own user, who can enter.
+    assert.equal(r.code, 0, r.stderr);
+  }
 });
 
 test('config check without a file is a usage error (exit 2)', async (t) => {

@@ -55,6 +55,30 @@ test('/livez and /readyz answer on the admin listener', async (t) => {
   assert.equal((await fetch(`${gateway.url}/livez`)).status, 404);
 });
 
+test('a stdio server that cannot start: /readyz is not ready, and the client is told it cannot start, not to retry', async (t) => {
+  const gateway = await startTestGateway({
+    gone: { transport: 'stdio', command: 'portcullis-no-such-server' },
+  });
+  t.after(() => gateway.close());
+  const ready = await fetch(`${gateway.adminUrl}/readyz`);
+  assert.equal(ready.status, 503);
+  assert.deepEqual(await ready.json(), { status: "server 'gone' cannot start" });
+  // Again and again: never taken for a crash loop.
+  for (let i = 0; i < 4; i++) {
+    const res = await post(gateway.urlFor('gone'), initializeBody(i));
+    assert.equal(res.status, 503);
+    const body = (await res.json()) as {
+      id: unknown;
+      error: { message: string; data: { code: string; reason: string; server: string } };
+    };
+    assert.equal(body.id, i);
+    assert.equal(body.error.data.code, 'PORTCULLIS_ERR_UPSTREAM_CANNOT_START');
+    assert.equal(body.error.data.reason, 'cannot_start');
+    assert.match(body.error.message, /cannot start/);
+    assert.doesNotMatch(body.error.message, /retry|crashing|portcullis-no-such-server|\/usr/);
+  }
+});
+
 test('an SSE event reaches the client before the upstream ends its stream', async (t) => {
   const { gateway } = await setup(t);
   const sent = Date.now();

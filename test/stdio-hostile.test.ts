@@ -17,6 +17,7 @@ import {
   readdirSync,
   readFileSync,
   rmSync,
+  symlinkSync,
   writeFileSync,
 } from 'node:fs';
 import { createServer, type Server } from 'node:net';
@@ -46,6 +47,7 @@ const MAX_LINE_BYTES = 64 * 1024;
 const MEMORY_BYTES = 3 * 1024 ** 3;
 const CPU_SECONDS = 600;
 const OPEN_FILES = 256;
+const WARM_POOL = 2;
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const CLI = path.join(ROOT, 'dist', 'cli', 'main.js');
@@ -90,6 +92,9 @@ async function startCli(
 }
 let outside: string;
 let writable: string;
+/** Directories only root may enter (0700, as `mktemp -d` makes them), one under /tmp and one not. */
+let lockedInTmp: string;
+let lockedElsewhere: string;
 let listener: Server;
 let connectionsSeen = 0;
 
@@ -117,6 +122,8 @@ before(async () => {
     command: process.execPath,
     args: [HOSTILE, ...args],
     credential: { mode: 'static', value: `Bearer ${STATIC_SECRET}` },
+    // Processes start when a session needs one (so each test sees its own start), but for `warm`.
+    warmPool: 0,
     sandbox: {
       mode: 'required',
       writablePaths: [writable],
@@ -131,6 +138,28 @@ before(async () => {
   // Readable by the server's own user, as an installed program is.
   chmodSync(inTmp, 0o755);
   copyFileSync(HOSTILE, path.join(inTmp, 'server.mjs'));
+  // A server installed where only root may walk (a clone in a `mktemp -d` directory or
+  // under /root), with a writable directory of its own there.
+  lockedInTmp = mkdtempSync('/tmp/portcullis-locked-');
+  lockedElsewhere = path.join(base, 'locked');
+  mkdirSync(lockedElsewhere, { mode: 0o700 });
+  for (const locked of [lockedInTmp, lockedElsewhere]) {
+    mkdirSync(path.join(locked, 'app', 'out'), { recursive: true });
+    chmodSync(path.join(locked, 'app', 'out'), 0o777);
+    copyFileSync(HOSTILE, path.join(locked, 'app', 'server.mjs'));
+    writeFileSync(path.join(locked, 'beside'), 'not for the server\n');
+  }
+  const locked = (dir: string) => ({
+    ...hostile([]),
+    args: [path.join(dir, 'app', 'server.mjs')],
+    sandbox: { mode: 'required', writablePaths: [path.join(dir, 'app', 'out')] },
+  });
+  // A writable path given through a symlinked directory, as /var/run/postgresql is (/var/run -> /run).
+  symlinkSync(base, path.join(base, 'via-link'));
+  const throughLink = path.join(base, 'via-link', 'writable');
+  // Given as writable, but writable by nobody but root.
+  const readOnly = path.join(base, 'read-only');
+  mkdirSync(readOnly, { mode: 0o555 });
   const configFile = path.join(base, 'portcullis.yaml');
   // JSON is YAML.
   writeFileSync(
@@ -146,10 +175,22 @@ before(async () => {
         hostile: hostile([]),
         loop: hostile(['exit-at-start']),
         ondemand: { ...hostile([]), idleTimeoutMs: 1_000 },
+        // `warm` is only a mark on its command line, for the test to find its processes.
+        warm: { ...hostile(['warm']), warmPool: WARM_POOL },
         linger: { ...hostile(['linger']), shutdownTimeoutMs: 500 },
         intmp: { ...hostile([]), args: [path.join(inTmp, 'server.mjs')] },
         slow: { ...hostile([]), timeouts: { headersMs: 500 } },
         stubborn: { ...hostile(['stubborn']), shutdownTimeoutMs: 500 },
+        throughlink: {
+          ...hostile([]),
+          sandbox: { mode: 'required', writablePaths: [throughLink] },
+        },
+        readonlypath: { ...hostile([]), sandbox: { mode: 'required', writablePaths: [readOnly] } },
+        missing: { ...hostile([]), command: 'portcullis-no-such-server' },
+        lockedtmp: locked(lockedInTmp),
+        lockedelsewhere: locked(lockedElsewhere),
+        // The sandbox's defaults, nothing configured.
+        defaults: { ...hostile([]), sandbox: { mode: 'required' } },
       },
     }),
   );
@@ -168,6 +209,7 @@ after(async () => {
   listener?.close();
   rmSync(base, { recursive: true, force: true });
   rmSync(inTmp, { recursive: true, force: true });
+  rmSync(lockedInTmp, { recursive: true, force: true });
 });
 
 async function eventually(check: () => boolean, ms = 3_000): Promise<void> {
@@ -264,6 +306,67 @@ test('it runs under the configured limits: address space, CPU time, open files, 
   assert.equal(soft('Max open files'), String(OPEN_FILES));
   assert.equal(soft('Max processes'), String(MAX_PROCESSES));
 });
+
+test('the default sandbox runs a Node server that calls fetch: no address-space limit kills WebAssembly', async (t) => {
+  const { client } = await connect('defaults');
+  t.after(() => client.close());
+  const got = await call<{ fetched: string; http: string; wasm: string }>(client, 'fetch');
+  assert.equal(got.fetched, 'fetched');
+  assert.notEqual(got.http, 'connected', 'and still no network');
+  assert.equal(got.wasm, 'instantiated');
+  const { limits } = await call<{ limits: string }>(client, 'limits');
+  assert.match(limits, /^Max address space\s+unlimited/m);
+});
+
+test('start-up says which stdio server cannot start, and which writable path its server cannot write', () => {
+  const said = (server: string, pattern: RegExp) =>
+    logs.find((l) => l.server === server && pattern.test(String(l.msg)));
+  const missing = said('missing', /^stdio server cannot start: /);
+  assert.ok(missing, 'the missing command is reported at start-up');
+  assert.equal(missing.level, 50, 'as an error');
+  assert.match(
+    String(missing.msg),
+    /command 'portcullis-no-such-server' is not found on the PATH searched \([^)]+\)/,
+  );
+  const readOnly = said('readonlypath', /is not writable by /);
+  assert.ok(
+    readOnly,
+    'the read-only writable path is reported at start-up, not at the first write',
+  );
+  assert.equal(readOnly.key, 'sandbox.writablePaths[0]');
+});
+
+test('a writable path given through a symlink is resolved: bwrap binds it, and the server writes there', async (t) => {
+  const { client } = await connect('throughlink');
+  t.after(() => client.close());
+  const got = await call<{ written: boolean }>(client, 'write', {
+    path: path.join(base, 'via-link', 'writable', 'through-link'),
+  });
+  assert.equal(got.written, true);
+  assert.ok(existsSync(path.join(writable, 'through-link')));
+});
+
+for (const [server, where] of [
+  ['lockedtmp', 'in a 0700 directory under /tmp'],
+  ['lockedelsewhere', 'in a 0700 directory outside /tmp'],
+] as const) {
+  test(`a server installed ${where} runs, as root too, and not as "keeps crashing"`, async (t) => {
+    const { client } = await connect(server);
+    t.after(() => client.close());
+    const me = await call<{ uid: number }>(client, 'whoami');
+    if (process.getuid?.() === 0) assert.ok(me.uid >= 200_000, 'as a user of its own');
+    const dir = server === 'lockedtmp' ? lockedInTmp : lockedElsewhere;
+    const out = await call<{ written: boolean }>(client, 'write', {
+      path: path.join(dir, 'app', 'out', 'written'),
+    });
+    assert.equal(out.written, true, 'its writable directory there is writable');
+    assert.ok(existsSync(path.join(dir, 'app', 'out', 'written')));
+    const beside = await call<{ written: boolean; error?: string }>(client, 'write', {
+      path: path.join(dir, 'beside'),
+    });
+    assert.equal(beside.written, false, 'the rest of the locked directory stays out of reach');
+  });
+}
 
 test('it cannot write outside its directories; /tmp is its own; a configured path is writable', async (t) => {
   const { client } = await connect();
@@ -522,6 +625,38 @@ test('a 2026-07-28 caller: its process starts on demand, serves its next calls, 
     !hostileProcesses().includes(started[0] as string),
     'closed after idleTimeoutMs unused',
   );
+});
+
+/** The `warm` server's processes on the host. */
+function warmProcesses(): string[] {
+  return hostileProcesses().filter((pid) => {
+    try {
+      return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0')[2] === 'warm';
+    } catch {
+      return false;
+    }
+  });
+}
+
+test('a new session gets a warm process, booted before its initialize, its own, with its credential', async (t) => {
+  await eventually(() => warmProcesses().length === WARM_POOL, 10_000);
+  assert.equal(warmProcesses().length, WARM_POOL, 'the pool is full before any session');
+  const beforeInitialize = Date.now();
+  const a = await connect('warm');
+  t.after(() => a.client.close());
+  const b = await connect('warm');
+  t.after(() => b.client.close());
+  const wa = await call<{ startedAt: number; uid: number }>(a.client, 'whoami');
+  const wb = await call<{ startedAt: number; uid: number }>(b.client, 'whoami');
+  assert.ok(wa.startedAt < beforeInitialize, 'the first session got a process started before it');
+  assert.ok(wb.startedAt < beforeInitialize, 'and so did the second');
+  assert.notEqual(wa.startedAt, wb.startedAt, 'two sessions, two processes');
+  if (process.getuid?.() === 0) assert.notEqual(wa.uid, wb.uid, 'each a user of its own');
+  const credential = await call<{ value: string }>(a.client, 'credential');
+  assert.equal(credential.value, STATIC_SECRET, 'written when the process was handed over');
+  // The pool refills in the background: two in use, two waiting.
+  await eventually(() => warmProcesses().length === 2 * WARM_POOL, 10_000);
+  assert.equal(warmProcesses().length, 2 * WARM_POOL);
 });
 
 test('ending a session: stdin closed, then SIGTERM to the server itself, then SIGKILL', async () => {

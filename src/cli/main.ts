@@ -9,6 +9,7 @@ import pino from 'pino';
 import { buildConfig, ConfigError, loadConfigFile, readConfigDocument } from '../config/load.js';
 import type { Config } from '../config/schema.js';
 import { startGateway, type Gateway } from '../server/gateway.js';
+import { stdioStartProblems } from '../server/upstreams.js';
 import { startEverything, type DemoUpstream } from '../demo/everything.js';
 import { SIGNING_ALGORITHMS, type SigningAlgorithm } from '../auth/keys.js';
 import {
@@ -152,6 +153,14 @@ async function configCheck(args: string[]): Promise<void> {
   if (!file || args.length > 1) fail('usage: portcullis config check FILE');
   try {
     const config = await loadConfigFile(file);
+    // The host too: a stdio server that cannot start here is a problem, one that will fail later a warning.
+    const host = Object.entries(config.servers).flatMap(([name, server]) =>
+      stdioStartProblems(server).map((p) => ({ ...p, path: `servers.${name}.${p.key}` })),
+    );
+    for (const p of host.filter((h) => !h.fatal))
+      process.stderr.write(`${file}: warning: ${p.path}: ${p.message}\n`);
+    const fatal = host.filter((h) => h.fatal);
+    if (fatal.length > 0) throw new ConfigError(file, fatal);
     process.stdout.write(`${file}: ok (${Object.keys(config.servers).length} server(s))\n`);
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;

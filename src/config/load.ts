@@ -250,6 +250,7 @@ const STDIO_KEYS = [
   'env',
   'setEnv',
   'shutdownTimeoutMs',
+  'warmPool',
   'sandbox',
 ] as const;
 const CHANNEL_KEYS = ['sharing', 'idleTimeoutMs'] as const;

@@ -136,7 +136,8 @@ const sandboxSchema = {
     memoryBytes: {
       type: 'integer',
       minimum: 1,
-      description: 'Address-space limit (default 4 GiB).',
+      description:
+        'Address-space limit (RLIMIT_AS). None by default: V8 and WebAssembly reserve far more address space than they use, and a limit kills Node servers that call fetch.',
     },
     cpuSeconds: { type: 'integer', minimum: 1, description: 'CPU time limit (default 3600).' },
     maxOpenFiles: { type: 'integer', minimum: 16, description: 'Open files (default 1024).' },
@@ -650,6 +651,13 @@ export const configSchema = {
             description:
               'stdio: after closing stdin, and again after SIGTERM, how long to wait before the next step (default 2000).',
           },
+          warmPool: {
+            type: 'integer',
+            minimum: 0,
+            maximum: 64,
+            description:
+              'stdio: processes started ahead of need, each handed to one new session (default 2; 0: none; not with sharing: shared).',
+          },
           sandbox: sandboxSchema,
           description: { type: 'string' },
           headers: {
@@ -735,11 +743,16 @@ export interface SandboxSettings {
 
 export const DEFAULT_STDIO_IDLE_TIMEOUT_MS = 10 * 60_000;
 export const DEFAULT_STDIO_SHUTDOWN_STEP_MS = 2_000;
-/** Sandbox limits when not configured: generous for Node servers (V8 reserves much address space). */
+/** Warm processes per per-session stdio server: a new session rarely waits for a boot. */
+export const DEFAULT_STDIO_WARM_POOL = 2;
+/**
+ * Sandbox limits when not configured. No address-space limit: a WebAssembly
+ * instance reserves about 10 GiB of guard pages (undici's fetch instantiates
+ * one), so any RLIMIT_AS a Node server could live with limits nothing real.
+ */
 export const SANDBOX_DEFAULTS = {
   mode: 'auto',
   network: false,
-  memoryBytes: 4 * 1024 ** 3,
   cpuSeconds: 3_600,
   maxOpenFiles: 1_024,
   maxProcesses: 256,
@@ -758,6 +771,7 @@ export interface ServerConfig {
   sharing?: 'session' | 'shared';
   idleTimeoutMs?: number;
   shutdownTimeoutMs?: number;
+  warmPool?: number;
   sandbox?: SandboxSettings;
   description?: string;
   headers?: Record<string, string>;

@@ -217,6 +217,12 @@ const SPECS = {
     rpc: JSONRPC_INTERNAL_ERROR,
     message: 'Upstream MCP server is unreachable',
   },
+  PORTCULLIS_ERR_UPSTREAM_CANNOT_START: {
+    status: 503,
+    rpc: JSONRPC_INTERNAL_ERROR,
+    message:
+      "Upstream MCP server cannot start on the gateway's host; its operator must fix it (the gateway's log and `portcullis config check` say why)",
+  },
   PORTCULLIS_ERR_UPSTREAM_TIMEOUT: {
     status: 504,
     rpc: JSONRPC_INTERNAL_ERROR,

@@ -226,6 +226,10 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
         if (config.auth.mode === 'jwt' && config.auth.revocation.failClosed && !storeTrusted()) {
           return 'store unavailable';
         }
+        for (const route of routes.values()) {
+          const why = route.upstream.notReady?.();
+          if (why !== undefined) return why;
+        }
         return undefined;
       },
       token:

@@ -18,24 +18,29 @@ import type { Logger } from 'pino';
 import {
   DEFAULT_STDIO_IDLE_TIMEOUT_MS,
   DEFAULT_STDIO_SHUTDOWN_STEP_MS,
+  DEFAULT_STDIO_WARM_POOL,
   SANDBOX_DEFAULTS,
   type Config,
   type ServerConfig,
 } from '../config/schema.js';
+import { GatewayError } from '../errors/index.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import { ChannelUpstream } from '../upstream/bridge.js';
 import type { MessageChannel } from '../upstream/channel.js';
 import { HttpUpstream } from '../upstream/http.js';
+import { WarmPool, type WarmProcess } from '../upstream/pool.js';
+import { startProblems, type StartProblem } from '../upstream/preflight.js';
 import {
   planSandbox,
   planUnsandboxed,
+  realPath,
   sandboxSupport,
   UidPool,
   type SandboxConfig,
 } from '../upstream/sandbox.js';
 import { SseChannel } from '../upstream/sse.js';
 import { StdioChannel } from '../upstream/stdio.js';
-import type { Upstream } from '../upstream/types.js';
+import type { Upstream, UpstreamCall, UpstreamRequest } from '../upstream/types.js';
 
 /** What every stdio server gets, and nothing else from the gateway's environment. */
 const BASE_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
@@ -110,9 +115,11 @@ export function createUpstream(name: string, server: ServerConfig, deps: Upstrea
   const maxResponseBytes = config.upstreamDefaults.maxResponseBytes;
   const log = deps.log;
   const credentialName = credentialHeaderName(server);
+  const stdio =
+    server.transport === 'stdio' ? stdioOpener(name, server, credentialName, deps) : undefined;
   const open =
-    server.transport === 'stdio'
-      ? stdioOpener(name, server, credentialName, deps)
+    stdio !== undefined
+      ? stdio.open
       : async (headers: Readonly<Record<string, string>>): Promise<MessageChannel> => {
           const credential = headers[credentialName];
           const sse = await SseChannel.connect({
@@ -134,7 +141,7 @@ export function createUpstream(name: string, server: ServerConfig, deps: Upstrea
           };
           return channel;
         };
-  return new ChannelUpstream({
+  const upstream = new ChannelUpstream({
     name,
     maxResponseBytes,
     sharing: server.sharing ?? 'session',
@@ -145,6 +152,33 @@ export function createUpstream(name: string, server: ServerConfig, deps: Upstrea
     onCrashLoop: () => deps.metrics.crashLoops.inc({ server: name }),
     onChannels: (n) => deps.metrics.upstreamProcesses.set({ server: name }, n),
   });
+  if (stdio === undefined) return upstream;
+  return new StdioUpstream(upstream, server, stdio.pool);
+}
+
+/** A stdio server's upstream: the bridge, its warm processes, and whether it can start at all. */
+class StdioUpstream implements Upstream {
+  readonly name: string;
+  readonly maxResponseBytes: number;
+  constructor(
+    private readonly bridge: ChannelUpstream,
+    private readonly server: ServerConfig,
+    private readonly pool: WarmPool | undefined,
+  ) {
+    this.name = bridge.name;
+    this.maxResponseBytes = bridge.maxResponseBytes;
+  }
+  request(req: UpstreamRequest): UpstreamCall {
+    return this.bridge.request(req);
+  }
+  async close(): Promise<void> {
+    await Promise.all([this.pool?.close(), this.bridge.close()]);
+  }
+  notReady(): string | undefined {
+    return stdioStartProblems(this.server).some((p) => p.fatal)
+      ? `server '${this.name}' cannot start`
+      : undefined;
+  }
 }
 
 /** The header the credential step sets for `server` (lower case, as the request headers are). */
@@ -166,9 +200,10 @@ function sandboxFor(server: ServerConfig, secrets: readonly string[]): SandboxCo
   return {
     mode: s.mode ?? SANDBOX_DEFAULTS.mode,
     network: s.network ?? SANDBOX_DEFAULTS.network,
-    writablePaths: s.writablePaths ?? [],
-    hidePaths: [...secrets, ...(s.hidePaths ?? [])],
-    memoryBytes: s.memoryBytes ?? SANDBOX_DEFAULTS.memoryBytes,
+    // Resolved: bwrap cannot mount onto a path through a symlink (/var/run -> /run).
+    writablePaths: (s.writablePaths ?? []).map(realPath),
+    hidePaths: [...secrets, ...(s.hidePaths ?? [])].map(realPath),
+    memoryBytes: s.memoryBytes,
     cpuSeconds: s.cpuSeconds ?? SANDBOX_DEFAULTS.cpuSeconds,
     maxOpenFiles: s.maxOpenFiles ?? SANDBOX_DEFAULTS.maxOpenFiles,
     maxProcesses: s.maxProcesses ?? SANDBOX_DEFAULTS.maxProcesses,
@@ -195,6 +230,35 @@ function environmentFor(
   return { ...env, ...server.setEnv };
 }
 
+/** Whether `server` runs sandboxed here: unless its sandbox is off or, in auto mode, cannot run. */
+function runsSandboxed(server: ServerConfig): boolean {
+  const mode = server.sandbox?.mode ?? SANDBOX_DEFAULTS.mode;
+  return mode !== 'off' && sandboxSupport().ok;
+}
+
+/**
+ * Why a stdio server cannot start here, or will fail later (upstream/preflight.ts);
+ * `config check` prints these and the gateway logs them at start.
+ */
+export function stdioStartProblems(server: ServerConfig): StartProblem[] {
+  if (server.transport !== 'stdio') return [];
+  const sandboxed = runsSandboxed(server);
+  return startProblems({
+    spec: {
+      command: server.command as string,
+      args: server.args ?? [],
+      cwd: server.cwd,
+      env: environmentFor(server, sandboxed, '/tmp'),
+    },
+    writablePaths: (server.sandbox?.writablePaths ?? []).map((given) => ({
+      given,
+      real: realPath(given),
+    })),
+    gid: server.sandbox?.gid ?? SANDBOX_DEFAULTS.gid,
+    sandboxed,
+  });
+}
+
 /**
  * How the bridge starts a process for `server`: sandboxed unless the sandbox
  * is off (or, in auto mode, cannot run here); with a credential, in a file
@@ -205,7 +269,10 @@ function stdioOpener(
   server: ServerConfig,
   credentialName: string,
   deps: UpstreamDeps,
-): (headers: Readonly<Record<string, string>>) => Promise<MessageChannel> {
+): {
+  open: (headers: Readonly<Record<string, string>>) => Promise<MessageChannel>;
+  pool: WarmPool | undefined;
+} {
   sweepStalePrivateDirs(deps.log);
   const sandbox = sandboxFor(server, deps.secrets);
   const support = sandboxSupport();
@@ -222,13 +289,22 @@ function stdioOpener(
       'stdio server runs WITHOUT a sandbox: bubblewrap cannot run here',
     );
   }
-  return async (headers) => {
-    // The header as last seen: a renewal is a different header value.
-    let seen = headers[credentialName];
-    const credential = credentialOf(seen);
+  for (const p of stdioStartProblems(server)) {
+    if (p.fatal)
+      deps.log.error({ server: name, key: p.key }, `stdio server cannot start: ${p.message}`);
+    else deps.log.warn({ server: name, key: p.key }, `stdio server: ${p.message}`);
+  }
+  const root = process.getuid?.() === 0;
+  // A warm process cannot know its credential yet: with a credential mode, its
+  // directory is made and bound up front, the file written when it is handed over.
+  const credentialMode = server.credential.mode !== 'none';
+  const launch = (credential: string | undefined): WarmProcess => {
     const uid = uids.take();
-    const root = process.getuid?.() === 0;
     const privateDir = mkdtempSync(path.join(os.tmpdir(), `${PRIVATE_DIR_PREFIX}${process.pid}-`));
+    const cleanUp = (): void => {
+      uids.release(uid);
+      rmSync(privateDir, { recursive: true, force: true });
+    };
     // Others may pass through the private directory but not list it; the credential's
     // own directory and file are the process's alone.
     const credentialDir = path.join(privateDir, 'credential.d');
@@ -241,11 +317,14 @@ function stdioOpener(
       renameSync(next, credentialFile);
     };
     try {
-      if (credential !== undefined) {
+      const file = credentialMode || credential !== undefined ? credentialFile : undefined;
+      if (file !== undefined) {
         mkdirSync(credentialDir, { mode: 0o700 });
         if (root) chownSync(credentialDir, uid, sandbox.gid);
-        writeCredential(credential);
       }
+      // Started for a session: the credential is there before the server is.
+      if (credential !== undefined) writeCredential(credential);
+      let written = credential !== undefined;
       if (root) chownSync(privateDir, uid, sandbox.gid);
       const spec = {
         command: server.command as string,
@@ -253,7 +332,6 @@ function stdioOpener(
         cwd: server.cwd,
         env: environmentFor(server, sandboxed, privateDir),
       };
-      const file = credential === undefined ? undefined : credentialFile;
       const plan = sandboxed
         ? planSandbox(spec, sandbox, uid, file)
         : planUnsandboxed(spec, uid, sandbox.gid, file);
@@ -264,30 +342,73 @@ function stdioOpener(
         shutdownStepMs: server.shutdownTimeoutMs ?? DEFAULT_STDIO_SHUTDOWN_STEP_MS,
         log: deps.log,
       });
-      if (credential !== undefined) {
-        channel.updateCredential = (later) => {
-          const renewed = later[credentialName];
-          if (renewed === undefined || renewed === seen || channel.closed) return;
-          seen = renewed;
-          try {
-            writeCredential(credentialOf(renewed) as string);
-          } catch (err) {
-            deps.log.warn(
-              { server: name, err: (err as Error).message },
-              'could not renew a stdio server credential',
-            );
+      channel.onClose(cleanUp);
+      return {
+        channel,
+        handOver(headers) {
+          if (file === undefined) return;
+          // The header as last seen: a renewal is a different header value.
+          let seen = headers[credentialName];
+          const first = credentialOf(seen);
+          if (!written && first !== undefined) {
+            try {
+              writeCredential(first);
+            } catch (err) {
+              void channel.close();
+              throw err;
+            }
+            written = true;
           }
-        };
-      }
-      channel.onClose(() => {
-        uids.release(uid);
-        rmSync(privateDir, { recursive: true, force: true });
-      });
-      return channel;
+          channel.updateCredential = (later) => {
+            const renewed = later[credentialName];
+            if (renewed === undefined || renewed === seen || channel.closed) return;
+            seen = renewed;
+            try {
+              writeCredential(credentialOf(renewed) as string);
+            } catch (err) {
+              deps.log.warn(
+                { server: name, err: (err as Error).message },
+                'could not renew a stdio server credential',
+              );
+            }
+          };
+        },
+      };
     } catch (err) {
-      uids.release(uid);
-      rmSync(privateDir, { recursive: true, force: true });
+      cleanUp();
       throw err;
     }
   };
+  const canStart = (): boolean => !stdioStartProblems(server).some((p) => p.fatal);
+  const poolSize =
+    (server.sharing ?? 'session') === 'shared' ? 0 : (server.warmPool ?? DEFAULT_STDIO_WARM_POOL);
+  const pool =
+    poolSize === 0
+      ? undefined
+      : new WarmPool({
+          server: name,
+          size: poolSize,
+          start: () => launch(undefined),
+          canStart,
+          log: deps.log,
+        });
+  const open = async (headers: Readonly<Record<string, string>>): Promise<MessageChannel> => {
+    // Checked again each time: a server fixed meanwhile starts, one broken meanwhile is
+    // refused as such, and neither counts as a crash.
+    const cannot = stdioStartProblems(server).find((p) => p.fatal);
+    if (cannot !== undefined) {
+      deps.log.error(
+        { server: name, key: cannot.key },
+        `stdio server cannot start: ${cannot.message}`,
+      );
+      throw new GatewayError('PORTCULLIS_ERR_UPSTREAM_CANNOT_START', undefined, {
+        server: name,
+        reason: 'cannot_start',
+      });
+    }
+    const started = pool?.take() ?? launch(credentialOf(headers[credentialName]));
+    started.handOver(headers);
+    return started.channel;
+  };
+  return { open, pool };
 }

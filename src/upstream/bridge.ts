@@ -26,7 +26,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
-import { GatewayError, type JsonRpcId } from '../errors/index.js';
+import { GatewayError, isGatewayError, type JsonRpcId } from '../errors/index.js';
 import type { JsonRpcMessage, MessageChannel } from './channel.js';
 import {
   UpstreamAbort,
@@ -527,6 +527,8 @@ export class ChannelUpstream implements Upstream {
     try {
       channel = await this.options.open(headers);
     } catch (err) {
+      // A server that cannot start is the operator's to fix: not a crash, and said so.
+      if (isGatewayError(err) && err.code === 'PORTCULLIS_ERR_UPSTREAM_CANNOT_START') throw err;
       this.noteCrash();
       throw new GatewayError(
         'PORTCULLIS_ERR_UPSTREAM_UNREACHABLE',

@@ -82,8 +82,11 @@ class RateLimit {
   }
 }
 
-/** The wrappers a sandboxed server runs under (prlimit execs bwrap, which forks its init). */
-const WRAPPERS = new Set(['bwrap', 'prlimit']);
+/**
+ * The wrappers a sandboxed server runs under (prlimit execs bwrap, which forks its init;
+ * for a server below a directory only root may enter, a bwrap and setpriv before them).
+ */
+const WRAPPERS = new Set(['bwrap', 'prlimit', 'setpriv']);
 
 /**
  * The server's own process(es) under `root`: `root` itself when it is the

@@ -33,6 +33,8 @@ export interface Upstream {
    */
   endCaller?(affinity: string): void;
   close(): Promise<void>;
+  /** Why it cannot serve now (a stdio server that cannot start), for readiness; else undefined. */
+  notReady?(): string | undefined;
 }
 
 /** How a body's producer is paused, resumed and aborted: undici's dispatch controller, or a bridge's. */
