@@ -34,7 +34,8 @@ before(async () => {
   dir = await mkdtemp(join(tmpdir(), 'portcullis-revoke-open-'));
   key = await newKey('ES256');
   gw = await startAuthGateway(
-    { tools: { transport: 'stdio', command: process.execPath, args: [HOSTILE] } },
+    // No warm pool: the process gauge then counts the callers' processes only.
+    { tools: { transport: 'stdio', command: process.execPath, args: [HOSTILE], warmPool: 0 } },
     { jwt: { jwksFile: await writeJwks(dir, key) } },
     { admin: { token: TEST_ADMIN_TOKEN } },
   );
