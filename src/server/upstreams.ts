@@ -171,6 +171,9 @@ class StdioUpstream implements Upstream {
   request(req: UpstreamRequest): UpstreamCall {
     return this.bridge.request(req);
   }
+  endCaller(affinity: string): void {
+    this.bridge.endCaller(affinity);
+  }
   async close(): Promise<void> {
     await Promise.all([this.pool?.close(), this.bridge.close()]);
   }
