@@ -356,9 +356,20 @@ async function startPortcullis(originPort: number, auth: 'none' | 'jwt'): Promis
   if (auth === 'jwt' && !existsSync(benchKeys)) {
     execFileSync(process.execPath, [main, 'keys', 'generate', '--out', benchKeys]);
   }
+  // One load generator stands for many callers: quotas set past anything it opens.
+  const quotaConfig = path.join(tmpDir, 'portcullis-quotas.json');
+  const unlimited = { sessions: 1e6, legacyConnections: 1e6, stdioProcesses: 1e6, inflight: 1e6 };
+  writeFileSync(
+    quotaConfig,
+    JSON.stringify({
+      quotas: { perPrincipal: unlimited, perTenant: unlimited, global: { inflight: 1e6 } },
+    }),
+  );
   const [cmd, args] = launch(relayCpus, process.execPath, [
     main,
     'start',
+    '--config',
+    quotaConfig,
     '--host',
     '127.0.0.1',
     '--port',

@@ -75,6 +75,22 @@ if (opts.help) {
   console.log(HELP);
   process.exit(0);
 }
+/** The bench is one caller standing for many: quotas set past anything it opens. */
+const BENCH_QUOTAS = {
+  perPrincipal: {
+    sessions: 100_000,
+    legacyConnections: 100_000,
+    stdioProcesses: 10_000,
+    inflight: 100_000,
+  },
+  perTenant: {
+    sessions: 100_000,
+    legacyConnections: 100_000,
+    stdioProcesses: 10_000,
+    inflight: 100_000,
+  },
+  global: { inflight: 100_000 },
+};
 const SESSIONS = Number(opts.sessions);
 const DURATION_MS = Number(opts.duration) * 1000;
 const WARMUP_MS = Number(opts.warmup) * 1000;
@@ -259,6 +275,8 @@ async function startTarget(target: TargetId, server: string[], work: string): Pr
         auth: { mode: 'none' },
         log: { level: 'warn' },
         sessions: { max: 10_000 },
+        // One anonymous load generator stands for many callers: quotas out of the way.
+        quotas: BENCH_QUOTAS,
         servers: {
           bench: {
             transport: 'stdio',

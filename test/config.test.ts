@@ -20,6 +20,9 @@ import {
 import {
   configSchema,
   DEFAULT_ADMIN_PORT,
+  DEFAULT_GLOBAL_INFLIGHT,
+  DEFAULT_QUOTAS_PER_PRINCIPAL,
+  DEFAULT_QUOTAS_PER_TENANT,
   DEFAULT_CLOCK_SKEW_MS,
   DEFAULT_DPOP_ALGORITHMS,
   DEFAULT_DPOP_MAX_AGE_MS,
@@ -219,6 +222,11 @@ test('defaults are filled in and the result is deeply frozen', () => {
       heartbeatIntervalMs: DEFAULT_HEARTBEAT_INTERVAL_MS,
     },
     admin: { enabled: true, host: '127.0.0.1', port: DEFAULT_ADMIN_PORT, publicMetrics: false },
+    quotas: {
+      perPrincipal: { ...DEFAULT_QUOTAS_PER_PRINCIPAL },
+      perTenant: { ...DEFAULT_QUOTAS_PER_TENANT },
+      global: { inflight: DEFAULT_GLOBAL_INFLIGHT },
+    },
     auth: {
       mode: 'jwt',
       authorizationServers: [],

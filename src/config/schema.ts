@@ -25,6 +25,25 @@ export const DEFAULT_UPSTREAM_CONNECTIONS = 0;
 export const DEFAULT_UPSTREAM_MAX_RESPONSE_BYTES = 16 * 1024 * 1024;
 export const DEFAULT_SESSION_IDLE_TIMEOUT_MS = 30 * 60_000;
 export const DEFAULT_MAX_SESSIONS = 10_000;
+/**
+ * Quotas. A principal gets a share small enough that one agent gone wrong
+ * cannot crowd out its tenant, and a tenant one that cannot crowd out the
+ * others; the global in-flight cap is further lowered to fit the process's
+ * open-file limit.
+ */
+export const DEFAULT_QUOTAS_PER_PRINCIPAL = {
+  sessions: 64,
+  legacyConnections: 16,
+  stdioProcesses: 16,
+  inflight: 128,
+} as const;
+export const DEFAULT_QUOTAS_PER_TENANT = {
+  sessions: 1_000,
+  legacyConnections: 256,
+  stdioProcesses: 64,
+  inflight: 1_024,
+} as const;
+export const DEFAULT_GLOBAL_INFLIGHT = 8_192;
 export const DEFAULT_DRAIN_TIMEOUT_MS = 10_000;
 export const DEFAULT_RETRY_HINT_MS = 1_000;
 export const DEFAULT_JWKS_TIMEOUT_MS = 3_000;
@@ -93,6 +112,31 @@ const upstreamTimeouts = {
     idleMs: ms(DEFAULT_UPSTREAM_IDLE_TIMEOUT_MS, UPSTREAM_TIMEOUT_DESCRIPTIONS.idleMs),
   },
 } as const;
+
+const QUOTA_DESCRIPTIONS = {
+  sessions: 'Legacy sessions open at once.',
+  legacyConnections: 'Legacy HTTP+SSE connections (GET /mcp/<name>/sse) open at once.',
+  stdioProcesses: 'stdio server processes started for sessions and stateless callers.',
+  inflight: 'Requests in flight at once (open streams included).',
+} as const;
+
+const quotaSet = (defaults: Readonly<Record<keyof typeof QUOTA_DESCRIPTIONS, number>>) =>
+  ({
+    type: 'object',
+    additionalProperties: false,
+    default: {},
+    properties: Object.fromEntries(
+      Object.entries(QUOTA_DESCRIPTIONS).map(([key, description]) => [
+        key,
+        {
+          type: 'integer',
+          minimum: 1,
+          default: defaults[key as keyof typeof QUOTA_DESCRIPTIONS],
+          description,
+        },
+      ]),
+    ),
+  }) as const;
 
 const override = (description: string) => ({ type: 'integer', minimum: 0, description }) as const;
 
@@ -568,6 +612,31 @@ export const configSchema = {
         max: { type: 'integer', minimum: 1, default: DEFAULT_MAX_SESSIONS },
       },
     },
+    quotas: {
+      type: 'object',
+      additionalProperties: false,
+      default: {},
+      description:
+        'What one principal, one tenant, and everyone together may hold at once; over a quota is 429 (503 for the global cap) with Retry-After.',
+      properties: {
+        perPrincipal: quotaSet(DEFAULT_QUOTAS_PER_PRINCIPAL),
+        perTenant: quotaSet(DEFAULT_QUOTAS_PER_TENANT),
+        global: {
+          type: 'object',
+          additionalProperties: false,
+          default: {},
+          properties: {
+            inflight: {
+              type: 'integer',
+              minimum: 1,
+              default: DEFAULT_GLOBAL_INFLIGHT,
+              description:
+                'Requests in flight on the whole gateway; lowered at start to what the open-file limit can carry.',
+            },
+          },
+        },
+      },
+    },
     upstreamDefaults: {
       type: 'object',
       additionalProperties: false,
@@ -844,8 +913,21 @@ export interface Config {
   store: StoreConfig;
   signing: { keysFile?: string; activeKid?: string; issuer?: string };
   sessions: { idleTimeoutMs: number; max: number };
+  quotas: {
+    perPrincipal: QuotaSet;
+    perTenant: QuotaSet;
+    global: { inflight: number };
+  };
   upstreamDefaults: { timeouts: UpstreamTimeouts; connections: number; maxResponseBytes: number };
   servers: Record<string, ServerConfig>;
   shutdown: { drainTimeoutMs: number; retryHintMs: number };
   log: { level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent' };
+}
+
+/** One set of quotas (per principal or per tenant). */
+export interface QuotaSet {
+  sessions: number;
+  legacyConnections: number;
+  stdioProcesses: number;
+  inflight: number;
 }

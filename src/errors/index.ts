@@ -197,6 +197,18 @@ const SPECS = {
     rpc: JSONRPC_INVALID_REQUEST,
     message: 'Session not found or expired; start a new session with initialize',
   },
+  PORTCULLIS_ERR_QUOTA_EXCEEDED: {
+    status: 429,
+    rpc: JSONRPC_INTERNAL_ERROR,
+    message:
+      'A quota of this tenant or principal is used up (error.data.quota names it); close sessions or streams, or retry after Retry-After seconds',
+  },
+  PORTCULLIS_ERR_QUOTA_GATEWAY_FULL: {
+    status: 503,
+    rpc: JSONRPC_INTERNAL_ERROR,
+    message:
+      'The gateway is at its capacity (error.data.quota names the cap); retry after Retry-After seconds',
+  },
   PORTCULLIS_ERR_SESSION_LIMIT: {
     status: 503,
     rpc: JSONRPC_INTERNAL_ERROR,

@@ -24,6 +24,8 @@ export interface Session {
   lastSeenAt: number;
   /** Open response streams; a session with one open is never idle. */
   streams: number;
+  /** The quota share the session holds, released when it ends. */
+  lease?: { release(): void } | undefined;
 }
 
 export interface SessionStore {
@@ -61,6 +63,11 @@ export class MemorySessionStore implements SessionStore {
     private readonly onEnd: (session: Session) => void = () => undefined,
   ) {}
 
+  private ended(session: Session): void {
+    session.lease?.release();
+    this.onEnd(session);
+  }
+
   get size(): number {
     return this.sessions.size;
   }
@@ -93,7 +100,7 @@ export class MemorySessionStore implements SessionStore {
     const now = Date.now();
     if (this.isIdle(session, now)) {
       this.sessions.delete(id);
-      this.onEnd(session);
+      this.ended(session);
       return undefined;
     }
     session.lastSeenAt = now;
@@ -104,7 +111,7 @@ export class MemorySessionStore implements SessionStore {
     const session = this.sessions.get(id);
     if (session === undefined) return undefined;
     this.sessions.delete(id);
-    this.onEnd(session);
+    this.ended(session);
     return session;
   }
 
@@ -113,7 +120,7 @@ export class MemorySessionStore implements SessionStore {
     for (const session of this.sessions.values()) {
       if (this.isIdle(session, now)) {
         this.sessions.delete(session.id);
-        this.onEnd(session);
+        this.ended(session);
         expired.push(session);
       }
     }

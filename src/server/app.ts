@@ -47,6 +47,7 @@ import type { Metrics } from '../telemetry/metrics.js';
 import { authHooks, PRM_PATH, registerMetadataRoutes, type ResourceInfo } from './auth-http.js';
 import { Exchange, relayResponse, sendError, type RelayRoute } from './relay.js';
 import type { PendingCall, StreamRegistry } from './streams.js';
+import type { Lease, Quotas } from './quotas.js';
 
 export interface Route extends RelayRoute {
   readonly upstream: Upstream;
@@ -65,6 +66,7 @@ export interface AppDeps {
   isDraining: () => boolean;
   onFrame?: FrameObserver | undefined;
   metrics: Metrics;
+  quotas: Quotas;
   /** The gateway's own signing keys, published at /.well-known/jwks.json. */
   signingKeys?: SigningKeys | undefined;
   /** auth.mode jwt: the authenticator and the metadata, known once the listener has its address. */
@@ -227,6 +229,29 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     done(null, body),
   );
 
+  /**
+   * The in-flight quota, taken once the caller is known and held until the
+   * response is over (a stream holds it while it is open).
+   */
+  const admit = (req: FastifyRequest, reply: FastifyReply, done: () => void): void => {
+    let lease: Lease;
+    try {
+      lease = deps.quotas.acquire('inflight', req.principal);
+    } catch (err) {
+      log.warn(
+        {
+          event: 'quota.refused',
+          quota: (err as GatewayError).data.quota,
+          tenant: req.principal.tenant,
+        },
+        'refused a request over a quota',
+      );
+      return sendError(reply, err as GatewayError);
+    }
+    reply.raw.once('close', () => lease.release());
+    done();
+  };
+
   app.addHook('onRequest', (req, reply, done) => {
     req.principal = ANONYMOUS;
     if (!hostAllowed(req.headers.host)) {
@@ -261,15 +286,16 @@ export function buildApp(deps: AppDeps): FastifyInstance {
       }
       req.principal = identity.principal;
       req.token = identity.token;
-      return done();
+      return admit(req, reply, done);
     }
     // Decided on the route the router matched, never on the raw URL: every
     // spelling of a path (percent-encoding, absolute-form target) reaches the
     // same route and so the same check. Unmatched paths authenticate too, so an
     // unauthenticated caller learns nothing about which routes or servers exist,
     // and costs no parsing: authentication runs before the body is read.
-    if (auth && !isPublicRoute(req)) return auth.authenticate(req, reply, done);
-    done();
+    if (isPublicRoute(req)) return done();
+    if (auth) return auth.authenticate(req, reply, () => admit(req, reply, done));
+    admit(req, reply, done);
   });
 
   app.setErrorHandler((err: Error & { code?: string; statusCode?: number }, req, reply) => {
@@ -406,6 +432,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
 
     let frames: Frame[];
     let batch: boolean;
+    let sessionLease: Lease | undefined;
     try {
       ({ frames, batch } = parseBody(
         req.body,
@@ -446,6 +473,12 @@ export function buildApp(deps: AppDeps): FastifyInstance {
       }
       if (sessions.size >= config.sessions.max)
         return fail(new GatewayError('PORTCULLIS_ERR_SESSION_LIMIT'));
+      // Taken before the upstream is asked, so a burst of initializes cannot outrun the count.
+      try {
+        sessionLease = deps.quotas.acquire('sessions', req.principal);
+      } catch (err) {
+        return fail(err as GatewayError);
+      }
     } else {
       if (sessionId === undefined) return fail(new GatewayError('PORTCULLIS_ERR_SESSION_MISSING'));
       if (!session) return fail(new GatewayError('PORTCULLIS_ERR_SESSION_UNKNOWN'));
@@ -476,6 +509,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     try {
       headers = await credentialHeaders(req, route, session, era === 'modern', sessionIdToBe);
     } catch (err) {
+      sessionLease?.release();
       return fail(err instanceof GatewayError ? err : new GatewayError('PORTCULLIS_ERR_INTERNAL'));
     }
     headers['content-type'] = 'application/json';
@@ -498,16 +532,28 @@ export function buildApp(deps: AppDeps): FastifyInstance {
           deps.onFrame,
         ),
       ),
-      { method: 'POST', headers, body: req.body, affinity: owner },
+      {
+        method: 'POST',
+        headers,
+        body: req.body,
+        affinity: owner,
+        channelLease: () => deps.quotas.acquire('stdioProcesses', req.principal),
+      },
       initialize
         ? (status, upstreamId) => {
             if (status !== 200) return undefined;
             const created = sessions.create(route.name, owner, upstreamId, sessionIdToBe);
-            if (created) log.info({ server: route.name, session: created.id }, 'session opened');
+            if (created) {
+              // Released when the session ends, however it ends.
+              created.lease = sessionLease;
+              sessionLease = undefined;
+              log.info({ server: route.name, session: created.id }, 'session opened');
+            }
             return created;
           }
         : undefined,
     );
+    sessionLease?.release();
   });
 
   app.get<{ Params: { server: string } }>('/mcp/:server', async (req, reply) => {
@@ -574,7 +620,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     }
   });
 
-  registerLegacySse({ app, tickets, streams, log, checkRoute: routeFor });
+  registerLegacySse({ app, tickets, streams, log, quotas: deps.quotas, checkRoute: routeFor });
 
   app.route({
     method: ['PUT', 'PATCH', 'OPTIONS'],

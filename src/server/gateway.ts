@@ -24,6 +24,7 @@ import { buildApp, type Route } from './app.js';
 import type { ResourceInfo } from './auth-http.js';
 import { createAuthenticator, keySource, resourceInfoFor } from './identity.js';
 import { StreamRegistry } from './streams.js';
+import { inflightCap, openFileLimit, Quotas } from './quotas.js';
 
 export interface Gateway {
   /** Base URL of the public listener, e.g. `http://127.0.0.1:8080`. */
@@ -106,6 +107,22 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
   );
   let draining = false;
   let listening = false;
+  const globalInflight = inflightCap(config.quotas.global.inflight);
+  if (globalInflight < config.quotas.global.inflight) {
+    log.warn(
+      {
+        configured: config.quotas.global.inflight,
+        cap: globalInflight,
+        openFiles: openFileLimit(),
+      },
+      'quotas.global.inflight lowered to what the open-file limit can carry',
+    );
+  }
+  const quotas = new Quotas({
+    perPrincipal: config.quotas.perPrincipal,
+    perTenant: config.quotas.perTenant,
+    globalInflight,
+  });
 
   let authenticator: Authenticator | undefined;
   let resourceInfo: ResourceInfo | undefined;
@@ -116,6 +133,7 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
     sessions,
     streams,
     isDraining: () => draining,
+    quotas,
     onFrame: options.onFrame,
     metrics,
     signingKeys,

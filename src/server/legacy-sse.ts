@@ -40,6 +40,7 @@ import { GatewayError, type JsonRpcId } from '../errors/index.js';
 import { headerValue } from '../mcp/era.js';
 import { encodeMessage, SSE_HEADERS } from '../mcp/sse.js';
 import type { ClientStream, StreamIdentity, StreamRegistry } from './streams.js';
+import type { Quotas } from './quotas.js';
 
 /** The header an in-process request carries its ticket in; never accepted from outside without one. */
 export const INTERNAL_TICKET_HEADER = 'x-portcullis-internal-ticket';
@@ -83,6 +84,7 @@ export interface LegacySseDeps {
   readonly tickets: InternalTickets;
   readonly streams: StreamRegistry;
   readonly log: Logger;
+  readonly quotas: Quotas;
   /** Throws the gateway's refusal if the caller may not use `server` (unknown server, scopes). */
   readonly checkRoute: (req: FastifyRequest<{ Params: { server: string } }>) => void;
 }
@@ -281,6 +283,7 @@ export function registerLegacySse(deps: LegacySseDeps): void {
     if (!acceptsEventStream(req.headers.accept))
       throw new GatewayError('PORTCULLIS_ERR_HTTP_NOT_ACCEPTABLE_STREAM');
     if (connections.size >= MAX_CONNECTIONS) throw new GatewayError('PORTCULLIS_ERR_SESSION_LIMIT');
+    const lease = deps.quotas.acquire('legacyConnections', req.principal);
     const id = randomBytes(24).toString('base64url');
     reply.hijack();
     const res = reply.raw;
@@ -299,7 +302,10 @@ export function registerLegacySse(deps: LegacySseDeps): void {
     const endpoint = `/mcp/${encodeURIComponent(req.params.server)}/messages?sessionId=${id}`;
     res.write(`event: endpoint\ndata: ${endpoint}\n\n`);
     log.info({ server: conn.server, connection: id }, 'legacy SSE stream opened');
-    res.once('close', () => closeConnection(conn, req));
+    res.once('close', () => {
+      lease.release();
+      closeConnection(conn, req);
+    });
   });
 
   app.post<{ Params: { server: string }; Querystring: { sessionId?: string } }>(

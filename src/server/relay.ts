@@ -119,6 +119,9 @@ export function sendError(
   ids: readonly JsonRpcId[] = [],
 ): void {
   if (reply.raw.headersSent) return;
+  if (typeof err.data.retryAfterSeconds === 'number') {
+    void reply.header('retry-after', String(err.data.retryAfterSeconds));
+  }
   void reply
     .code(err.status)
     .header('content-type', 'application/json')

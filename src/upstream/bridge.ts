@@ -323,16 +323,14 @@ export class ChannelUpstream implements Upstream {
       if (known === undefined) return sessionNotFound(messages);
       session = known;
     } else if (initialize !== undefined) {
-      session = await this.newSession(undefined, req.headers);
+      session = await this.newSession(undefined, req);
       created = true;
     } else {
       // Stateless (2026-07-28): the caller's own channel, opened on demand.
       const affinity = req.affinity ?? 'anonymous';
       const known = this.byAffinity.get(affinity);
       session =
-        known && !known.conduit.channel.closed
-          ? known
-          : await this.newSession(affinity, req.headers);
+        known && !known.conduit.channel.closed ? known : await this.newSession(affinity, req);
     }
     session.lastUsedAt = Date.now();
     // A credential minted for the session is renewed before it expires: the server gets the new one.
@@ -500,13 +498,23 @@ export class ChannelUpstream implements Upstream {
 
   private async newSession(
     affinity: string | undefined,
-    headers: Readonly<Record<string, string>>,
+    req: UpstreamRequest,
   ): Promise<BridgeSession> {
     if (this.closed) throw new GatewayError('PORTCULLIS_ERR_HTTP_SHUTTING_DOWN');
-    const conduit =
-      this.options.sharing === 'shared'
-        ? await this.sharedConduit(headers)
-        : await this.openConduit(headers);
+    let conduit: Conduit;
+    if (this.options.sharing === 'shared') {
+      conduit = await this.sharedConduit(req.headers);
+    } else {
+      // A channel of its own is a process (or a connection) of its own: the caller's quota.
+      const lease = req.channelLease?.();
+      try {
+        conduit = await this.openConduit(req.headers);
+      } catch (err) {
+        lease?.release();
+        throw err;
+      }
+      if (lease) conduit.channel.onClose(() => lease.release());
+    }
     const session = new BridgeSession(randomBytes(16).toString('hex'), conduit, affinity);
     this.sessions.set(session.id, session);
     if (affinity !== undefined) this.byAffinity.set(affinity, session);

@@ -19,6 +19,11 @@ export interface UpstreamRequest {
    * caller outside a session (a stdio process in the stateless era) key it by this.
    */
   affinity?: string;
+  /**
+   * Takes the caller's share of upstream channels (stdio processes) before
+   * an upstream opens one for it; throws the refusal when none is left.
+   */
+  channelLease?: () => { release(): void };
 }
 
 /** One upstream, as the relay uses it. */
