@@ -119,7 +119,9 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
     );
   }
   const quotas = new Quotas({
-    perPrincipal: config.quotas.perPrincipal,
+    // Without authentication every caller is the one anonymous principal: its
+    // quota would be the whole tenant's, so the tenant's is the one that applies.
+    perPrincipal: config.auth.mode === 'none' ? undefined : config.quotas.perPrincipal,
     perTenant: config.quotas.perTenant,
     globalInflight,
   });

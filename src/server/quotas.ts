@@ -16,7 +16,8 @@ import { compositeKey, type Principal } from '../auth/principal.js';
 export type QuotaResource = 'sessions' | 'legacyConnections' | 'stdioProcesses' | 'inflight';
 
 export interface QuotaLimits {
-  readonly perPrincipal: Readonly<Record<QuotaResource, number>>;
+  /** Undefined where every caller is the same principal (auth.mode none): the tenant's apply. */
+  readonly perPrincipal: Readonly<Record<QuotaResource, number>> | undefined;
   readonly perTenant: Readonly<Record<QuotaResource, number>>;
   /** Requests in flight on the whole gateway. */
   readonly globalInflight: number;
@@ -84,7 +85,7 @@ export class Quotas {
     const tenantKey = compositeKey(resource, principal.tenant);
     const principalKey = compositeKey(resource, principal.tenant, principal.subject);
     const tenantLimit = this.limits.perTenant[resource];
-    const principalLimit = this.limits.perPrincipal[resource];
+    const principalLimit = this.limits.perPrincipal?.[resource] ?? Infinity;
     if ((this.counts.get(tenantKey) ?? 0) >= tenantLimit) {
       throw refusal('PORTCULLIS_ERR_QUOTA_EXCEEDED', `perTenant.${resource}`, tenantLimit);
     }
