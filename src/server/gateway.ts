@@ -182,6 +182,12 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
         if (config.auth.mode === 'jwt' && config.auth.revocation.failClosed && !storeTrusted()) {
           return 'store unavailable';
         }
+        // Until the issuer's keys were fetched once, every token is refused: not in rotation
+        // yet. Out of rotation no token asks for them, so the probe itself retries the fetch.
+        if (keys !== undefined && !keys.ready) {
+          keys.retry();
+          return 'issuer keys (JWKS) not fetched yet';
+        }
         return undefined;
       },
       token:
