@@ -23,6 +23,7 @@ import { buildApp, type Route } from './app.js';
 import type { ResourceInfo } from './auth-http.js';
 import { createAuthenticator, keySource, resourceInfoFor } from './identity.js';
 import { StreamRegistry } from './streams.js';
+import { trackIdleSockets } from './idle-sockets.js';
 
 export interface Gateway {
   /** Base URL of the public listener, e.g. `http://127.0.0.1:8080`. */
@@ -146,6 +147,7 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
   );
   sweeper.unref();
 
+  const idleSockets = trackIdleSockets(app.server, Boolean(config.listen.tls));
   await app.listen({ host: config.listen.host, port: config.listen.port });
   listening = true;
   const url = baseUrl(app, Boolean(config.listen.tls));
@@ -214,6 +216,7 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
         'draining',
       );
       const closed = app.close();
+      idleSockets.closeIdle();
       await streams.drain(config.shutdown.drainTimeoutMs);
       const hardStop = setTimeout(
         () => app.server.closeAllConnections(),
