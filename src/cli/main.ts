@@ -55,7 +55,8 @@ Options:
   --audience AUD         an "aud" accepted besides the gateway's own resource; repeatable
   --tenant-claim NAME    the claim naming the tenant (default: tenant)
   --demo                 also start a demo upstream (server-everything) as server "everything";
-                         without --issuer, trust a dev key kept in .portcullis/ and print a token
+                         without --issuer, trust a dev key kept in .portcullis/ and print a token;
+                         both stop when the process that started them (npm, a shell) is gone
   --log-level LEVEL      fatal | error | warn | info | debug | trace | silent
 
 Signals: SIGTERM or SIGINT drains (stops accepting, lets calls finish, closes
