@@ -584,7 +584,11 @@ async function start(args: string[]): Promise<void> {
     gateway = await startGateway(config, { log });
   } catch (err) {
     await demo?.stop();
-    fail(`cannot start: ${portInUse(err, config) ?? (err as Error).message}`, 1);
+    const message = portInUse(err, config) ?? (err as Error).message;
+    // The issuer's keys from a file named by --jwks: say which flag named it.
+    const fromFlag =
+      values.config === undefined && values.jwks !== undefined && message.includes(values.jwks);
+    fail(`cannot start: ${fromFlag ? '--jwks: ' : ''}${message}`, 1);
   }
   if (demo) log.info({ pid: demo.child.pid, url: demo.url }, 'demo upstream running');
   let dev: DevToken | undefined;
