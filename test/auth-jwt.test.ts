@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { after, before, test } from 'node:test';
+import { after, before, test, type TestContext } from 'node:test';
 import { SignJWT } from 'jose';
 import { startFaultUpstream, type FaultUpstream } from './fixtures/fault-upstream.js';
 import { startAuthGateway, type AuthGateway } from './helpers/auth-gateway.js';
@@ -497,7 +497,8 @@ test('JWKS from a URL: fetched once, no fetch on a cache hit, and an outage keep
   assert.equal((await call(remote.urlFor('docs'), await mint(next, remote.url))).status, 200);
 });
 
-test("JWKS down from the start: 503 (not the client's fault), then fine once it answers", async (t) => {
+/** A gateway whose issuer's JWKS endpoint answers 503 from the start (until `server.mode` changes). */
+async function gatewayWithJwksDown(t: TestContext) {
   const server = await startJwksServer(jwks(es256));
   server.mode = 'down';
   t.after(() => server.close());
@@ -508,6 +509,11 @@ test("JWKS down from the start: 503 (not the client's fault), then fine once it 
     },
   );
   t.after(() => remote.close());
+  return { server, remote };
+}
+
+test("JWKS down from the start: 503 (not the client's fault), then fine once it answers", async (t) => {
+  const { server, remote } = await gatewayWithJwksDown(t);
   const token = await mint(es256, remote.url);
   const res = await call(remote.urlFor('docs'), token);
   assert.equal(res.status, 503);
@@ -517,6 +523,25 @@ test("JWKS down from the start: 503 (not the client's fault), then fine once it 
   );
   server.mode = 'ok';
   assert.equal((await call(remote.urlFor('docs'), token)).status, 200);
+});
+
+test('/readyz is not ready while the JWKS was never fetched, and ready once a probe finds it', async (t) => {
+  const { server, remote } = await gatewayWithJwksDown(t);
+  const ready = () => fetch(`${remote.adminUrl}/readyz`);
+  const down = await ready();
+  assert.equal(down.status, 503);
+  assert.deepEqual(await down.json(), { status: 'issuer keys (JWKS) not fetched yet' });
+  // No token reaches a replica out of rotation: the probe's own retry loads the keys.
+  server.mode = 'ok';
+  const fetchesBefore = server.fetches;
+  await (await ready()).body?.cancel();
+  assert.ok(server.fetches > fetchesBefore, 'the probe retried the fetch');
+  const deadline = Date.now() + 5_000;
+  while (!remote.logs.some((l) => l.msg === 'JWKS fetched') && Date.now() < deadline)
+    await new Promise((r) => setImmediate(r));
+  const up = await ready();
+  assert.equal(up.status, 200, JSON.stringify(await up.clone().json()));
+  assert.deepEqual(await up.json(), { status: 'ready' });
 });
 
 test('HMAC tokens verify only with a configured secret, beside the asymmetric keys', async (t) => {

@@ -3,6 +3,8 @@
  * on quiet streams, timeouts that never cut a live stream, and the drain.
  */
 import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import { connect } from 'node:net';
 import { test, type TestContext } from 'node:test';
 import { startFaultUpstream } from './fixtures/fault-upstream.js';
 import { startTestGateway } from './helpers/gateway.js';
@@ -202,4 +204,29 @@ test('backpressure: a client that stops reading stops the upstream too', async (
   );
   assert.ok(second < 64 * 1024 * 1024, `the gateway buffered ${second} bytes`);
   controller.abort();
+});
+
+test('drain: a connection that never sent a request, or is idle after its answer, does not hold the shutdown', async (t) => {
+  const { gateway, close } = await setup(t, { shutdown: { drainTimeoutMs: 10_000 } });
+  const { port } = new URL(gateway.url);
+  // What an HTTP client's pool does: it connects ahead of a request it then never sends.
+  const silent = connect(Number(port), '127.0.0.1');
+  await once(silent, 'connect');
+  const silentClosed = once(silent, 'close');
+  // A keep-alive connection that got its answer and stays open.
+  const kept = connect(Number(port), '127.0.0.1');
+  await once(kept, 'connect');
+  kept.write(`GET /mcp/nope HTTP/1.1\r\nhost: 127.0.0.1:${port}\r\n\r\n`);
+  await once(kept, 'data');
+  const keptClosed = once(kept, 'close');
+  t.after(() => {
+    silent.destroy();
+    kept.destroy();
+  });
+
+  const started = Date.now();
+  await close();
+  const took = Date.now() - started;
+  assert.ok(took < 2_000, `closed in ${took} ms, not after the 10 s hard stop`);
+  await Promise.all([silentClosed, keptClosed]);
 });

@@ -4,13 +4,13 @@
  * POSTs there), used by the official SDK's Streamable HTTP client and its
  * legacy SSE client.
  */
-import { before, after, describe, test } from 'node:test';
+import { before, after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { everythingFeatures } from './helpers/everything-features.js';
+import { everythingFeaturesPerClient } from './helpers/everything-features.js';
 import { startEverything } from './helpers/everything.js';
-import { startTestGateway, type SeenFrame, type TestGateway } from './helpers/gateway.js';
+import { startTestGateway, type TestGateway } from './helpers/gateway.js';
 import { initializeBody, post, type RpcError } from './helpers/requests.js';
 
 let upstream: Awaited<ReturnType<typeof startEverything>>;
@@ -23,7 +23,6 @@ let misdirecting: Server | undefined;
 let elsewhere: Server | undefined;
 let reachedElsewhere = 0;
 let gateway: TestGateway;
-const frames: SeenFrame[] = [];
 
 before(async () => {
   upstream = await startEverything(undefined, 'sse');
@@ -38,19 +37,15 @@ before(async () => {
     res.write(`event: endpoint\ndata: ${target}\n\n`);
   });
   await new Promise<void>((resolve) => misdirecting?.listen(0, '127.0.0.1', resolve));
-  gateway = await startTestGateway(
-    {
-      everything: { transport: 'sse', url: upstream.url },
-      // Nothing listens on port 1.
-      down: { transport: 'sse', url: 'http://127.0.0.1:1/sse' },
-      misdirecting: {
-        transport: 'sse',
-        url: `http://127.0.0.1:${(misdirecting.address() as AddressInfo).port}/sse`,
-      },
+  gateway = await startTestGateway({
+    everything: { transport: 'sse', url: upstream.url },
+    // Nothing listens on port 1.
+    down: { transport: 'sse', url: 'http://127.0.0.1:1/sse' },
+    misdirecting: {
+      transport: 'sse',
+      url: `http://127.0.0.1:${(misdirecting.address() as AddressInfo).port}/sse`,
     },
-    {},
-    frames,
-  );
+  });
 });
 after(async () => {
   await gateway?.close();
@@ -81,8 +76,6 @@ test('an endpoint event pointing at another origin is refused: nothing is sent t
   assert.equal(reachedElsewhere, 0);
 });
 
-for (const client of ['streamable-http', 'legacy-sse'] as const) {
-  describe(`server-everything over legacy HTTP+SSE, ${client} client`, () => {
-    everythingFeatures({ gateway: () => gateway, server: 'everything', client, frames });
-  });
-}
+everythingFeaturesPerClient('server-everything over legacy HTTP+SSE', 'everything', (frames) =>
+  startTestGateway({ everything: { transport: 'sse', url: upstream.url } }, {}, frames),
+);

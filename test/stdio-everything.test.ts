@@ -3,15 +3,15 @@
  * run by the bridge in its bubblewrap sandbox, one process per session, used
  * by the official SDK's Streamable HTTP client and its legacy SSE client.
  */
-import { before, after, describe, test } from 'node:test';
+import { before, after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readdirSync, readFileSync } from 'node:fs';
-import { everythingFeatures, connect, sessionOf } from './helpers/everything-features.js';
+import { everythingFeaturesPerClient, connect, sessionOf } from './helpers/everything-features.js';
 import { EVERYTHING_ENTRY, everythingStdio } from './helpers/everything.js';
-import { startTestGateway, type SeenFrame, type TestGateway } from './helpers/gateway.js';
+import { SeenFrames, startTestGateway, type TestGateway } from './helpers/gateway.js';
 
 let gateway: TestGateway;
-const frames: SeenFrame[] = [];
+const frames = new SeenFrames();
 
 before(async () => {
   gateway = await startTestGateway(
@@ -27,11 +27,13 @@ after(async () => {
   await gateway?.close();
 });
 
-for (const client of ['streamable-http', 'legacy-sse'] as const) {
-  describe(`server-everything over stdio, ${client} client`, () => {
-    everythingFeatures({ gateway: () => gateway, server: 'everything', client, frames });
-  });
-}
+everythingFeaturesPerClient('server-everything over stdio', 'everything', (runFrames) =>
+  startTestGateway(
+    { everything: everythingStdio({ sandbox: { mode: 'required' } }) },
+    {},
+    runFrames,
+  ),
+);
 
 /** server-everything stdio processes running now (sandboxed: the command line shows through bwrap's). */
 function everythingProcesses(): Set<string> {

@@ -33,6 +33,8 @@ type KeyLookup = (header: JWSHeaderParameters, token: FlattenedJWSInput) => Prom
 export interface KeySource {
   /** True once a key set is loaded. */
   readonly ready: boolean;
+  /** Not ready yet: try loading again now, unless a fetch was tried within the cooldown. */
+  retry(): void;
   lookup: KeyLookup;
   close(): void;
 }
@@ -84,6 +86,10 @@ export class RemoteJwks implements KeySource {
 
   get ready(): boolean {
     return this.keys !== undefined;
+  }
+
+  retry(): void {
+    if (this.keys === undefined && !this.coolingDown()) void this.refresh();
   }
 
   /** The first fetch; resolves whether or not it worked (verification then retries on demand). */
@@ -189,6 +195,8 @@ export class FileJwks implements KeySource {
   get ready(): boolean {
     return true;
   }
+
+  retry(): void {}
 
   readonly lookup: KeyLookup = (header, token) =>
     this.keys(this.ignoreKid ? { ...header, kid: undefined } : header, token);

@@ -6,8 +6,14 @@
 import { parseArgs } from 'node:util';
 import { readFileSync } from 'node:fs';
 import pino from 'pino';
-import { buildConfig, ConfigError, loadConfigFile, readConfigDocument } from '../config/load.js';
-import type { Config } from '../config/schema.js';
+import {
+  buildConfig,
+  ConfigError,
+  loadConfigFile,
+  readConfigDocument,
+  type ConfigProblem,
+} from '../config/load.js';
+import { DEFAULT_MAX_TOKEN_LIFETIME_MS, type Config } from '../config/schema.js';
 import { startGateway, type Gateway } from '../server/gateway.js';
 import { stdioStartProblems } from '../server/upstreams.js';
 import { startEverything, type DemoUpstream } from '../demo/everything.js';
@@ -30,17 +36,11 @@ const VERSION = (
   }
 ).version;
 
-const HELP = `portcullis ${VERSION} — a security gateway for the Model Context Protocol
+/** Each command's own usage, printed by `portcullis COMMAND --help` and, together, by `--help`. */
+const COMMAND_HELP = {
+  start: `Usage: portcullis start [options]     run the gateway
 
-Usage:
-  portcullis start [options]           run the gateway
-  portcullis config check FILE         validate a configuration file, print every error
-  portcullis keys generate [options]   create a signing key (private JWKS + public .pub.json)
-  portcullis token mint [options]      print a short-lived access token signed with a local key
-  portcullis revoke [options]          revoke a token, a subject or a session on a running gateway
-  portcullis --help | --version
-
-Options for start:
+Options:
   --config FILE          YAML configuration (see docs/configuration.md)
   --host H               listen address (default 127.0.0.1)
   --port P               listen port (default 8080; 0 picks a free one)
@@ -56,27 +56,43 @@ Options for start:
   --audience AUD         an "aud" accepted besides the gateway's own resource; repeatable
   --tenant-claim NAME    the claim naming the tenant (default: tenant)
   --demo                 also start a demo upstream (server-everything) as server "everything";
-                         without --issuer, trust a dev key kept in .portcullis/ and print a token
+                         without --issuer, trust a dev key kept in .portcullis/ and print a token;
+                         both stop when the process that started them (npm, a shell) is gone
   --log-level LEVEL      fatal | error | warn | info | debug | trace | silent
 
-Options for keys generate:
+Signals: SIGTERM or SIGINT drains (stops accepting, lets calls finish, closes
+streams with a retry hint) and exits; a second signal exits at once.
+`,
+  'config check': `Usage: portcullis config check FILE  validate a configuration file, print every error
+
+Exit status: 0 valid, 1 invalid (each problem printed with its key), 2 usage error.
+`,
+  'keys generate': `Usage: portcullis keys generate [options]  create a signing key (private JWKS + public .pub.json)
+
+Options:
   --alg ES256|EdDSA      key type (default ES256)
   --kid KID              key id (default: derived from the type and date)
   --out FILE             write the private JWKS here (mode 600) and FILE.pub.json beside it;
                          without --out the private JWKS goes to stdout
   --add                  add the key to an existing FILE instead of refusing
+`,
+  'token mint': `Usage: portcullis token mint [options]  print a short-lived access token signed with a local key
 
-Options for token mint (defaults fit start --demo):
+Options (defaults fit start --demo):
   --keys FILE            private JWKS to sign with (default ${DEV_KEYS_FILE})
   --sub S                subject (default ${DEV_SUBJECT})
   --tenant T             tenant claim (default ${DEV_TENANT})
   --scope "A B"          space-separated scopes (default none)
-  --ttl D                lifetime: 90s, 10m, 1h (default 15m, the gateway's default maximum)
+  --ttl D                lifetime: 90s, 10m, 1h (default and most: ${DEFAULT_MAX_TOKEN_LIFETIME_MS / 60_000}m, the gateway's
+                         default maximum; a longer one is refused)
+  --config FILE          the gateway's configuration: its auth.jwt.maxLifetimeMs bounds --ttl
   --aud AUD              audience: the gateway's resource or a server's (default ${DEV_AUDIENCE})
   --iss ISS              issuer (default ${DEV_ISSUER})
   --client ID            client_id claim (default portcullis-cli)
+`,
+  revoke: `Usage: portcullis revoke [options]    revoke a token, a subject or a session on a running gateway
 
-Options for revoke (through the admin API of a running gateway):
+Options (through the admin API of a running gateway):
   --jti ID | --sub S --tenant T | --session ID
                          what to revoke: one token, every token of a subject, one session
   --ttl D                how long it stays revoked (default: the longest a token lives)
@@ -84,7 +100,23 @@ Options for revoke (through the admin API of a running gateway):
   --list                 print the live revocations instead
   --admin-url URL        the admin listener (default http://127.0.0.1:9090)
   --admin-token-file F   its credential; default: the PORTCULLIS_ADMIN_TOKEN variable
+`,
+} as const;
 
+type CommandName = keyof typeof COMMAND_HELP;
+
+const HELP = `portcullis ${VERSION} — a security gateway for the Model Context Protocol
+
+Usage:
+  portcullis start [options]           run the gateway
+  portcullis config check FILE         validate a configuration file, print every error
+  portcullis keys generate [options]   create a signing key (private JWKS + public .pub.json)
+  portcullis token mint [options]      print a short-lived access token signed with a local key
+  portcullis revoke [options]          revoke a token, a subject or a session on a running gateway
+  portcullis COMMAND --help            that command's options
+  portcullis --help | --version
+
+${Object.values(COMMAND_HELP).join('\n')}
 Examples:
   portcullis start --demo
   portcullis start --server docs=http://127.0.0.1:3001/mcp --auth none
@@ -92,9 +124,6 @@ Examples:
   portcullis start --server docs=http://127.0.0.1:3001/mcp \
     --issuer https://login.example.com --jwks https://login.example.com/jwks
   portcullis config check config/portcullis.example.yaml
-
-Signals: SIGTERM or SIGINT drains (stops accepting, lets calls finish, closes
-streams with a retry hint) and exits; a second signal exits at once.
 `;
 
 function fail(message: string, code = 2): never {
@@ -170,12 +199,26 @@ async function configCheck(args: string[]): Promise<void> {
   }
 }
 
+/** How often a demo gateway checks that the process that started it still runs. */
+const PARENT_CHECK_INTERVAL_MS = 500;
+
 /** With the dev identity: a token for the person at the terminal, and how it was made. */
 interface DevToken {
   readonly token: string;
   readonly ttlS: number;
   readonly keysFile: string;
   readonly created: boolean;
+  /** The listener's resource: a token for any other audience is refused. */
+  readonly audience: string;
+  readonly scope: string;
+}
+
+/** The command that mints another token like the banner's (same audience, scopes and key). */
+function mintHint(dev: DevToken): string {
+  const words = ['npx portcullis token mint', '--aud', dev.audience];
+  if (dev.scope !== '') words.push('--scope', `"${dev.scope}"`);
+  if (dev.keysFile !== DEV_KEYS_FILE) words.push('--keys', dev.keysFile);
+  return words.join(' ');
 }
 
 function authLines(config: Config, dev: DevToken | undefined): string[] {
@@ -190,8 +233,9 @@ function authLines(config: Config, dev: DevToken | undefined): string[] {
   return [
     `Authentication: jwt — tokens from the dev issuer "${DEV_ISSUER}", signed with the key in`,
     `  ${dev.keysFile}${dev.created ? ' (just created)' : ''}; keep it private, it is for development only.`,
-    `A token for you, valid ${Math.round(dev.ttlS / 60)} minutes (a new one: npx portcullis token mint):`,
+    `A token for you, valid ${Math.round(dev.ttlS / 60)} minutes:`,
     `  ${dev.token}`,
+    `A new one: ${mintHint(dev)}`,
   ];
 }
 
@@ -280,12 +324,34 @@ async function tokenMint(args: string[]): Promise<void> {
       aud: { type: 'string', default: DEV_AUDIENCE },
       iss: { type: 'string', default: DEV_ISSUER },
       client: { type: 'string' },
+      config: { type: 'string' },
     },
     strict: true,
   });
   const ttlS = parseDuration(values.ttl);
   if (ttlS === undefined || ttlS < 1)
     fail(`--ttl expects a duration like 90s, 10m or 1h, got '${values.ttl}'`);
+  // A token the gateway would refuse as living too long is no use to anyone: say so now.
+  let maxLifetimeMs = DEFAULT_MAX_TOKEN_LIFETIME_MS;
+  if (values.config !== undefined) {
+    try {
+      maxLifetimeMs = (await loadConfigFile(values.config)).auth.jwt.maxLifetimeMs;
+    } catch (err) {
+      if (!(err instanceof ConfigError)) throw err;
+      fail(`--config: ${err.message}`);
+    }
+  }
+  if (ttlS * 1000 > maxLifetimeMs) {
+    const where =
+      values.config === undefined
+        ? "the gateway's default auth.jwt.maxLifetimeMs"
+        : `auth.jwt.maxLifetimeMs in ${values.config}`;
+    fail(
+      `--ttl ${values.ttl} is longer than the ${maxLifetimeMs / 1000} s a token may live ` +
+        `(${where}); the gateway would refuse it. Give a shorter --ttl` +
+        (values.config === undefined ? ', or --config FILE for a gateway allowing longer' : ''),
+    );
+  }
   try {
     const token = await mintToken({
       keysFile: values.keys,
@@ -363,6 +429,56 @@ async function revoke(args: string[]): Promise<void> {
   const text = await res.text();
   if (!res.ok) fail(`the admin API answered ${res.status}: ${text}`, 1);
   process.stdout.write(`${text}\n`);
+}
+
+/** The configuration keys `start` sets from flags, and the flag that sets each. */
+const FLAG_OF_KEY: ReadonlyArray<readonly [key: string, flag: string]> = [
+  ['listen.host', '--host'],
+  ['listen.port', '--port'],
+  ['admin.port', '--admin-port'],
+  ['log.level', '--log-level'],
+  ['auth.mode', '--auth'],
+  ['auth.jwt.jwksUrl', '--jwks'],
+  ['auth.jwt.jwksFile', '--jwks'],
+  ['auth.jwt.issuer', '--issuer'],
+  ['auth.jwt.audiences', '--audience'],
+  ['auth.jwt.tenantClaim', '--tenant-claim'],
+];
+
+/**
+ * A problem of a run with flags only, told in the flags the user typed: the
+ * key a flag set is named by that flag; a key no flag sets says a file is needed.
+ */
+function inFlagTerms(problem: ConfigProblem): string {
+  let message = problem.message;
+  for (const [key, flag] of FLAG_OF_KEY) message = message.split(key).join(flag);
+  const server = /^servers\.([^.]+)(?:\.(.+))?$/.exec(problem.path);
+  if (server) {
+    return `--server ${server[1]}${server[2] === undefined ? '' : ` (${server[2]})`}: ${message}`;
+  }
+  const hit = FLAG_OF_KEY.find(
+    ([key]) => problem.path === key || problem.path.startsWith(`${key}.`),
+  );
+  if (hit) return `${hit[1]}: ${message}`;
+  return `${problem.path} (no flag sets it; use --config FILE): ${message}`;
+}
+
+/** A listener's port taken: which one, and the flag and key that move it. */
+function portInUse(err: unknown, config: Config): string | undefined {
+  const e = err as NodeJS.ErrnoException & { port?: number };
+  if (e?.code !== 'EADDRINUSE') return undefined;
+  const publicPort = e.port === config.listen.port;
+  const adminPort = config.admin.enabled && e.port === config.admin.port;
+  if (publicPort && adminPort) {
+    return `listen.port and admin.port are both ${e.port}; give each its own (--port, --admin-port)`;
+  }
+  const [what, flag, key] = adminPort
+    ? ['the admin listener', '--admin-port', 'admin.port']
+    : ['the listener', '--port', 'listen.port'];
+  return (
+    `${what}'s port ${e.port ?? '?'} is in use by another program; ` +
+    `choose another with ${flag} P (0 picks a free one) or ${key} in the configuration file`
+  );
 }
 
 async function start(args: string[]): Promise<void> {
@@ -461,7 +577,11 @@ async function start(args: string[]): Promise<void> {
   } catch (err) {
     await demo?.stop();
     if (err instanceof ConfigError) {
-      process.stderr.write(`${err.message}\n`);
+      process.stderr.write(
+        values.config === undefined
+          ? `Invalid command line:\n${err.problems.map((p) => `  ${inFlagTerms(p)}`).join('\n')}\n`
+          : `${err.message}\n`,
+      );
       process.exit(2);
     }
     throw err;
@@ -473,31 +593,39 @@ async function start(args: string[]): Promise<void> {
     gateway = await startGateway(config, { log });
   } catch (err) {
     await demo?.stop();
-    fail(`cannot start: ${(err as Error).message}`, 1);
+    const message = portInUse(err, config) ?? (err as Error).message;
+    // The issuer's keys from a file named by --jwks: say which flag named it.
+    const fromFlag =
+      values.config === undefined && values.jwks !== undefined && message.includes(values.jwks);
+    fail(`cannot start: ${fromFlag ? '--jwks: ' : ''}${message}`, 1);
   }
   if (demo) log.info({ pid: demo.child.pid, url: demo.url }, 'demo upstream running');
   let dev: DevToken | undefined;
   if (devKeys !== undefined) {
     const ttlS = Math.floor(config.auth.jwt.maxLifetimeMs / 1000);
+    const audience = config.auth.resource ?? gateway.url;
+    const scope = config.auth.requiredScopes.join(' ');
     dev = {
       token: await mintToken({
         keysFile: devKeys.keysFile,
         issuer: DEV_ISSUER,
-        audience: config.auth.resource ?? gateway.url,
+        audience,
         subject: DEV_SUBJECT,
         tenant: DEV_TENANT,
-        scope: config.auth.requiredScopes.join(' '),
+        scope,
         ttlS,
       }),
       ttlS,
       keysFile: devKeys.keysFile,
       created: devKeys.created,
+      audience,
+      scope,
     };
   }
   process.stderr.write(banner(gateway, config, demo, dev));
 
   let signals = 0;
-  const stop = (signal: NodeJS.Signals) => {
+  const stop = (signal: NodeJS.Signals | 'parent gone') => {
     if (++signals > 1) {
       log.warn({ signal }, 'second signal: exiting now');
       process.exit(1);
@@ -516,15 +644,46 @@ async function start(args: string[]): Promise<void> {
   };
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);
+  if (demo) {
+    // `npm start` runs the demo under npm and a shell; stopping npm ends the shell but
+    // never reaches this process, which would be left running with its upstream. A
+    // demo belongs to whoever started it: when that parent is gone, drain and stop.
+    const parent = process.ppid;
+    const watch = setInterval(() => {
+      if (process.ppid !== parent) {
+        clearInterval(watch);
+        stop('parent gone');
+      }
+    }, PARENT_CHECK_INTERVAL_MS);
+    watch.unref();
+  }
   demo?.child.once('exit', (code, sig) => {
     if (signals === 0) log.error({ code, signal: sig }, 'demo upstream exited');
   });
 }
 
+/** `COMMAND --help`: that command's usage; the whole help for a command it does not know. */
+function helpFor(command: string | undefined, sub: string | undefined): string {
+  const groups: Record<string, CommandName> = {
+    config: 'config check',
+    keys: 'keys generate',
+    token: 'token mint',
+  };
+  if (command === 'start' || command === 'revoke') return COMMAND_HELP[command];
+  const only = command === undefined ? undefined : groups[command];
+  // Each group has one subcommand: `token --help` and `token mint --help` say the same.
+  if (
+    only !== undefined &&
+    (sub === undefined || sub.startsWith('-') || `${command} ${sub}` === only)
+  )
+    return COMMAND_HELP[only];
+  return HELP;
+}
+
 export async function main(argv: string[]): Promise<void> {
   const [command, ...rest] = argv;
   if (rest.includes('--help') || rest.includes('-h')) {
-    process.stdout.write(HELP);
+    process.stdout.write(helpFor(command, rest[0]));
     return;
   }
   switch (command) {

@@ -18,6 +18,9 @@ net.Server.prototype.listen = function listenOnLoopback(this: net.Server, ...arg
   return originalListen.call(this, { host: '127.0.0.1', port: 0 }, callback);
 } as typeof net.Server.prototype.listen;
 
+// The IPC channel closes when the gateway is gone, even killed with SIGKILL: go with it.
+process.once('disconnect', () => process.exit(0));
+
 // Quiet the demo server's own console chatter unless asked; the parent logs what matters.
 process.env.PORT = '0';
 const transport = process.argv[2] === 'sse' ? 'sse' : 'streamableHttp';

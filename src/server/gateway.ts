@@ -25,6 +25,7 @@ import type { ResourceInfo } from './auth-http.js';
 import { createAuthenticator, keySource, resourceInfoFor } from './identity.js';
 import { StreamRegistry } from './streams.js';
 import { inflightCap, openFileLimit, Quotas } from './quotas.js';
+import { trackIdleSockets } from './idle-sockets.js';
 
 export interface Gateway {
   /** Base URL of the public listener, e.g. `http://127.0.0.1:8080`. */
@@ -210,6 +211,7 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
   );
   sweeper.unref();
 
+  const idleSockets = trackIdleSockets(app.server, Boolean(config.listen.tls));
   await app.listen({ host: config.listen.host, port: config.listen.port });
   listening = true;
   const url = baseUrl(app, Boolean(config.listen.tls));
@@ -246,6 +248,12 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
         if (config.auth.mode === 'jwt' && config.auth.revocation.failClosed && !storeTrusted()) {
           return 'store unavailable';
         }
+        // Until the issuer's keys were fetched once, every token is refused: not in rotation
+        // yet. Out of rotation no token asks for them, so the probe itself retries the fetch.
+        if (keys !== undefined && !keys.ready) {
+          keys.retry();
+          return 'issuer keys (JWKS) not fetched yet';
+        }
         for (const route of routes.values()) {
           const why = route.upstream.notReady?.();
           if (why !== undefined) return why;
@@ -279,6 +287,7 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
         'draining',
       );
       const closed = app.close();
+      idleSockets.closeIdle();
       await streams.drain(config.shutdown.drainTimeoutMs);
       const hardStop = setTimeout(
         () => app.server.closeAllConnections(),

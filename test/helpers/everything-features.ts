@@ -6,7 +6,7 @@
  * the client transport (Streamable HTTP, or the legacy SSE client at
  * /mcp/<name>/sse).
  */
-import { test } from 'node:test';
+import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { SSEClientTransport } from '@modelcontextprotocol/sdk/client/sse.js';
@@ -17,7 +17,7 @@ import {
   LoggingMessageNotificationSchema,
   ResourceUpdatedNotificationSchema,
 } from '@modelcontextprotocol/sdk/types.js';
-import type { SeenFrame, TestGateway } from './gateway.js';
+import { SeenFrames, type TestGateway } from './gateway.js';
 import { post } from './requests.js';
 
 const LIST_TOOLS = { jsonrpc: '2.0', id: 9, method: 'tools/list' };
@@ -31,7 +31,7 @@ export interface FeatureTarget {
   readonly server: string;
   readonly client: ClientKind;
   /** Every frame the gateway saw. */
-  readonly frames: SeenFrame[];
+  readonly frames: SeenFrames;
 }
 
 export async function connect(target: FeatureTarget, capabilities: Record<string, unknown> = {}) {
@@ -54,19 +54,43 @@ export function sessionOf(target: FeatureTarget, marker: string): string | undef
   )?.session;
 }
 
-function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  return Promise.race([
-    promise,
-    new Promise<T>((_, reject) =>
-      setTimeout(() => reject(new Error(`${what} within ${ms} ms`)), ms),
-    ),
-  ]);
+/** `promise`, or a failure after `ms`; the timer goes with the promise, never outliving it. */
+async function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([
+      promise,
+      new Promise<T>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`${what} within ${ms} ms`)), ms);
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
-async function eventually(check: () => boolean, ms: number): Promise<boolean> {
-  const deadline = Date.now() + ms;
-  while (!check() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
-  return check();
+const CLIENT_KINDS: readonly ClientKind[] = ['streamable-http', 'legacy-sse'];
+
+/**
+ * The feature list once per client kind, each run with its own gateway and its
+ * own frames, so no assertion of one run can pass on a frame of the other.
+ */
+export function everythingFeaturesPerClient(
+  title: string,
+  server: string,
+  start: (frames: SeenFrames) => Promise<TestGateway>,
+): void {
+  for (const client of CLIENT_KINDS) {
+    describe(`${title}, ${client} client`, () => {
+      const frames = new SeenFrames();
+      let gateway: TestGateway | undefined;
+      before(async () => {
+        gateway = await start(frames);
+      });
+      after(() => gateway?.close());
+      everythingFeatures({ gateway: () => gateway as TestGateway, server, client, frames });
+    });
+  }
 }
 
 export function everythingFeatures(target: FeatureTarget): void {
@@ -177,15 +201,19 @@ export function everythingFeatures(target: FeatureTarget): void {
       );
     });
     const uri = 'demo://resource/static/document/architecture.md';
+    const from = target.frames.length;
     const { resources } = await client.listResources();
     assert.ok(resources.length > 0);
     await client.subscribeResource({ uri });
     await client.callTool({ name: 'toggle-subscriber-updates', arguments: {} });
     assert.equal(await within(updated, 15_000, 'no update'), uri);
     assert.ok(
-      target.frames.some(
-        (f) => f.direction === 'server-to-client' && f.method === 'notifications/resources/updated',
-      ),
+      target.frames
+        .slice(from)
+        .some(
+          (f) =>
+            f.direction === 'server-to-client' && f.method === 'notifications/resources/updated',
+        ),
       'the update was framed on its way through',
     );
   });
@@ -219,12 +247,12 @@ export function everythingFeatures(target: FeatureTarget): void {
     const marker = `cancel-${Math.random()}`;
     await client.callTool({ name: 'echo', arguments: { message: marker } });
     const session = sessionOf(target, marker);
+    // The user gives up once the server is at work: at its first progress notification.
     const call = client.callTool(
-      { name: 'trigger-long-running-operation', arguments: { duration: 10, steps: 10 } },
+      { name: 'trigger-long-running-operation', arguments: { duration: 10, steps: 100 } },
       undefined,
-      { signal: controller.signal },
+      { signal: controller.signal, onprogress: () => controller.abort('user gave up') },
     );
-    setTimeout(() => controller.abort('user gave up'), 300);
     await assert.rejects(call);
     const callFrame = target.frames.find(
       (f) =>
@@ -233,17 +261,12 @@ export function everythingFeatures(target: FeatureTarget): void {
         f.target === 'trigger-long-running-operation',
     );
     assert.ok(callFrame, 'the call was framed');
-    assert.ok(
-      await eventually(
-        () =>
-          target.frames.some(
-            (f) =>
-              f.session === session &&
-              f.method === 'notifications/cancelled' &&
-              (f.message.params as { requestId?: unknown }).requestId === callFrame.id,
-          ),
-        2_000,
-      ),
+    await target.frames.waitFor(
+      (f) =>
+        f.session === session &&
+        f.method === 'notifications/cancelled' &&
+        (f.message.params as { requestId?: unknown }).requestId === callFrame.id,
+      2_000,
       'notifications/cancelled for the call passed through the gateway',
     );
     const after = await client.callTool({ name: 'echo', arguments: { message: 'still here' } });

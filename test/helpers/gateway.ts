@@ -22,6 +22,51 @@ export interface SeenFrame {
 }
 
 /**
+ * The frames a gateway saw, in order, and a way to wait for one: the
+ * gateway's frame hook pushes here, so a test awaits the frame itself
+ * instead of sleeping and looking.
+ */
+export class SeenFrames extends Array<SeenFrame> {
+  // slice, filter and map give plain arrays: what they hold are not the gateway's frames.
+  static override get [Symbol.species](): ArrayConstructor {
+    return Array;
+  }
+
+  private waiters: Array<{ match: (f: SeenFrame) => boolean; found: (f: SeenFrame) => void }> = [];
+
+  override push(...frames: SeenFrame[]): number {
+    const n = super.push(...frames);
+    for (const frame of frames) {
+      for (const w of this.waiters.filter((w) => w.match(frame))) {
+        this.waiters.splice(this.waiters.indexOf(w), 1);
+        w.found(frame);
+      }
+    }
+    return n;
+  }
+
+  /** The first frame, seen already or from now on, that `match` accepts; rejects after `ms`. */
+  waitFor(match: (f: SeenFrame) => boolean, ms: number, what: string): Promise<SeenFrame> {
+    const seen = this.find(match);
+    if (seen) return Promise.resolve(seen);
+    return new Promise((resolve, reject) => {
+      const waiter = {
+        match,
+        found: (f: SeenFrame) => {
+          clearTimeout(timer);
+          resolve(f);
+        },
+      };
+      const timer = setTimeout(() => {
+        this.waiters.splice(this.waiters.indexOf(waiter), 1);
+        reject(new Error(`no frame: ${what}, within ${ms} ms`));
+      }, ms);
+      this.waiters.push(waiter);
+    });
+  }
+}
+
+/**
  * A test configuration: loopback, ephemeral ports, the given auth section and
  * servers (a URL, or a whole server entry), then `overrides` by top-level key.
  */
