@@ -5,12 +5,9 @@
  * Shares come back when what held them ends.
  */
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { startFaultUpstream, type FaultUpstream } from './fixtures/fault-upstream.js';
-import { startAuthGateway, type AuthGateway } from './helpers/auth-gateway.js';
+import { startKeyedGateway, type AuthGateway, type KeyedGateway } from './helpers/auth-gateway.js';
 import {
   initializeBody,
   LEGACY,
@@ -19,24 +16,19 @@ import {
   post,
   type RpcError,
 } from './helpers/requests.js';
-import { mint, newKey, writeJwks, type SigningKey } from './helpers/tokens.js';
 import { inflightCap } from '../src/server/quotas.js';
 import { fileURLToPath } from 'node:url';
 
 const HOSTILE = fileURLToPath(new URL('./fixtures/hostile-stdio.mjs', import.meta.url));
 
 let upstream: FaultUpstream;
-let dir: string;
-let key: SigningKey;
+let keyed: KeyedGateway;
 let gw: AuthGateway;
 
 before(async () => {
   upstream = await startFaultUpstream();
-  dir = await mkdtemp(join(tmpdir(), 'portcullis-quotas-'));
-  key = await newKey('ES256');
-  gw = await startAuthGateway(
+  keyed = await startKeyedGateway(
     { legacy: upstream.url('/legacy'), slow: upstream.url('/slow') },
-    { jwt: { jwksFile: await writeJwks(dir, key) } },
     {
       quotas: {
         perPrincipal: { sessions: 2, legacyConnections: 1, inflight: 3 },
@@ -45,15 +37,15 @@ before(async () => {
       },
     },
   );
+  gw = keyed.gw;
 });
 
 after(async () => {
-  await gw.close();
+  await keyed.close();
   await upstream.close();
-  await rm(dir, { recursive: true, force: true });
 });
 
-const token = (tenant: string, sub: string) => mint(key, gw.url, { claims: { tenant, sub } });
+const token = (tenant: string, sub: string) => keyed.token(tenant, sub);
 const auth = (t: string) => ({ authorization: `Bearer ${t}` });
 
 async function initialize(t: string): Promise<Response> {
@@ -215,15 +207,15 @@ test('the global in-flight cap fits the open-file limit', () => {
 });
 
 test('stdio processes have a quota per principal: a session or a stateless caller past it gets 429, a process that ends gives its share back', async (t) => {
-  const gateway = await startAuthGateway(
+  const stdio = await startKeyedGateway(
     {
       tools: { transport: 'stdio', command: process.execPath, args: [HOSTILE], warmPool: 0 },
     },
-    { jwt: { jwksFile: join(dir, 'issuer.jwks.json') } },
     { quotas: { perPrincipal: { stdioProcesses: 1 } } },
   );
-  t.after(() => gateway.close());
-  const mintFor = (sub: string) => mint(key, gateway.url, { claims: { tenant: 'hooli', sub } });
+  t.after(() => stdio.close());
+  const gateway = stdio.gw;
+  const mintFor = (sub: string) => stdio.token('hooli', sub);
   const frank = await mintFor('frank');
   const open = () => post(gateway.urlFor('tools'), initializeBody(), auth(frank));
   const first = await open();

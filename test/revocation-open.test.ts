@@ -7,12 +7,14 @@
  * hostile server, sandboxed as any other) and the admin API.
  */
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { after, before, test } from 'node:test';
-import { startAuthGateway, TEST_ADMIN_TOKEN, type AuthGateway } from './helpers/auth-gateway.js';
+import {
+  startKeyedGateway,
+  TEST_ADMIN_TOKEN,
+  type AuthGateway,
+  type KeyedGateway,
+} from './helpers/auth-gateway.js';
 import { openSse } from './helpers/sse.js';
 import {
   ACCEPT_BOTH,
@@ -22,29 +24,22 @@ import {
   modernHeaders,
   post,
 } from './helpers/requests.js';
-import { mint, newKey, writeJwks, type SigningKey } from './helpers/tokens.js';
 
 const HOSTILE = fileURLToPath(new URL('./fixtures/hostile-stdio.mjs', import.meta.url));
 
-let dir: string;
-let key: SigningKey;
+let keyed: KeyedGateway;
 let gw: AuthGateway;
 
 before(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'portcullis-revoke-open-'));
-  key = await newKey('ES256');
-  gw = await startAuthGateway(
+  keyed = await startKeyedGateway(
     // No warm pool: the process gauge then counts the callers' processes only.
     { tools: { transport: 'stdio', command: process.execPath, args: [HOSTILE], warmPool: 0 } },
-    { jwt: { jwksFile: await writeJwks(dir, key) } },
     { admin: { token: TEST_ADMIN_TOKEN } },
   );
+  gw = keyed.gw;
 });
 
-after(async () => {
-  await gw.close();
-  await rm(dir, { recursive: true, force: true });
-});
+after(() => keyed.close());
 
 const auth = (token: string) => ({ authorization: `Bearer ${token}` });
 
@@ -138,8 +133,8 @@ async function hang(headers: Record<string, string>): Promise<{ answer: Promise<
 }
 
 test("revoking a subject closes its GET, pending and legacy SSE streams at once, stops its processes, and leaves others' alone", async () => {
-  const alice = await mint(key, gw.url, { claims: { sub: 'alice', tenant: 't1' } });
-  const bob = await mint(key, gw.url, { claims: { sub: 'bob', tenant: 't1' } });
+  const alice = await keyed.token('t1', 'alice');
+  const bob = await keyed.token('t1', 'bob');
   const mine = await openSession(alice);
   const pending = await hang(mine.headers);
   const legacy = await openSse(`${gw.urlFor('tools')}/sse`, alice);
@@ -178,7 +173,7 @@ test("revoking a subject closes its GET, pending and legacy SSE streams at once,
 });
 
 test('revoking a session closes its streams but not another session of the same subject', async () => {
-  const carol = await mint(key, gw.url, { claims: { sub: 'carol', tenant: 't2' } });
+  const carol = await keyed.token('t2', 'carol');
   const first = await openSession(carol);
   const second = await openSession(carol);
   const result = await revoke({ kind: 'session', id: first.session });
@@ -202,8 +197,8 @@ test('revoking a session closes its streams but not another session of the same 
 });
 
 test('revoking a token id closes the streams opened with it', async () => {
-  const token = await mint(key, gw.url, { claims: { sub: 'dave', tenant: 't3', jti: 'leaked' } });
-  const other = await mint(key, gw.url, { claims: { sub: 'dave', tenant: 't3', jti: 'fine' } });
+  const token = await keyed.token('t3', 'dave', { jti: 'leaked' });
+  const other = await keyed.token('t3', 'dave', { jti: 'fine' });
   const leaked = await openSession(token);
   const kept = await openSession(other);
   await revoke({ kind: 'jti', id: 'leaked' });
