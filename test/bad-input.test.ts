@@ -89,6 +89,20 @@ test('bodies that are not a JSON-RPC object → 400 -32600', async () => {
   assert.equal(upstreamHits(), before);
 });
 
+test('a request id that is not a string or an integer (1.5, true, an object) is refused at the door', async () => {
+  const before = upstreamHits();
+  for (const id of ['1.5', 'true', '{"n":1}', '[1]', '1e300']) {
+    const res = await post(url, `{"jsonrpc":"2.0","id":${id},"method":"ping"}`, modernHeaders('x'));
+    assert.equal(res.status, 400, id);
+    const err = (await res.json()) as RpcError;
+    assert.equal(err.error.code, -32600, id);
+    assert.equal(err.error.data.code, 'PORTCULLIS_ERR_JSONRPC_INVALID', id);
+  }
+  assert.equal(upstreamHits(), before, 'none of them reached the upstream');
+  const ok = await post(url, modernCall('x', {}, 7), modernHeaders('x'));
+  assert.equal(ok.status, 200, 'an integer id passes');
+});
+
 test('a batch where the era forbids it → 400 PORTCULLIS_ERR_JSONRPC_BATCH', async () => {
   const legacy = gateway.urlFor('legacy');
   const sid = (await post(legacy, initializeBody(0, LEGACY))).headers.get(

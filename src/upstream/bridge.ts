@@ -69,6 +69,8 @@ export interface BridgeOptions {
   readonly headersTimeoutMs: number;
   /** Told how many channels are open, whenever that changes (for metrics). */
   readonly onChannels?: (open: number) => void;
+  /** The crash-loop window (default CRASH_WINDOW_MS); shorter in tests of the breaker. */
+  readonly crashWindowMs?: number;
 }
 
 type Key = string;
@@ -258,6 +260,8 @@ export class ChannelUpstream implements Upstream {
   private readonly recentCrashes: number[] = [];
   private backoffUntil = 0;
   private backoffMs = CRASH_BACKOFF_FIRST_MS;
+  private lastCrashAt = 0;
+  private readonly crashWindowMs: number;
   private readonly idleTimer: NodeJS.Timeout;
   private closed = false;
   private openChannels = 0;
@@ -265,6 +269,7 @@ export class ChannelUpstream implements Upstream {
   constructor(private readonly options: BridgeOptions) {
     this.name = options.name;
     this.maxResponseBytes = options.maxResponseBytes;
+    this.crashWindowMs = options.crashWindowMs ?? CRASH_WINDOW_MS;
     this.idleTimer = setInterval(
       () => this.closeIdle(),
       Math.max(1_000, Math.min(60_000, options.idleTimeoutMs / 4)),
@@ -658,8 +663,11 @@ export class ChannelUpstream implements Upstream {
         { server: this.name, err: reason.message, sessions: conduit.sessions.size },
         'upstream channel ended',
       );
-      if (Date.now() - conduit.openedAt < CRASH_WINDOW_MS) this.noteCrash();
+      if (Date.now() - conduit.openedAt < this.crashWindowMs) this.noteCrash();
     }
+    // A channel that lived past the window was healthy: whatever looped before is over.
+    if (Date.now() - conduit.openedAt >= this.crashWindowMs)
+      this.backoffMs = CRASH_BACKOFF_FIRST_MS;
     // What every request still in flight on it is answered with (a JSON-RPC error each).
     const err = new GatewayError(
       'PORTCULLIS_ERR_UPSTREAM_STREAM_ENDED',
@@ -672,12 +680,22 @@ export class ChannelUpstream implements Upstream {
     for (const session of [...conduit.sessions]) this.dropSession(session, err);
   }
 
+  /**
+   * Counts an early death. Only deaths count: a message the server refused
+   * (sse.ts) is that message's failure, so a client cannot trip the breaker.
+   * The backoff doubles per loop, and starts over once a whole window has
+   * passed without a crash since the last backoff ended (a loop that goes on
+   * right after its backoff keeps doubling).
+   */
   private noteCrash(): void {
     const now = Date.now();
+    if (now - Math.max(this.lastCrashAt, this.backoffUntil) >= this.crashWindowMs)
+      this.backoffMs = CRASH_BACKOFF_FIRST_MS;
+    this.lastCrashAt = now;
     this.recentCrashes.push(now);
     while (
       this.recentCrashes.length > 0 &&
-      (this.recentCrashes[0] as number) < now - CRASH_WINDOW_MS
+      (this.recentCrashes[0] as number) < now - this.crashWindowMs
     )
       this.recentCrashes.shift();
     if (this.recentCrashes.length >= CRASH_LOOP_THRESHOLD) {
@@ -686,7 +704,7 @@ export class ChannelUpstream implements Upstream {
         {
           server: this.name,
           crashes: this.recentCrashes.length,
-          windowMs: CRASH_WINDOW_MS,
+          windowMs: this.crashWindowMs,
           backoffMs: this.backoffMs,
         },
         'upstream server is crash-looping; refusing new sessions for a while',
@@ -694,8 +712,6 @@ export class ChannelUpstream implements Upstream {
       this.options.onCrashLoop?.();
       this.backoffMs = Math.min(CRASH_BACKOFF_MAX_MS, this.backoffMs * 2);
       this.recentCrashes.length = 0;
-    } else if (this.recentCrashes.length === 0) {
-      this.backoffMs = CRASH_BACKOFF_FIRST_MS;
     }
   }
 
