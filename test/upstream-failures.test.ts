@@ -32,6 +32,8 @@ before(async () => {
     'not-jsonrpc',
     'bad-event',
     'legacy',
+    'deep',
+    'deep-sse',
   ];
   gateway = await startTestGateway(
     {
@@ -39,6 +41,7 @@ before(async () => {
       status500: fault.url('/status/500'),
       status401: fault.url('/status/401'),
       down: `http://127.0.0.1:${down}/mcp`,
+      'legacy-sse': { transport: 'sse', url: fault.url('/legacy-sse') },
     },
     { upstreamDefaults: { timeouts: { connectMs: 1_000, headersMs: 400, idleMs: 600 } } },
   );
@@ -225,4 +228,49 @@ test('legacy: a batch is allowed only when the session negotiated 2025-03-26', a
     answers.map((a) => a.id),
     ['a', 'b'],
   );
+});
+
+test('an answer nested 10,000 levels deep from an HTTP upstream is refused with a JSON-RPC error; the gateway goes on', async () => {
+  await expectError(
+    await call('deep', 31),
+    502,
+    'PORTCULLIS_ERR_UPSTREAM_BAD_RESPONSE',
+    31,
+    'deep',
+  );
+  const streamed = await sseMessages(await call('deep-sse', 32));
+  const last = streamed.at(-1) as unknown as RpcError;
+  assert.equal(last.id, 32);
+  assert.equal(last.error.data.code, 'PORTCULLIS_ERR_UPSTREAM_BAD_RESPONSE');
+  assert.match(last.error.message, /nested deeper than 128 levels/);
+  const ok = await call('ok', 33);
+  assert.equal(ok.status, 200, 'the next request is served');
+  await ok.body?.cancel();
+});
+
+test('an answer nested 10,000 levels deep from a legacy SSE upstream is refused with a JSON-RPC error, not left hanging', async () => {
+  const url = gateway.urlFor('legacy-sse');
+  // Bounded: before the fix this request waited for ever.
+  const signal = AbortSignal.timeout(5_000);
+  const init = await post(url, initializeBody(1, '2024-11-05'), {}, signal);
+  assert.equal(init.status, 200);
+  await init.text();
+  const headers = { 'mcp-session-id': init.headers.get('mcp-session-id') as string };
+  const deep = await post(
+    url,
+    { jsonrpc: '2.0', id: 34, method: 'tools/call', params: { name: 'deep', arguments: {} } },
+    headers,
+    signal,
+  );
+  const body = (await deep.json()) as RpcError;
+  assert.equal(body.id, 34);
+  assert.equal(body.error.data.code, 'PORTCULLIS_ERR_UPSTREAM_BAD_RESPONSE');
+  const next = await post(
+    url,
+    { jsonrpc: '2.0', id: 35, method: 'tools/call', params: { name: 'other', arguments: {} } },
+    headers,
+    signal,
+  );
+  assert.equal(next.status, 200);
+  assert.deepEqual(await next.json(), { jsonrpc: '2.0', id: 35, result: { ok: true } });
 });

@@ -4,6 +4,7 @@
  * and audit attach here; a message that cannot be framed never passes.
  */
 import { GatewayError, type JsonRpcId } from '../errors/index.js';
+import { MAX_JSON_DEPTH, nestedDeeperThan } from './depth.js';
 
 export type Direction = 'client-to-server' | 'server-to-client';
 export type FrameKind = 'request' | 'notification' | 'response' | 'error';
@@ -111,6 +112,13 @@ export function parseBody(
     value = JSON.parse(text);
   } catch (err) {
     throw new GatewayError('PORTCULLIS_ERR_JSONRPC_PARSE', (err as Error).message);
+  }
+  // Before anything walks it (see depth.ts); an invalid request's id is null (JSON-RPC 2.0, §5).
+  if (nestedDeeperThan(text)) {
+    throw new GatewayError(
+      'PORTCULLIS_ERR_JSONRPC_INVALID',
+      `the message is nested deeper than ${MAX_JSON_DEPTH} levels`,
+    );
   }
   if (Array.isArray(value)) {
     if (!allowBatch) throw new GatewayError('PORTCULLIS_ERR_JSONRPC_BATCH');

@@ -19,6 +19,7 @@ import type { FastifyReply } from 'fastify';
 import type { Logger } from 'pino';
 import { createParser } from 'eventsource-parser';
 import { GatewayError, type JsonRpcId } from '../errors/index.js';
+import { MAX_JSON_DEPTH, nestedDeeperThan, responseIds } from '../mcp/depth.js';
 import { toFrame, type Frame, type FrameObserver } from '../mcp/frame.js';
 import { encodeEvent, encodeMessage, encodeRetry, SSE_HEADERS } from '../mcp/sse.js';
 import type { Session } from '../mcp/sessions.js';
@@ -123,6 +124,14 @@ export function sendError(
     .send(JSON.stringify(errorPayload(err, ids)));
 }
 
+function tooDeep(x: Exchange): GatewayError {
+  return new GatewayError(
+    'PORTCULLIS_ERR_UPSTREAM_BAD_RESPONSE',
+    `server '${x.server}' sent a message nested deeper than ${MAX_JSON_DEPTH} levels`,
+    { server: x.server },
+  );
+}
+
 /** Upstream statuses passed on to the client as they are; others become 502. */
 const PASSED_CLIENT_ERRORS = new Set([400, 404, 405, 406, 409, 413, 415, 422, 429]);
 
@@ -162,6 +171,8 @@ export async function relayResponse(
     );
   }
   const raw = await up.body.collect(x.maxResponseBytes);
+  // Refused before anything walks it (mcp/depth.ts); every pending request gets the error.
+  if (nestedDeeperThan(raw)) throw tooDeep(x);
   let frames: Frame[];
   try {
     frames = framesOf(JSON.parse(raw.toString('utf8')));
@@ -198,7 +209,7 @@ async function relayErrorStatus(
   }
   if (PASSED_CLIENT_ERRORS.has(status)) {
     // A body is passed on only if it is JSON-RPC; anything else is replaced.
-    if (raw && contentType.startsWith('application/json')) {
+    if (raw && contentType.startsWith('application/json') && !nestedDeeperThan(raw)) {
       try {
         framesOf(JSON.parse(raw.toString('utf8')));
         void reply
@@ -306,12 +317,33 @@ function relayStream(
   };
   streams.add(stream);
 
+  /** An event nested too deep: dropped; each pending request it answered gets an error instead. */
+  const refuseTooDeep = (data: string): void => {
+    x.log.warn(
+      { server: x.server, maxDepth: MAX_JSON_DEPTH },
+      'dropped an upstream SSE event nested too deep',
+    );
+    let value: unknown;
+    try {
+      value = JSON.parse(data);
+    } catch {
+      return;
+    }
+    const before = x.pending.size;
+    for (const id of responseIds(value)) {
+      if (!x.pending.delete(id)) continue;
+      write(encodeMessage(tooDeep(x).toResponse(id)));
+    }
+    if (before > 0 && x.pending.size === 0) streams.noteIdle(stream);
+  };
+
   const parser = createParser({
     maxBufferSize: x.maxResponseBytes,
     onEvent(ev) {
       if (ev.id !== undefined) sawEventId = true;
       // An event with empty data primes resumption (an id to come back to); it carries no message.
       if (ev.data !== '') {
+        if (nestedDeeperThan(ev.data)) return refuseTooDeep(ev.data);
         let frames: Frame[];
         try {
           frames = framesOf(JSON.parse(ev.data));

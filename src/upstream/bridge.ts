@@ -153,11 +153,27 @@ class EmulatedStream implements BodyController {
 
   push(message: JsonRpcMessage): void {
     if (this.ended) return;
+    // Serialized before anything is decided: a message that cannot be fails this stream
+    // (each request on it gets its error), never leaves a head decided but unsent.
+    let data: string;
+    try {
+      data = JSON.stringify(message);
+    } catch (err) {
+      this.fail(
+        new GatewayError(
+          'PORTCULLIS_ERR_UPSTREAM_BAD_RESPONSE',
+          `a message that cannot be relayed (${(err as Error).message})`,
+        ),
+      );
+      // And what the stream still waited for is cancelled at the server.
+      this.abort();
+      return;
+    }
     if (!this.decided) {
       if (this.single && this.pending.size === 0 && message.method === undefined) {
         this.decided = true;
         clearTimeout(this.headTimer);
-        this.body.push(Buffer.from(JSON.stringify(message)));
+        this.body.push(Buffer.from(data));
         this.ended = true;
         this.body.end();
         this.resolveHead({
@@ -169,7 +185,7 @@ class EmulatedStream implements BodyController {
       }
       this.streamNow();
     }
-    this.body.push(Buffer.from(`event: message\ndata: ${JSON.stringify(message)}\n\n`));
+    this.body.push(Buffer.from(`event: message\ndata: ${data}\n\n`));
   }
 
   end(): void {
@@ -543,7 +559,17 @@ export class ChannelUpstream implements Upstream {
     }
     const conduit = new Conduit(channel, this.options.sharing === 'shared');
     this.options.onChannels?.(++this.openChannels);
-    channel.onMessage((m) => this.fromServer(conduit, m));
+    channel.onMessage((m) => {
+      // Whatever one message does, it fails on its own: the gateway and the other channels go on.
+      try {
+        this.fromServer(conduit, m);
+      } catch (err) {
+        this.options.log.error(
+          { server: this.name, err: (err as Error).message },
+          'failed to route a message from the server',
+        );
+      }
+    });
     channel.onClose((reason) => this.channelClosed(conduit, reason));
     return conduit;
   }

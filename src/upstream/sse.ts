@@ -25,6 +25,7 @@ import type { Logger } from 'pino';
 import { Agent, type Dispatcher } from 'undici';
 import type { UpstreamTimeouts } from '../config/schema.js';
 import { GatewayError } from '../errors/index.js';
+import { nestedDeeperThan } from '../mcp/depth.js';
 import {
   ChannelClosedError,
   ChannelListeners,
@@ -125,6 +126,11 @@ export class SseChannel extends ChannelListeners implements MessageChannel {
           message = JSON.parse(ev.data);
         } catch {
           options.log.warn({ server: options.server }, 'dropped an SSE event that is not JSON');
+          return;
+        }
+        // Nothing can wait for an answer before the endpoint is known: an early one is just dropped.
+        if (nestedDeeperThan(ev.data)) {
+          if (opened.channel) opened.channel.refuseTooDeep(message, options.server, options.log);
           return;
         }
         const messages = (Array.isArray(message) ? message : [message]) as JsonRpcMessage[];
