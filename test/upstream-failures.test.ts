@@ -34,6 +34,9 @@ before(async () => {
     'legacy',
     'deep',
     'deep-sse',
+    'forged',
+    'forged-sse',
+    'ping-comments',
   ];
   gateway = await startTestGateway(
     {
@@ -273,4 +276,31 @@ test('an answer nested 10,000 levels deep from a legacy SSE upstream is refused 
   );
   assert.equal(next.status, 200);
   assert.deepEqual(await next.json(), { jsonrpc: '2.0', id: 35, result: { ok: true } });
+});
+
+test('an answer to an id that was never requested is dropped; the real request gets an error instead', async () => {
+  const res = await call('forged', 41);
+  await expectError(res, 502, 'PORTCULLIS_ERR_UPSTREAM_BAD_RESPONSE', 41, 'forged');
+});
+
+test('on a stream, answers to ids never requested, and a second answer, are dropped; the real answer passes', async () => {
+  const res = await call('forged-sse', 42);
+  assert.equal(res.status, 200);
+  const messages = await sseMessages(res);
+  assert.deepEqual(messages, [{ jsonrpc: '2.0', id: 42, result: { ok: true } }]);
+});
+
+test('SSE comment lines do not keep a pending request alive: it times out after idleMs', async () => {
+  const started = Date.now();
+  // Bounded: before the fix, pings every 100 ms kept it waiting for ever.
+  const res = await post(
+    gateway.urlFor('ping-comments'),
+    modernCall('tool', {}, 43),
+    modernHeaders('tool'),
+    AbortSignal.timeout(5_000),
+  );
+  const last = (await sseMessages(res)).at(-1) as unknown as RpcError;
+  assert.equal(last.id, 43);
+  assert.equal(last.error.data.code, 'PORTCULLIS_ERR_UPSTREAM_TIMEOUT');
+  assert.ok(Date.now() - started < 3_000, 'bounded by the configured 600 ms');
 });

@@ -24,6 +24,11 @@ export interface Session {
   lastSeenAt: number;
   /** Open response streams; a session with one open is never idle. */
   streams: number;
+  /**
+   * Requests whose stream the upstream closed to be resumed (Last-Event-ID):
+   * their answers may come on a later stream of the session, and only theirs.
+   */
+  resumable?: Set<string | number>;
 }
 
 export interface SessionStore {

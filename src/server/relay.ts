@@ -14,6 +14,14 @@
  * 3. The client going away aborts the upstream request; in the modern era
  *    that is the cancellation (spec/2026-07-28/basic/transports/
  *    streamable-http.mdx, "Cancellation").
+ * 4. Only answers to what the client asked pass: a response or error whose id
+ *    is not a request of this exchange still waiting (or, on a session's
+ *    stream, one whose stream was closed to be resumed) is dropped and
+ *    logged, never passed on; the real request is still answered, or gets an
+ *    error. An answer cannot be forged, repeated, or land on another request.
+ * 5. While requests are pending, an SSE stream must carry a message within
+ *    the upstream's `idleMs`: comment lines (`: ping`) and empty events keep
+ *    a connection open but say nothing, and do not count.
  */
 import type { FastifyReply } from 'fastify';
 import type { Logger } from 'pino';
@@ -93,6 +101,46 @@ function framesOf(value: unknown): Frame[] {
     : [toFrame(value, 'server-to-client')];
 }
 
+/** Rule 4: whether a response or error answers a request the client is waiting for. */
+function awaited(
+  x: Exchange,
+  id: JsonRpcId | undefined,
+  seen: Set<JsonRpcId> | undefined,
+): boolean {
+  if (id === undefined || id === null || seen?.has(id)) return false;
+  seen?.add(id);
+  if (x.pending.has(id)) return true;
+  return x.session?.resumable?.delete(id) === true;
+}
+
+/**
+ * Rule 4: the frames that may reach the client; `frames` itself when all may
+ * (the hot path allocates nothing).
+ */
+function admit(x: Exchange, frames: Frame[]): Frame[] {
+  const seen = frames.length > 1 ? new Set<JsonRpcId>() : undefined;
+  let kept: Frame[] | undefined;
+  for (let i = 0; i < frames.length; i++) {
+    const f = frames[i] as Frame;
+    const ok = (f.kind !== 'response' && f.kind !== 'error') || awaited(x, f.id, seen);
+    if (!ok) {
+      x.log.warn(
+        { server: x.server, id: f.id },
+        'dropped an upstream answer to a request the client is not waiting for',
+      );
+      kept ??= frames.slice(0, i);
+    } else if (kept) {
+      kept.push(f);
+    }
+  }
+  return kept ?? frames;
+}
+
+/** The bytes of what `admit` kept: one message, or a batch. */
+function encodeAdmitted(frames: readonly Frame[], batch: boolean): string {
+  return JSON.stringify(batch ? frames.map((f) => f.message) : frames[0]?.message);
+}
+
 function settle(x: Exchange, frames: readonly Frame[]): void {
   if (x.onFrame) {
     const context = { server: x.server, era: x.era, session: x.session?.id };
@@ -132,6 +180,9 @@ function tooDeep(x: Exchange): GatewayError {
   );
 }
 
+/** Requests a session keeps waiting for across resumed streams, at most. */
+const MAX_RESUMABLE = 1_000;
+
 /** Upstream statuses passed on to the client as they are; others become 502. */
 const PASSED_CLIENT_ERRORS = new Set([400, 404, 405, 406, 409, 413, 415, 422, 429]);
 
@@ -170,18 +221,33 @@ export async function relayResponse(
       { server: x.server },
     );
   }
-  const raw = await up.body.collect(x.maxResponseBytes);
+  let raw = await up.body.collect(x.maxResponseBytes);
   // Refused before anything walks it (mcp/depth.ts); every pending request gets the error.
   if (nestedDeeperThan(raw)) throw tooDeep(x);
   let frames: Frame[];
+  let batch: boolean;
   try {
-    frames = framesOf(JSON.parse(raw.toString('utf8')));
+    const value: unknown = JSON.parse(raw.toString('utf8'));
+    batch = Array.isArray(value);
+    frames = framesOf(value);
   } catch (err) {
     throw new GatewayError(
       'PORTCULLIS_ERR_UPSTREAM_BAD_RESPONSE',
       `server '${x.server}' sent a body that is not JSON-RPC (${(err as Error).message})`,
       { server: x.server },
     );
+  }
+  const kept = admit(x, frames);
+  if (kept !== frames) {
+    if (kept.length === 0) {
+      throw new GatewayError(
+        'PORTCULLIS_ERR_UPSTREAM_BAD_RESPONSE',
+        `server '${x.server}' answered a request that was never sent`,
+        { server: x.server },
+      );
+    }
+    frames = kept;
+    raw = Buffer.from(encodeAdmitted(kept, batch));
   }
   settle(x, frames);
   // The hot path: written straight to the socket, past Fastify's reply hooks (none are registered).
@@ -285,10 +351,20 @@ function relayStream(
     }
   };
 
+  /** Rule 5: set while requests are pending and the upstream bounds its silence. */
+  let idle: NodeJS.Timeout | undefined;
+  const silent = (): GatewayError =>
+    new GatewayError(
+      'PORTCULLIS_ERR_UPSTREAM_TIMEOUT',
+      `server '${x.server}' went silent mid-stream`,
+      { server: x.server },
+    );
+
   /** Ends the client stream, first answering every pending request with `err`. */
   const finish = (err: GatewayError | undefined, retryHintMs?: number): void => {
     if (finished) return;
     finished = true;
+    clearTimeout(idle);
     if (x.session) x.session.streams--;
     streams.remove(stream);
     if (!res.writableEnded && !res.destroyed) {
@@ -354,9 +430,14 @@ function relayStream(
           );
           return;
         }
+        const kept = admit(x, frames);
+        if (kept.length === 0) return;
+        idle?.refresh();
         const before = x.pending.size;
-        settle(x, frames);
-        write(encodeEvent({ id: ev.id, event: ev.event, data: ev.data }));
+        settle(x, kept);
+        const data =
+          kept === frames ? ev.data : encodeAdmitted(kept, ev.data.trimStart().startsWith('['));
+        write(encodeEvent({ id: ev.id, event: ev.event, data }));
         if (before > 0 && x.pending.size === 0) streams.noteIdle(stream);
         return;
       }
@@ -382,11 +463,21 @@ function relayStream(
     },
   });
 
+  if (up.idleMs !== undefined && up.idleMs > 0 && x.pending.size > 0) {
+    idle = setTimeout(() => {
+      if (finished || x.pending.size === 0) return;
+      finish(silent());
+      x.abort();
+    }, up.idleMs);
+    idle.unref();
+  }
+
   return new Promise<void>((resolve) => {
     res.once('close', () => {
       // The client went away (or the stream was finished): stop the upstream side.
       if (!finished) {
         finished = true;
+        clearTimeout(idle);
         if (x.session) x.session.streams--;
         streams.remove(stream);
         x.abort();
@@ -406,8 +497,16 @@ function relayStream(
       }
     };
     const onEnd = () => {
-      if (x.pending.size === 0 || (x.era === 'legacy' && sawEventId && sawRetry))
+      if (x.pending.size === 0) return finish(undefined);
+      if (x.era === 'legacy' && sawEventId && sawRetry) {
+        // Closed to be resumed: these answers may come on a later stream of the session.
+        if (x.session) {
+          const resumable = (x.session.resumable ??= new Set());
+          for (const id of x.pending)
+            if (id !== null && resumable.size < MAX_RESUMABLE) resumable.add(id);
+        }
         return finish(undefined);
+      }
       finish(
         new GatewayError(
           'PORTCULLIS_ERR_UPSTREAM_STREAM_ENDED',
@@ -422,13 +521,7 @@ function relayStream(
       const code = (err as { code?: string }).code;
       finish(
         code === 'UND_ERR_BODY_TIMEOUT'
-          ? new GatewayError(
-              'PORTCULLIS_ERR_UPSTREAM_TIMEOUT',
-              `server '${x.server}' went silent mid-stream`,
-              {
-                server: x.server,
-              },
-            )
+          ? silent()
           : new GatewayError(
               'PORTCULLIS_ERR_UPSTREAM_STREAM_ENDED',
               `server '${x.server}' stream failed (${code ?? err.message})`,

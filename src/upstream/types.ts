@@ -42,6 +42,12 @@ export interface UpstreamResponse {
   statusCode: number;
   headers: IncomingHttpHeaders;
   body: UpstreamBody;
+  /**
+   * Longest wait for the next message of an SSE body while requests are
+   * pending (0 or absent: none). Bytes that carry no message, like comment
+   * lines, do not count: undici's body timeout alone would take them as life.
+   */
+  idleMs?: number;
 }
 
 /** One request in flight: its answer, and a way to abort it (a client that went away). */
