@@ -431,7 +431,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
         log,
         deps.onFrame,
       ),
-      { method: 'POST', headers, body: req.body, affinity: owner },
+      { method: 'POST', headers, body: req.body, affinity: owner, tenant: req.principal.tenant },
       initialize
         ? (status, upstreamId) => {
             if (status !== 200) return undefined;

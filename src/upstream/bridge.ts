@@ -14,9 +14,24 @@
  * Sessions: `initialize` (legacy era) opens a channel of its own, so agents
  * and tenants never share a process; a stateless (2026-07-28) request uses
  * the channel of its caller (`affinity`), opened on demand and closed when
- * idle. With `sharing: shared` every session uses one channel, and request
- * ids and progress tokens are rewritten so sessions never see each other's
- * answers.
+ * idle. With `sharing: shared` the sessions of one tenant share one channel
+ * (a pool keyed by tenant), and request ids and progress tokens are rewritten
+ * so sessions never see each other's answers.
+ *
+ * Shared channels, routing rules in order of precedence:
+ * 1. A channel serves one tenant only. Over stdio nothing ties a server's
+ *    request or notification to the client request it is about (only a
+ *    progress token does), so routing cannot always be exact: what cannot be
+ *    attributed stays within the tenant, never crosses to another.
+ * 2. A response goes to the request it answers; a notification carrying a
+ *    progress token, to the request that gave it.
+ * 3. A server request goes to one session: the only one with requests in
+ *    flight, else the one whose request is newest, else the one used last.
+ *    It reaches that session under an id the gateway made; the session's
+ *    answer is mapped back to the server's id. An answer to a server request
+ *    the session never received is dropped.
+ * 4. Any other notification (logging, list changes) goes to every session of
+ *    the channel, i.e. of that tenant.
  *
  * Failures: a channel that dies ends every stream open on it with an error
  * (the relay then answers each pending request with a JSON-RPC error), and
@@ -248,11 +263,24 @@ class BridgeSession {
   ) {}
 }
 
-/** A channel and what is in flight on it (one per session, or one shared). */
+/** A server request delivered to a session of a shared channel, until the session answers it. */
+interface ServerRequest {
+  readonly session: BridgeSession;
+  /** The id the server gave it; the session knows it by the gateway's. */
+  readonly serverId: unknown;
+}
+
+/** Server requests a shared channel keeps waiting for an answer, at most (the oldest go first). */
+const MAX_SERVER_REQUESTS = 1_000;
+
+/** A channel and what is in flight on it (one per session, or one shared per tenant). */
 class Conduit {
   readonly inflight = new Map<Key, Inflight>();
   readonly progress = new Map<Key, Inflight>();
   readonly sessions = new Set<BridgeSession>();
+  /** Shared channels: server requests by the id the session got (rule 3). */
+  readonly serverRequests = new Map<Key, ServerRequest>();
+  private nextServerId = 0;
   readonly openedAt = Date.now();
   /** Shared channels: the server's answer to the one initialize the gateway sent. */
   initializeResult: Record<string, unknown> | undefined;
@@ -265,6 +293,17 @@ class Conduit {
   channelId(clientId: unknown): unknown {
     return this.shared ? `pc-${++this.nextId}` : clientId;
   }
+
+  /** Rule 3: the id `session` gets for a server request, remembered until it answers. */
+  serverRequestId(session: BridgeSession, serverId: unknown): string {
+    const id = `pc-s${++this.nextServerId}`;
+    this.serverRequests.set(keyOf(id), { session, serverId });
+    if (this.serverRequests.size > MAX_SERVER_REQUESTS) {
+      const oldest = this.serverRequests.keys().next().value as Key;
+      this.serverRequests.delete(oldest);
+    }
+    return id;
+  }
 }
 
 export class ChannelUpstream implements Upstream {
@@ -272,7 +311,8 @@ export class ChannelUpstream implements Upstream {
   readonly maxResponseBytes: number;
   private readonly sessions = new Map<string, BridgeSession>();
   private readonly byAffinity = new Map<string, BridgeSession>();
-  private shared: Promise<Conduit> | undefined;
+  /** Shared channels, one per tenant (rule 1). */
+  private readonly shared = new Map<string, Promise<Conduit>>();
   private readonly recentCrashes: number[] = [];
   private backoffUntil = 0;
   private backoffMs = CRASH_BACKOFF_FIRST_MS;
@@ -316,8 +356,11 @@ export class ChannelUpstream implements Upstream {
     this.closed = true;
     clearInterval(this.idleTimer);
     const conduits = new Set([...this.sessions.values()].map((s) => s.conduit));
-    if (this.shared) conduits.add(await this.shared.catch(() => undefined as unknown as Conduit));
-    await Promise.all([...conduits].filter(Boolean).map((c) => c.channel.close()));
+    for (const pending of this.shared.values()) {
+      const c = await pending.catch(() => undefined);
+      if (c) conduits.add(c);
+    }
+    await Promise.all([...conduits].map((c) => c.channel.close()));
   }
 
   private async handle(
@@ -344,7 +387,7 @@ export class ChannelUpstream implements Upstream {
       if (known === undefined) return sessionNotFound(messages);
       session = known;
     } else if (initialize !== undefined) {
-      session = await this.newSession(undefined, req.headers);
+      session = await this.newSession(undefined, req.headers, poolKey(req));
       created = true;
     } else {
       // Stateless (2026-07-28): the caller's own channel, opened on demand.
@@ -353,7 +396,7 @@ export class ChannelUpstream implements Upstream {
       session =
         known && !known.conduit.channel.closed
           ? known
-          : await this.newSession(affinity, req.headers);
+          : await this.newSession(affinity, req.headers, poolKey(req));
     }
     session.lastUsedAt = Date.now();
     // A credential minted for the session is renewed before it expires: the server gets the new one.
@@ -431,6 +474,20 @@ export class ChannelUpstream implements Upstream {
   /** A client notification or response, sent down; a cancellation also releases its request. */
   private sendDown(session: BridgeSession, message: JsonRpcMessage): void {
     const conduit = session.conduit;
+    if (conduit.shared && message.method === undefined) {
+      // Rule 3: an answer goes back under the server's id, and only from the session asked.
+      const key = keyOf(message.id);
+      const asked = conduit.serverRequests.get(key);
+      if (asked === undefined || asked.session !== session) {
+        this.options.log.warn(
+          { server: this.name, id: message.id },
+          'dropped an answer to a server request this session never received',
+        );
+        return;
+      }
+      conduit.serverRequests.delete(key);
+      message = { ...message, id: asked.serverId };
+    }
     if (message.method === 'notifications/cancelled' && conduit.shared) {
       // The server knows the request by the id it travelled under.
       const params = message.params as { requestId?: unknown } | undefined;
@@ -512,6 +569,9 @@ export class ChannelUpstream implements Upstream {
       this.byAffinity.delete(session.affinity);
     }
     session.conduit.sessions.delete(session);
+    for (const [key, asked] of session.conduit.serverRequests) {
+      if (asked.session === session) session.conduit.serverRequests.delete(key);
+    }
     for (const s of session.streams) {
       if (err) s.fail(err);
       else s.end();
@@ -522,11 +582,12 @@ export class ChannelUpstream implements Upstream {
   private async newSession(
     affinity: string | undefined,
     headers: Readonly<Record<string, string>>,
+    pool: string,
   ): Promise<BridgeSession> {
     if (this.closed) throw new GatewayError('PORTCULLIS_ERR_HTTP_SHUTTING_DOWN');
     const conduit =
       this.options.sharing === 'shared'
-        ? await this.sharedConduit(headers)
+        ? await this.sharedConduit(headers, pool)
         : await this.openConduit(headers);
     const session = new BridgeSession(randomBytes(16).toString('hex'), conduit, affinity);
     this.sessions.set(session.id, session);
@@ -574,16 +635,17 @@ export class ChannelUpstream implements Upstream {
     return conduit;
   }
 
-  /** The one shared channel, initialized by the gateway once. */
-  private sharedConduit(headers: Readonly<Record<string, string>>): Promise<Conduit> {
-    if (this.shared) {
-      return this.shared.then((c) => {
+  /** The tenant's shared channel (rule 1), initialized by the gateway once. */
+  private sharedConduit(headers: Readonly<Record<string, string>>, pool: string): Promise<Conduit> {
+    const known = this.shared.get(pool);
+    if (known) {
+      return known.then((c) => {
         if (!c.channel.closed) return c;
-        this.shared = undefined;
-        return this.sharedConduit(headers);
+        if (this.shared.get(pool) === known) this.shared.delete(pool);
+        return this.sharedConduit(headers, pool);
       });
     }
-    this.shared = (async () => {
+    const opening = (async () => {
       const conduit = await this.openConduit(headers);
       const result = await new Promise<Record<string, unknown>>((resolve, reject) => {
         const timer = setTimeout(
@@ -624,10 +686,11 @@ export class ChannelUpstream implements Upstream {
       conduit.channel.send({ jsonrpc: '2.0', method: 'notifications/initialized' });
       return conduit;
     })();
-    this.shared.catch(() => {
-      this.shared = undefined;
+    this.shared.set(pool, opening);
+    opening.catch(() => {
+      if (this.shared.get(pool) === opening) this.shared.delete(pool);
     });
-    return this.shared;
+    return opening;
   }
 
   /** Routes one message from the server to the stream that should carry it. */
@@ -663,13 +726,56 @@ export class ChannelUpstream implements Upstream {
     }
     // Not tied to a request the gateway can see: the session's GET stream, else the
     // newest stream still open, else kept until one opens.
-    const targets = conduit.shared ? [...conduit.sessions] : [...conduit.sessions].slice(0, 1);
-    if (conduit.shared && isRequest(message)) {
-      // A server request on a shared channel goes to the one session that is waiting on it, if any.
-      const waiting = [...conduit.inflight.values()].at(-1)?.session;
-      if (waiting) return this.deliver(waiting, message);
+    if (!conduit.shared) {
+      const only = conduit.sessions.values().next().value;
+      if (only !== undefined) this.deliver(only, message);
+      return;
     }
-    for (const session of targets) this.deliver(session, message);
+    if (isRequest(message)) {
+      const session = this.askedSession(conduit);
+      if (session === undefined) {
+        this.options.log.warn(
+          { server: this.name, method: message.method },
+          'dropped a server request: no session of this channel is open',
+        );
+        return;
+      }
+      return this.deliver(session, {
+        ...message,
+        id: conduit.serverRequestId(session, message.id),
+      });
+    }
+    if (message.method === 'notifications/cancelled') {
+      // The server withdraws a request of its own: told to the one session that got it.
+      const params = message.params as { requestId?: unknown } | undefined;
+      for (const [key, asked] of conduit.serverRequests) {
+        if (asked.serverId !== params?.requestId) continue;
+        conduit.serverRequests.delete(key);
+        const requestId = unkey(key);
+        return this.deliver(asked.session, { ...message, params: { ...params, requestId } });
+      }
+      return;
+    }
+    // Rule 4: the channel is the tenant's alone, so its sessions are the tenant's.
+    for (const session of conduit.sessions) this.deliver(session, message);
+  }
+
+  /**
+   * Rule 3: the session a server request on a shared channel goes to: the
+   * only one with requests in flight, else the one whose request is newest,
+   * else the one used last.
+   */
+  private askedSession(conduit: Conduit): BridgeSession | undefined {
+    let newest: BridgeSession | undefined;
+    for (const entry of conduit.inflight.values()) {
+      if (conduit.sessions.has(entry.session)) newest = entry.session;
+    }
+    if (newest !== undefined) return newest;
+    let last: BridgeSession | undefined;
+    for (const session of conduit.sessions) {
+      if (last === undefined || session.lastUsedAt >= last.lastUsedAt) last = session;
+    }
+    return last;
   }
 
   private deliver(session: BridgeSession, message: JsonRpcMessage): void {
@@ -750,6 +856,15 @@ export class ChannelUpstream implements Upstream {
       }
     }
   }
+}
+
+/**
+ * Which shared channel a request's session joins: its tenant's (rule 1). The
+ * caller's own key stands in when the tenant is not known, which keeps tenants
+ * apart too (at one channel per caller).
+ */
+function poolKey(req: UpstreamRequest): string {
+  return req.tenant !== undefined ? `t:${req.tenant}` : `a:${req.affinity ?? ''}`;
 }
 
 function withProgressToken(m: JsonRpcMessage, token: unknown): JsonRpcMessage {

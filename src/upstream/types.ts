@@ -19,6 +19,11 @@ export interface UpstreamRequest {
    * caller outside a session (a stdio process in the stateless era) key it by this.
    */
   affinity?: string;
+  /**
+   * The caller's tenant: a channel shared by sessions (`sharing: shared`)
+   * serves one tenant only, and is found by this.
+   */
+  tenant?: string;
 }
 
 /** One upstream, as the relay uses it. */
