@@ -39,6 +39,15 @@ before(async () => {
         sharing: 'shared',
         sandbox: { mode: 'required' },
       },
+      'shared-idle': {
+        transport: 'stdio',
+        command: process.execPath,
+        args: [HOSTILE, 'linger'],
+        sharing: 'shared',
+        sandbox: { mode: 'required' },
+        idleTimeoutMs: 1_000,
+        shutdownTimeoutMs: 500,
+      },
     },
     { jwt: { jwksFile: await writeJwks(dir, key) } },
   );
@@ -56,14 +65,19 @@ after(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-/** Host pids of the hostile server's processes. */
-function hostileProcesses(): Set<string> {
+/** Host pids of the hostile server's processes (those started with `mode`, if given). */
+function hostileProcesses(mode?: string): Set<string> {
   const found = new Set<string>();
   for (const pid of readdirSync('/proc')) {
     if (!/^\d+$/.test(pid)) continue;
     try {
       const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
-      if (argv[0] === process.execPath && argv[1] === HOSTILE) found.add(pid);
+      if (
+        argv[0] === process.execPath &&
+        argv[1] === HOSTILE &&
+        (mode === undefined || argv[2] === mode)
+      )
+        found.add(pid);
     } catch {
       // gone meanwhile
     }
@@ -211,4 +225,25 @@ test("an elicitation for A's session reaches A only; answers to it from B, or fr
     ),
     'the intruding answers were dropped and logged',
   );
+});
+
+test("a tenant's shared process ends once no session has used it for idleTimeoutMs", async () => {
+  const url = gw.urlFor('shared-idle');
+  const before = hostileProcesses('linger');
+  const auth = { authorization: `Bearer ${tokens.bob}` };
+  const init = await post(url, initializeBody(1), auth);
+  assert.equal(init.status, 200);
+  await init.text();
+  const started = [...hostileProcesses('linger')].filter((pid) => !before.has(pid));
+  assert.equal(started.length, 1);
+  const del = await fetch(url, {
+    method: 'DELETE',
+    headers: { ...auth, 'mcp-session-id': init.headers.get('mcp-session-id') as string },
+  });
+  assert.equal(del.status, 200);
+  assert.ok(
+    hostileProcesses('linger').has(started[0] as string),
+    'shared: it outlives the session',
+  );
+  await eventually(() => !hostileProcesses('linger').has(started[0] as string), 8_000);
 });

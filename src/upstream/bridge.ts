@@ -280,6 +280,10 @@ class Conduit {
   readonly sessions = new Set<BridgeSession>();
   /** Shared channels: server requests by the id the session got (rule 3). */
   readonly serverRequests = new Map<Key, ServerRequest>();
+  /** Since when no session uses it (a shared channel closes after the idle timeout). */
+  idleSince: number | undefined = undefined;
+  /** A shared channel being closed for idleness: no new session joins it. */
+  retired = false;
   private nextServerId = 0;
   readonly openedAt = Date.now();
   /** Shared channels: the server's answer to the one initialize the gateway sent. */
@@ -569,6 +573,7 @@ export class ChannelUpstream implements Upstream {
       this.byAffinity.delete(session.affinity);
     }
     session.conduit.sessions.delete(session);
+    if (session.conduit.sessions.size === 0) session.conduit.idleSince = Date.now();
     for (const [key, asked] of session.conduit.serverRequests) {
       if (asked.session === session) session.conduit.serverRequests.delete(key);
     }
@@ -593,6 +598,7 @@ export class ChannelUpstream implements Upstream {
     this.sessions.set(session.id, session);
     if (affinity !== undefined) this.byAffinity.set(affinity, session);
     conduit.sessions.add(session);
+    conduit.idleSince = undefined;
     return session;
   }
 
@@ -640,7 +646,7 @@ export class ChannelUpstream implements Upstream {
     const known = this.shared.get(pool);
     if (known) {
       return known.then((c) => {
-        if (!c.channel.closed) return c;
+        if (!c.channel.closed && !c.retired) return c;
         if (this.shared.get(pool) === known) this.shared.delete(pool);
         return this.sharedConduit(headers, pool);
       });
@@ -849,6 +855,19 @@ export class ChannelUpstream implements Upstream {
 
   private closeIdle(): void {
     const cutoff = Date.now() - this.options.idleTimeoutMs;
+    // A tenant's shared channel that no session has used for the idle timeout: one per
+    // tenant that ever came would otherwise run for ever.
+    for (const [pool, opening] of this.shared) {
+      void opening.then(
+        (c) => {
+          if (c.sessions.size > 0 || c.idleSince === undefined || c.idleSince >= cutoff) return;
+          if (this.shared.get(pool) === opening) this.shared.delete(pool);
+          c.retired = true;
+          void c.channel.close();
+        },
+        () => undefined,
+      );
+    }
     for (const session of [...this.byAffinity.values()]) {
       if (session.lastUsedAt < cutoff && session.streams.size === 0) {
         this.dropSession(session);
