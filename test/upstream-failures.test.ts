@@ -37,6 +37,7 @@ before(async () => {
     'forged',
     'forged-sse',
     'ping-comments',
+    'forged-400',
   ];
   gateway = await startTestGateway(
     {
@@ -281,6 +282,15 @@ test('an answer nested 10,000 levels deep from a legacy SSE upstream is refused 
 test('an answer to an id that was never requested is dropped; the real request gets an error instead', async () => {
   const res = await call('forged', 41);
   await expectError(res, 502, 'PORTCULLIS_ERR_UPSTREAM_BAD_RESPONSE', 41, 'forged');
+});
+
+test('an upstream 4xx whose body answers an id never requested is replaced by an error for the real request', async () => {
+  const res = await call('forged-400', 44);
+  assert.equal(res.status, 400);
+  const body = (await res.json()) as RpcError;
+  assert.equal(body.id, 44);
+  assert.equal(body.error.data.code, 'PORTCULLIS_ERR_UPSTREAM_BAD_RESPONSE');
+  assert.equal(body.error.data.upstreamStatus, 400);
 });
 
 test('on a stream, answers to ids never requested, and a second answer, are dropped; the real answer passes', async () => {

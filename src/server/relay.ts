@@ -274,10 +274,13 @@ async function relayErrorStatus(
     raw = undefined;
   }
   if (PASSED_CLIENT_ERRORS.has(status)) {
-    // A body is passed on only if it is JSON-RPC; anything else is replaced.
+    // A body is passed on only if it is JSON-RPC answering nothing but what is pending
+    // (or nothing in particular: id null); anything else is replaced.
     if (raw && contentType.startsWith('application/json') && !nestedDeeperThan(raw)) {
       try {
-        framesOf(JSON.parse(raw.toString('utf8')));
+        const frames = framesOf(JSON.parse(raw.toString('utf8')));
+        if (!frames.every((f) => f.id === undefined || f.id === null || x.pending.has(f.id)))
+          throw new Error('an answer to a request that was never sent');
         void reply
           .code(status)
           .headers(x.responseHeaders)
