@@ -107,18 +107,19 @@ export function parseBody(
   direction: Direction,
   allowBatch: boolean,
 ): { frames: Frame[]; batch: boolean } {
-  let value: unknown;
-  try {
-    value = JSON.parse(text);
-  } catch (err) {
-    throw new GatewayError('PORTCULLIS_ERR_JSONRPC_PARSE', (err as Error).message);
-  }
-  // Before anything walks it (see depth.ts); an invalid request's id is null (JSON-RPC 2.0, §5).
+  // Before it is parsed (parsing deep nesting costs far more than flat JSON) and before
+  // anything walks it (see depth.ts); an invalid request's id is null (JSON-RPC 2.0, §5).
   if (nestedDeeperThan(text)) {
     throw new GatewayError(
       'PORTCULLIS_ERR_JSONRPC_INVALID',
       `the message is nested deeper than ${MAX_JSON_DEPTH} levels`,
     );
+  }
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (err) {
+    throw new GatewayError('PORTCULLIS_ERR_JSONRPC_PARSE', (err as Error).message);
   }
   if (Array.isArray(value)) {
     if (!allowBatch) throw new GatewayError('PORTCULLIS_ERR_JSONRPC_BATCH');
