@@ -25,8 +25,8 @@
  *    attributed stays within the tenant, never crosses to another.
  * 2. A response goes to the request it answers; a notification carrying a
  *    progress token, to the request that gave it.
- * 3. A server request goes to one session: the only one with requests in
- *    flight, else the one whose request is newest, else the one used last.
+ * 3. A server request goes to one session: the one whose request in flight
+ *    is newest (often the only one), else the one used last.
  *    It reaches that session under an id the gateway made; the session's
  *    answer is mapped back to the server's id. An answer to a server request
  *    the session never received is dropped.
@@ -766,11 +766,7 @@ export class ChannelUpstream implements Upstream {
     for (const session of conduit.sessions) this.deliver(session, message);
   }
 
-  /**
-   * Rule 3: the session a server request on a shared channel goes to: the
-   * only one with requests in flight, else the one whose request is newest,
-   * else the one used last.
-   */
+  /** Rule 3: the session a server request on a shared channel goes to. */
   private askedSession(conduit: Conduit): BridgeSession | undefined {
     let newest: BridgeSession | undefined;
     for (const entry of conduit.inflight.values()) {
