@@ -8,6 +8,7 @@ import { before, after, test } from 'node:test';
 import { request } from 'undici';
 import { startFaultUpstream, type FaultUpstream } from './fixtures/fault-upstream.js';
 import { startTestGateway, type TestGateway } from './helpers/gateway.js';
+import { openSse } from './helpers/sse.js';
 import {
   ACCEPT_BOTH,
   initializeBody,
@@ -85,6 +86,59 @@ test('bodies that are not a JSON-RPC object → 400 -32600', async () => {
     assert.equal(res.status, 400, body);
     const err = (await res.json()) as RpcError;
     assert.equal(err.error.code, -32600, body);
+  }
+  assert.equal(upstreamHits(), before);
+});
+
+test('a request id that is not a string or an integer (1.5, true, an object) is refused at the door', async () => {
+  const before = upstreamHits();
+  for (const id of ['1.5', 'true', '{"n":1}', '[1]', '1e300']) {
+    const res = await post(url, `{"jsonrpc":"2.0","id":${id},"method":"ping"}`, modernHeaders('x'));
+    assert.equal(res.status, 400, id);
+    const err = (await res.json()) as RpcError;
+    assert.equal(err.error.code, -32600, id);
+    assert.equal(err.error.data.code, 'PORTCULLIS_ERR_JSONRPC_INVALID', id);
+  }
+  assert.equal(upstreamHits(), before, 'none of them reached the upstream');
+  const ok = await post(url, modernCall('x', {}, 7), modernHeaders('x'));
+  assert.equal(ok.status, 200, 'an integer id passes');
+});
+
+test('a body nested thousands of levels deep is refused at the door; the next request is served', async () => {
+  const before = upstreamHits();
+  // As deep as this gateway's small body limit allows (about 4,000 levels).
+  const depth = (BODY_LIMIT - 200) / 2;
+  const deep = `{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"x","arguments":{"a":${'['.repeat(depth)}${']'.repeat(depth)}}}}`;
+  const body = await expectRefused(
+    await post(url, deep, modernHeaders('x')),
+    400,
+    -32600,
+    'PORTCULLIS_ERR_JSONRPC_INVALID',
+  );
+  assert.match(body.error.message, /nested deeper than 128 levels/);
+  assert.equal(upstreamHits(), before, 'it never reached the upstream');
+  const ok = await post(url, modernCall('x', {}, 4), modernHeaders('x'));
+  assert.equal(ok.status, 200);
+  await ok.body?.cancel();
+});
+
+test('a legacy SSE client: a deep message or an id that is not an integer is refused on its POST', async (t) => {
+  const stream = await openSse(`${gateway.urlFor('ok')}/sse`);
+  t.after(stream.close);
+  const endpoint = await stream.next();
+  const messages = new URL(endpoint.data, gateway.url).href;
+  const before = upstreamHits();
+  const depth = (BODY_LIMIT - 200) / 2;
+  for (const body of [
+    `{"jsonrpc":"2.0","id":1,"method":"ping","params":{"a":${'['.repeat(depth)}${']'.repeat(depth)}}}`,
+    '{"jsonrpc":"2.0","id":1.5,"method":"ping"}',
+  ]) {
+    const res = await fetch(messages, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body,
+    });
+    await expectRefused(res, 400, -32600, 'PORTCULLIS_ERR_JSONRPC_INVALID');
   }
   assert.equal(upstreamHits(), before);
 });

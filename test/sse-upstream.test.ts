@@ -76,6 +76,48 @@ test('an endpoint event pointing at another origin is refused: nothing is sent t
   assert.equal(reachedElsewhere, 0);
 });
 
+/** A bridged answer: one JSON message, or the SSE stream's message for `id`. */
+async function answerFor(res: Response, id: unknown): Promise<Record<string, unknown>> {
+  const text = await res.text();
+  if ((res.headers.get('content-type') ?? '').startsWith('application/json'))
+    return JSON.parse(text) as Record<string, unknown>;
+  const messages = text
+    .split('\n')
+    .filter((l) => l.startsWith('data: '))
+    .map((l) => JSON.parse(l.slice(6)) as Record<string, unknown>);
+  return messages.find((m) => m.id === id) as Record<string, unknown>;
+}
+
+test('a message the SSE server refuses (400) fails that request alone: the session goes on, and the crash-loop breaker stays off', async () => {
+  const url = gateway.urlFor('everything');
+  // More than the crash-loop threshold: each refusal used to end the connection as a crash.
+  for (let i = 0; i < 4; i++) {
+    const init = await post(url, initializeBody(1));
+    assert.equal(init.status, 200, `initialize ${i + 1}`);
+    await init.text();
+    const sid = init.headers.get('mcp-session-id') as string;
+    const headers = { 'mcp-session-id': sid, 'mcp-protocol-version': '2025-11-25' };
+    await (
+      await post(url, { jsonrpc: '2.0', method: 'notifications/initialized' }, headers)
+    ).text();
+    // Well-formed JSON-RPC the gateway lets through, which the SDK's SSE server refuses (params as an array).
+    const bad = await post(
+      url,
+      { jsonrpc: '2.0', id: 10 + i, method: 'tools/call', params: [1] },
+      headers,
+    );
+    const refused = (await answerFor(bad, 10 + i)) as unknown as RpcError;
+    assert.equal(refused.id, 10 + i);
+    assert.equal(refused.error.data.code, 'PORTCULLIS_ERR_UPSTREAM_BAD_RESPONSE');
+    assert.equal(refused.error.data.upstreamStatus, 400);
+    const list = await post(url, { jsonrpc: '2.0', id: 20 + i, method: 'tools/list' }, headers);
+    assert.equal(list.status, 200, 'the session outlived the refusal');
+    const tools = (await answerFor(list, 20 + i)) as { result?: { tools: unknown[] } };
+    assert.ok(tools.result && tools.result.tools.length > 0);
+    await fetch(url, { method: 'DELETE', headers });
+  }
+});
+
 everythingFeaturesPerClient('server-everything over legacy HTTP+SSE', 'everything', (frames) =>
   startTestGateway({ everything: { transport: 'sse', url: upstream.url } }, {}, frames),
 );

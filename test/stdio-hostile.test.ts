@@ -476,6 +476,21 @@ test('an oversized line on stdout is dropped and logged; the answer after it arr
   assert.ok(dropped(), 'the oversized line was reported');
 });
 
+test('an answer nested 10,000 levels deep is refused with a JSON-RPC error; the gateway and the session go on', async (t) => {
+  const { client } = await connect();
+  t.after(() => client.close());
+  // Before the fix, JSON.stringify threw a RangeError and the gateway process died.
+  await assert.rejects(
+    client.callTool({ name: 'deep', arguments: {} }),
+    /nested deeper than 128 levels/,
+  );
+  const me = await call<{ pid: number }>(client, 'whoami');
+  assert.ok(me.pid > 0, 'the same session answers the next call');
+  const other = await connect();
+  t.after(() => other.client.close());
+  assert.ok((await call<{ pid: number }>(other.client, 'whoami')).pid > 0, 'and so do others');
+});
+
 test('a request the server never answers: 504 after the headers timeout, and the server is told to cancel it', async () => {
   const init = await post(gateway.urlFor('slow'), initializeBody(1));
   assert.equal(init.status, 200);

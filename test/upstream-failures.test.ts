@@ -32,6 +32,12 @@ before(async () => {
     'not-jsonrpc',
     'bad-event',
     'legacy',
+    'deep',
+    'deep-sse',
+    'forged',
+    'forged-sse',
+    'ping-comments',
+    'forged-400',
   ];
   gateway = await startTestGateway(
     {
@@ -39,6 +45,7 @@ before(async () => {
       status500: fault.url('/status/500'),
       status401: fault.url('/status/401'),
       down: `http://127.0.0.1:${down}/mcp`,
+      'legacy-sse': { transport: 'sse', url: fault.url('/legacy-sse') },
     },
     { upstreamDefaults: { timeouts: { connectMs: 1_000, headersMs: 400, idleMs: 600 } } },
   );
@@ -225,4 +232,85 @@ test('legacy: a batch is allowed only when the session negotiated 2025-03-26', a
     answers.map((a) => a.id),
     ['a', 'b'],
   );
+});
+
+test('an answer nested 10,000 levels deep from an HTTP upstream is refused with a JSON-RPC error; the gateway goes on', async () => {
+  await expectError(
+    await call('deep', 31),
+    502,
+    'PORTCULLIS_ERR_UPSTREAM_BAD_RESPONSE',
+    31,
+    'deep',
+  );
+  const streamed = await sseMessages(await call('deep-sse', 32));
+  const last = streamed.at(-1) as unknown as RpcError;
+  assert.equal(last.id, 32);
+  assert.equal(last.error.data.code, 'PORTCULLIS_ERR_UPSTREAM_BAD_RESPONSE');
+  assert.match(last.error.message, /nested deeper than 128 levels/);
+  const ok = await call('ok', 33);
+  assert.equal(ok.status, 200, 'the next request is served');
+  await ok.body?.cancel();
+});
+
+test('an answer nested 10,000 levels deep from a legacy SSE upstream is refused with a JSON-RPC error, not left hanging', async () => {
+  const url = gateway.urlFor('legacy-sse');
+  // Bounded: before the fix this request waited for ever.
+  const signal = AbortSignal.timeout(5_000);
+  const init = await post(url, initializeBody(1, '2024-11-05'), {}, signal);
+  assert.equal(init.status, 200);
+  await init.text();
+  const headers = { 'mcp-session-id': init.headers.get('mcp-session-id') as string };
+  const deep = await post(
+    url,
+    { jsonrpc: '2.0', id: 34, method: 'tools/call', params: { name: 'deep', arguments: {} } },
+    headers,
+    signal,
+  );
+  const body = (await deep.json()) as RpcError;
+  assert.equal(body.id, 34);
+  assert.equal(body.error.data.code, 'PORTCULLIS_ERR_UPSTREAM_BAD_RESPONSE');
+  const next = await post(
+    url,
+    { jsonrpc: '2.0', id: 35, method: 'tools/call', params: { name: 'other', arguments: {} } },
+    headers,
+    signal,
+  );
+  assert.equal(next.status, 200);
+  assert.deepEqual(await next.json(), { jsonrpc: '2.0', id: 35, result: { ok: true } });
+});
+
+test('an answer to an id that was never requested is dropped; the real request gets an error instead', async () => {
+  const res = await call('forged', 41);
+  await expectError(res, 502, 'PORTCULLIS_ERR_UPSTREAM_BAD_RESPONSE', 41, 'forged');
+});
+
+test('an upstream 4xx whose body answers an id never requested is replaced by an error for the real request', async () => {
+  const res = await call('forged-400', 44);
+  assert.equal(res.status, 400);
+  const body = (await res.json()) as RpcError;
+  assert.equal(body.id, 44);
+  assert.equal(body.error.data.code, 'PORTCULLIS_ERR_UPSTREAM_BAD_RESPONSE');
+  assert.equal(body.error.data.upstreamStatus, 400);
+});
+
+test('on a stream, answers to ids never requested, and a second answer, are dropped; the real answer passes', async () => {
+  const res = await call('forged-sse', 42);
+  assert.equal(res.status, 200);
+  const messages = await sseMessages(res);
+  assert.deepEqual(messages, [{ jsonrpc: '2.0', id: 42, result: { ok: true } }]);
+});
+
+test('SSE comment lines do not keep a pending request alive: it times out after idleMs', async () => {
+  const started = Date.now();
+  // Bounded: before the fix, pings every 100 ms kept it waiting for ever.
+  const res = await post(
+    gateway.urlFor('ping-comments'),
+    modernCall('tool', {}, 43),
+    modernHeaders('tool'),
+    AbortSignal.timeout(5_000),
+  );
+  const last = (await sseMessages(res)).at(-1) as unknown as RpcError;
+  assert.equal(last.id, 43);
+  assert.equal(last.error.data.code, 'PORTCULLIS_ERR_UPSTREAM_TIMEOUT');
+  assert.ok(Date.now() - started < 3_000, 'bounded by the configured 600 ms');
 });

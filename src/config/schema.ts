@@ -706,7 +706,7 @@ export const configSchema = {
           sharing: {
             enum: ['session', 'shared'],
             description:
-              'stdio and sse: "session" (default), one process/connection per client session; "shared", one for all, with request ids rewritten.',
+              'stdio and sse: "session" (default), one process/connection per client session; "shared", one per tenant for all its sessions, with request ids rewritten.',
           },
           idleTimeoutMs: {
             type: 'integer',

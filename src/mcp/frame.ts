@@ -4,6 +4,7 @@
  * and audit attach here; a message that cannot be framed never passes.
  */
 import { GatewayError, type JsonRpcId } from '../errors/index.js';
+import { MAX_JSON_DEPTH, nestedDeeperThan } from './depth.js';
 
 export type Direction = 'client-to-server' | 'server-to-client';
 export type FrameKind = 'request' | 'notification' | 'response' | 'error';
@@ -46,8 +47,14 @@ const NAME_PARAM: Record<string, 'name' | 'uri'> = {
   'resources/unsubscribe': 'uri',
 };
 
+/**
+ * spec/2025-11-25/basic/index.mdx: a request id MUST be a string or an
+ * integer. A fraction, an object or a boolean is refused here, at the door:
+ * passed on, it makes an upstream refuse the message in its own way (the SDK's
+ * SSE server answers 400), which must never look like the server failing.
+ */
 function isId(value: unknown): value is string | number {
-  return typeof value === 'string' || (typeof value === 'number' && Number.isFinite(value));
+  return typeof value === 'string' || Number.isSafeInteger(value);
 }
 
 /** Frames one parsed JSON value; throws PORTCULLIS_ERR_JSONRPC_INVALID if it is not JSON-RPC 2.0. */
@@ -64,7 +71,7 @@ export function toFrame(value: unknown, direction: Direction): Frame {
   if (typeof method === 'string') {
     if (id === undefined) return { direction, kind: 'notification', method, message: msg };
     if (!isId(id)) {
-      throw new GatewayError('PORTCULLIS_ERR_JSONRPC_INVALID', 'id must be a string or a number');
+      throw new GatewayError('PORTCULLIS_ERR_JSONRPC_INVALID', 'id must be a string or an integer');
     }
     const params = message.params;
     if (params !== undefined && (params === null || typeof params !== 'object')) {
@@ -100,6 +107,14 @@ export function parseBody(
   direction: Direction,
   allowBatch: boolean,
 ): { frames: Frame[]; batch: boolean } {
+  // Before it is parsed (parsing deep nesting costs far more than flat JSON) and before
+  // anything walks it (see depth.ts); an invalid request's id is null (JSON-RPC 2.0, §5).
+  if (nestedDeeperThan(text)) {
+    throw new GatewayError(
+      'PORTCULLIS_ERR_JSONRPC_INVALID',
+      `the message is nested deeper than ${MAX_JSON_DEPTH} levels`,
+    );
+  }
   let value: unknown;
   try {
     value = JSON.parse(text);

@@ -26,6 +26,11 @@ export interface Session {
   streams: number;
   /** The quota share the session holds, released when it ends. */
   lease?: { release(): void } | undefined;
+  /**
+   * Requests whose stream the upstream closed to be resumed (Last-Event-ID):
+   * their answers may come on a later stream of the session, and only theirs.
+   */
+  resumable?: Set<string | number>;
 }
 
 export interface SessionStore {

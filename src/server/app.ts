@@ -537,6 +537,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
         headers,
         body: req.body,
         affinity: owner,
+        tenant: req.principal.tenant,
         channelLease: () => deps.quotas.acquire('stdioProcesses', req.principal),
       },
       initialize

@@ -38,6 +38,7 @@ import type { VerifiedToken } from '../auth/jwt.js';
 import { ownerKey, type Principal } from '../auth/principal.js';
 import { GatewayError, type JsonRpcId } from '../errors/index.js';
 import { headerValue } from '../mcp/era.js';
+import { parseBody } from '../mcp/frame.js';
 import { encodeMessage, SSE_HEADERS } from '../mcp/sse.js';
 import type { ClientStream, StreamIdentity, StreamRegistry } from './streams.js';
 import type { Quotas } from './quotas.js';
@@ -322,16 +323,12 @@ export function registerLegacySse(deps: LegacySseDeps): void {
         throw new GatewayError('PORTCULLIS_ERR_SESSION_UNKNOWN', 'no such SSE connection');
       if (typeof req.body !== 'string')
         throw new GatewayError('PORTCULLIS_ERR_HTTP_UNSUPPORTED_MEDIA_TYPE');
-      let value: unknown;
-      try {
-        value = JSON.parse(req.body);
-      } catch {
-        throw new GatewayError('PORTCULLIS_ERR_JSONRPC_PARSE');
-      }
-      const messages = (Array.isArray(value) ? value : [value]) as Array<{
-        id?: unknown;
-        method?: unknown;
-      }>;
+      // Framed at this door too: what cannot be (too deep, an id that is not a string or an
+      // integer) is refused on the POST itself, as the SDK's servers do, since the in-process
+      // refusal would carry no id and reach the stream as an answer to nothing.
+      const messages = parseBody(req.body, 'client-to-server', true).frames.map(
+        (f) => f.message as { id?: unknown; method?: unknown },
+      );
       const initialize = messages.some((m) => m?.method === 'initialize');
       for (const m of messages) {
         if (typeof m?.method === 'string' && m.id !== undefined && m.id !== null)

@@ -14,11 +14,20 @@
  * 3. The client going away aborts the upstream request; in the modern era
  *    that is the cancellation (spec/2026-07-28/basic/transports/
  *    streamable-http.mdx, "Cancellation").
+ * 4. Only answers to what the client asked pass: a response or error whose id
+ *    is not a request of this exchange still waiting (or, on a session's
+ *    stream, one whose stream was closed to be resumed) is dropped and
+ *    logged, never passed on; the real request is still answered, or gets an
+ *    error. An answer cannot be forged, repeated, or land on another request.
+ * 5. While requests are pending, an SSE stream must carry a message within
+ *    the upstream's `idleMs`: comment lines (`: ping`) and empty events keep
+ *    a connection open but say nothing, and do not count.
  */
 import type { FastifyReply } from 'fastify';
 import type { Logger } from 'pino';
 import { createParser } from 'eventsource-parser';
 import { GatewayError, type JsonRpcId } from '../errors/index.js';
+import { MAX_JSON_DEPTH, nestedDeeperThan, responseIds } from '../mcp/depth.js';
 import { toFrame, type Frame, type FrameObserver } from '../mcp/frame.js';
 import { encodeEvent, encodeMessage, encodeRetry, SSE_HEADERS } from '../mcp/sse.js';
 import type { Session } from '../mcp/sessions.js';
@@ -94,6 +103,46 @@ function framesOf(value: unknown): Frame[] {
     : [toFrame(value, 'server-to-client')];
 }
 
+/** Rule 4: whether a response or error answers a request the client is waiting for. */
+function awaited(
+  x: Exchange,
+  id: JsonRpcId | undefined,
+  seen: Set<JsonRpcId> | undefined,
+): boolean {
+  if (id === undefined || id === null || seen?.has(id)) return false;
+  seen?.add(id);
+  if (x.pending.has(id)) return true;
+  return x.session?.resumable?.delete(id) === true;
+}
+
+/**
+ * Rule 4: the frames that may reach the client; `frames` itself when all may
+ * (the hot path allocates nothing).
+ */
+function admit(x: Exchange, frames: Frame[]): Frame[] {
+  const seen = frames.length > 1 ? new Set<JsonRpcId>() : undefined;
+  let kept: Frame[] | undefined;
+  for (let i = 0; i < frames.length; i++) {
+    const f = frames[i] as Frame;
+    const ok = (f.kind !== 'response' && f.kind !== 'error') || awaited(x, f.id, seen);
+    if (!ok) {
+      x.log.warn(
+        { server: x.server, id: f.id },
+        'dropped an upstream answer to a request the client is not waiting for',
+      );
+      kept ??= frames.slice(0, i);
+    } else if (kept) {
+      kept.push(f);
+    }
+  }
+  return kept ?? frames;
+}
+
+/** The bytes of what `admit` kept: one message, or a batch. */
+function encodeAdmitted(frames: readonly Frame[], batch: boolean): string {
+  return JSON.stringify(batch ? frames.map((f) => f.message) : frames[0]?.message);
+}
+
 function settle(x: Exchange, frames: readonly Frame[]): void {
   if (x.onFrame) {
     const context = { server: x.server, era: x.era, session: x.session?.id };
@@ -127,6 +176,17 @@ export function sendError(
     .header('content-type', 'application/json')
     .send(JSON.stringify(errorPayload(err, ids)));
 }
+
+function tooDeep(x: Exchange): GatewayError {
+  return new GatewayError(
+    'PORTCULLIS_ERR_UPSTREAM_BAD_RESPONSE',
+    `server '${x.server}' sent a message nested deeper than ${MAX_JSON_DEPTH} levels`,
+    { server: x.server },
+  );
+}
+
+/** Requests a session keeps waiting for across resumed streams, at most. */
+const MAX_RESUMABLE = 1_000;
 
 /** Upstream statuses passed on to the client as they are; others become 502. */
 const PASSED_CLIENT_ERRORS = new Set([400, 404, 405, 406, 409, 413, 415, 422, 429]);
@@ -166,16 +226,33 @@ export async function relayResponse(
       { server: x.server },
     );
   }
-  const raw = await up.body.collect(x.maxResponseBytes);
+  let raw = await up.body.collect(x.maxResponseBytes);
+  // Refused before anything walks it (mcp/depth.ts); every pending request gets the error.
+  if (nestedDeeperThan(raw)) throw tooDeep(x);
   let frames: Frame[];
+  let batch: boolean;
   try {
-    frames = framesOf(JSON.parse(raw.toString('utf8')));
+    const value: unknown = JSON.parse(raw.toString('utf8'));
+    batch = Array.isArray(value);
+    frames = framesOf(value);
   } catch (err) {
     throw new GatewayError(
       'PORTCULLIS_ERR_UPSTREAM_BAD_RESPONSE',
       `server '${x.server}' sent a body that is not JSON-RPC (${(err as Error).message})`,
       { server: x.server },
     );
+  }
+  const kept = admit(x, frames);
+  if (kept !== frames) {
+    if (kept.length === 0) {
+      throw new GatewayError(
+        'PORTCULLIS_ERR_UPSTREAM_BAD_RESPONSE',
+        `server '${x.server}' answered a request that was never sent`,
+        { server: x.server },
+      );
+    }
+    frames = kept;
+    raw = Buffer.from(encodeAdmitted(kept, batch));
   }
   settle(x, frames);
   // The hot path: written straight to the socket, past Fastify's reply hooks (none are registered).
@@ -202,10 +279,13 @@ async function relayErrorStatus(
     raw = undefined;
   }
   if (PASSED_CLIENT_ERRORS.has(status)) {
-    // A body is passed on only if it is JSON-RPC; anything else is replaced.
-    if (raw && contentType.startsWith('application/json')) {
+    // A body is passed on only if it is JSON-RPC answering nothing but what is pending
+    // (or nothing in particular: id null); anything else is replaced.
+    if (raw && contentType.startsWith('application/json') && !nestedDeeperThan(raw)) {
       try {
-        framesOf(JSON.parse(raw.toString('utf8')));
+        const frames = framesOf(JSON.parse(raw.toString('utf8')));
+        if (!frames.every((f) => f.id === undefined || f.id === null || x.pending.has(f.id)))
+          throw new Error('an answer to a request that was never sent');
         void reply
           .code(status)
           .headers(x.responseHeaders)
@@ -279,10 +359,20 @@ function relayStream(
     }
   };
 
+  /** Rule 5: set while requests are pending and the upstream bounds its silence. */
+  let idle: NodeJS.Timeout | undefined;
+  const silent = (): GatewayError =>
+    new GatewayError(
+      'PORTCULLIS_ERR_UPSTREAM_TIMEOUT',
+      `server '${x.server}' went silent mid-stream`,
+      { server: x.server },
+    );
+
   /** Ends the client stream, first answering every pending request with `err`. */
   const finish = (err: GatewayError | undefined, retryHintMs?: number): void => {
     if (finished) return;
     finished = true;
+    clearTimeout(idle);
     if (x.session) x.session.streams--;
     streams.remove(stream);
     if (!res.writableEnded && !res.destroyed) {
@@ -314,12 +404,33 @@ function relayStream(
   };
   streams.add(stream);
 
+  /** An event nested too deep: dropped; each pending request it answered gets an error instead. */
+  const refuseTooDeep = (data: string): void => {
+    x.log.warn(
+      { server: x.server, maxDepth: MAX_JSON_DEPTH },
+      'dropped an upstream SSE event nested too deep',
+    );
+    let value: unknown;
+    try {
+      value = JSON.parse(data);
+    } catch {
+      return;
+    }
+    const before = x.pending.size;
+    for (const id of responseIds(value)) {
+      if (!x.pending.delete(id)) continue;
+      write(encodeMessage(tooDeep(x).toResponse(id)));
+    }
+    if (before > 0 && x.pending.size === 0) streams.noteIdle(stream);
+  };
+
   const parser = createParser({
     maxBufferSize: x.maxResponseBytes,
     onEvent(ev) {
       if (ev.id !== undefined) sawEventId = true;
       // An event with empty data primes resumption (an id to come back to); it carries no message.
       if (ev.data !== '') {
+        if (nestedDeeperThan(ev.data)) return refuseTooDeep(ev.data);
         let frames: Frame[];
         try {
           frames = framesOf(JSON.parse(ev.data));
@@ -330,9 +441,14 @@ function relayStream(
           );
           return;
         }
+        const kept = admit(x, frames);
+        if (kept.length === 0) return;
+        idle?.refresh();
         const before = x.pending.size;
-        settle(x, frames);
-        write(encodeEvent({ id: ev.id, event: ev.event, data: ev.data }));
+        settle(x, kept);
+        const data =
+          kept === frames ? ev.data : encodeAdmitted(kept, ev.data.trimStart().startsWith('['));
+        write(encodeEvent({ id: ev.id, event: ev.event, data }));
         if (before > 0 && x.pending.size === 0) streams.noteIdle(stream);
         return;
       }
@@ -358,11 +474,21 @@ function relayStream(
     },
   });
 
+  if (up.idleMs !== undefined && up.idleMs > 0 && x.pending.size > 0) {
+    idle = setTimeout(() => {
+      if (finished || x.pending.size === 0) return;
+      finish(silent());
+      x.abort();
+    }, up.idleMs);
+    idle.unref();
+  }
+
   return new Promise<void>((resolve) => {
     res.once('close', () => {
       // The client went away (or the stream was finished): stop the upstream side.
       if (!finished) {
         finished = true;
+        clearTimeout(idle);
         if (x.session) x.session.streams--;
         streams.remove(stream);
         x.abort();
@@ -382,8 +508,16 @@ function relayStream(
       }
     };
     const onEnd = () => {
-      if (x.pending.size === 0 || (x.era === 'legacy' && sawEventId && sawRetry))
+      if (x.pending.size === 0) return finish(undefined);
+      if (x.era === 'legacy' && sawEventId && sawRetry) {
+        // Closed to be resumed: these answers may come on a later stream of the session.
+        if (x.session) {
+          const resumable = (x.session.resumable ??= new Set());
+          for (const id of x.pending)
+            if (id !== null && resumable.size < MAX_RESUMABLE) resumable.add(id);
+        }
         return finish(undefined);
+      }
       finish(
         new GatewayError(
           'PORTCULLIS_ERR_UPSTREAM_STREAM_ENDED',
@@ -398,13 +532,7 @@ function relayStream(
       const code = (err as { code?: string }).code;
       finish(
         code === 'UND_ERR_BODY_TIMEOUT'
-          ? new GatewayError(
-              'PORTCULLIS_ERR_UPSTREAM_TIMEOUT',
-              `server '${x.server}' went silent mid-stream`,
-              {
-                server: x.server,
-              },
-            )
+          ? silent()
           : new GatewayError(
               'PORTCULLIS_ERR_UPSTREAM_STREAM_ENDED',
               `server '${x.server}' stream failed (${code ?? err.message})`,

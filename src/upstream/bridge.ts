@@ -14,9 +14,24 @@
  * Sessions: `initialize` (legacy era) opens a channel of its own, so agents
  * and tenants never share a process; a stateless (2026-07-28) request uses
  * the channel of its caller (`affinity`), opened on demand and closed when
- * idle. With `sharing: shared` every session uses one channel, and request
- * ids and progress tokens are rewritten so sessions never see each other's
- * answers.
+ * idle. With `sharing: shared` the sessions of one tenant share one channel
+ * (a pool keyed by tenant), and request ids and progress tokens are rewritten
+ * so sessions never see each other's answers.
+ *
+ * Shared channels, routing rules in order of precedence:
+ * 1. A channel serves one tenant only. Over stdio nothing ties a server's
+ *    request or notification to the client request it is about (only a
+ *    progress token does), so routing cannot always be exact: what cannot be
+ *    attributed stays within the tenant, never crosses to another.
+ * 2. A response goes to the request it answers; a notification carrying a
+ *    progress token, to the request that gave it.
+ * 3. A server request goes to one session: the one whose request in flight
+ *    is newest (often the only one), else the one used last.
+ *    It reaches that session under an id the gateway made; the session's
+ *    answer is mapped back to the server's id. An answer to a server request
+ *    the session never received is dropped.
+ * 4. Any other notification (logging, list changes) goes to every session of
+ *    the channel, i.e. of that tenant.
  *
  * Failures: a channel that dies ends every stream open on it with an error
  * (the relay then answers each pending request with a JSON-RPC error), and
@@ -69,6 +84,8 @@ export interface BridgeOptions {
   readonly headersTimeoutMs: number;
   /** Told how many channels are open, whenever that changes (for metrics). */
   readonly onChannels?: (open: number) => void;
+  /** The crash-loop window (default CRASH_WINDOW_MS); shorter in tests of the breaker. */
+  readonly crashWindowMs?: number;
 }
 
 type Key = string;
@@ -151,11 +168,27 @@ class EmulatedStream implements BodyController {
 
   push(message: JsonRpcMessage): void {
     if (this.ended) return;
+    // Serialized before anything is decided: a message that cannot be fails this stream
+    // (each request on it gets its error), never leaves a head decided but unsent.
+    let data: string;
+    try {
+      data = JSON.stringify(message);
+    } catch (err) {
+      this.fail(
+        new GatewayError(
+          'PORTCULLIS_ERR_UPSTREAM_BAD_RESPONSE',
+          `a message that cannot be relayed (${(err as Error).message})`,
+        ),
+      );
+      // And what the stream still waited for is cancelled at the server.
+      this.abort();
+      return;
+    }
     if (!this.decided) {
       if (this.single && this.pending.size === 0 && message.method === undefined) {
         this.decided = true;
         clearTimeout(this.headTimer);
-        this.body.push(Buffer.from(JSON.stringify(message)));
+        this.body.push(Buffer.from(data));
         this.ended = true;
         this.body.end();
         this.resolveHead({
@@ -167,7 +200,7 @@ class EmulatedStream implements BodyController {
       }
       this.streamNow();
     }
-    this.body.push(Buffer.from(`event: message\ndata: ${JSON.stringify(message)}\n\n`));
+    this.body.push(Buffer.from(`event: message\ndata: ${data}\n\n`));
   }
 
   end(): void {
@@ -230,11 +263,28 @@ class BridgeSession {
   ) {}
 }
 
-/** A channel and what is in flight on it (one per session, or one shared). */
+/** A server request delivered to a session of a shared channel, until the session answers it. */
+interface ServerRequest {
+  readonly session: BridgeSession;
+  /** The id the server gave it; the session knows it by the gateway's. */
+  readonly serverId: unknown;
+}
+
+/** Server requests a shared channel keeps waiting for an answer, at most (the oldest go first). */
+const MAX_SERVER_REQUESTS = 1_000;
+
+/** A channel and what is in flight on it (one per session, or one shared per tenant). */
 class Conduit {
   readonly inflight = new Map<Key, Inflight>();
   readonly progress = new Map<Key, Inflight>();
   readonly sessions = new Set<BridgeSession>();
+  /** Shared channels: server requests by the id the session got (rule 3). */
+  readonly serverRequests = new Map<Key, ServerRequest>();
+  /** Since when no session uses it (a shared channel closes after the idle timeout). */
+  idleSince: number | undefined = undefined;
+  /** A shared channel being closed for idleness: no new session joins it. */
+  retired = false;
+  private nextServerId = 0;
   readonly openedAt = Date.now();
   /** Shared channels: the server's answer to the one initialize the gateway sent. */
   initializeResult: Record<string, unknown> | undefined;
@@ -247,6 +297,17 @@ class Conduit {
   channelId(clientId: unknown): unknown {
     return this.shared ? `pc-${++this.nextId}` : clientId;
   }
+
+  /** Rule 3: the id `session` gets for a server request, remembered until it answers. */
+  serverRequestId(session: BridgeSession, serverId: unknown): string {
+    const id = `pc-s${++this.nextServerId}`;
+    this.serverRequests.set(keyOf(id), { session, serverId });
+    if (this.serverRequests.size > MAX_SERVER_REQUESTS) {
+      const oldest = this.serverRequests.keys().next().value as Key;
+      this.serverRequests.delete(oldest);
+    }
+    return id;
+  }
 }
 
 export class ChannelUpstream implements Upstream {
@@ -254,10 +315,13 @@ export class ChannelUpstream implements Upstream {
   readonly maxResponseBytes: number;
   private readonly sessions = new Map<string, BridgeSession>();
   private readonly byAffinity = new Map<string, BridgeSession>();
-  private shared: Promise<Conduit> | undefined;
+  /** Shared channels, one per tenant (rule 1). */
+  private readonly shared = new Map<string, Promise<Conduit>>();
   private readonly recentCrashes: number[] = [];
   private backoffUntil = 0;
   private backoffMs = CRASH_BACKOFF_FIRST_MS;
+  private lastCrashAt = 0;
+  private readonly crashWindowMs: number;
   private readonly idleTimer: NodeJS.Timeout;
   private closed = false;
   private openChannels = 0;
@@ -265,6 +329,7 @@ export class ChannelUpstream implements Upstream {
   constructor(private readonly options: BridgeOptions) {
     this.name = options.name;
     this.maxResponseBytes = options.maxResponseBytes;
+    this.crashWindowMs = options.crashWindowMs ?? CRASH_WINDOW_MS;
     this.idleTimer = setInterval(
       () => this.closeIdle(),
       Math.max(1_000, Math.min(60_000, options.idleTimeoutMs / 4)),
@@ -295,8 +360,11 @@ export class ChannelUpstream implements Upstream {
     this.closed = true;
     clearInterval(this.idleTimer);
     const conduits = new Set([...this.sessions.values()].map((s) => s.conduit));
-    if (this.shared) conduits.add(await this.shared.catch(() => undefined as unknown as Conduit));
-    await Promise.all([...conduits].filter(Boolean).map((c) => c.channel.close()));
+    for (const pending of this.shared.values()) {
+      const c = await pending.catch(() => undefined);
+      if (c) conduits.add(c);
+    }
+    await Promise.all([...conduits].map((c) => c.channel.close()));
   }
 
   private async handle(
@@ -323,14 +391,16 @@ export class ChannelUpstream implements Upstream {
       if (known === undefined) return sessionNotFound(messages);
       session = known;
     } else if (initialize !== undefined) {
-      session = await this.newSession(undefined, req);
+      session = await this.newSession(undefined, req, poolKey(req));
       created = true;
     } else {
       // Stateless (2026-07-28): the caller's own channel, opened on demand.
       const affinity = req.affinity ?? 'anonymous';
       const known = this.byAffinity.get(affinity);
       session =
-        known && !known.conduit.channel.closed ? known : await this.newSession(affinity, req);
+        known && !known.conduit.channel.closed
+          ? known
+          : await this.newSession(affinity, req, poolKey(req));
     }
     session.lastUsedAt = Date.now();
     // A credential minted for the session is renewed before it expires: the server gets the new one.
@@ -408,6 +478,20 @@ export class ChannelUpstream implements Upstream {
   /** A client notification or response, sent down; a cancellation also releases its request. */
   private sendDown(session: BridgeSession, message: JsonRpcMessage): void {
     const conduit = session.conduit;
+    if (conduit.shared && message.method === undefined) {
+      // Rule 3: an answer goes back under the server's id, and only from the session asked.
+      const key = keyOf(message.id);
+      const asked = conduit.serverRequests.get(key);
+      if (asked === undefined || asked.session !== session) {
+        this.options.log.warn(
+          { server: this.name, id: message.id },
+          'dropped an answer to a server request this session never received',
+        );
+        return;
+      }
+      conduit.serverRequests.delete(key);
+      message = { ...message, id: asked.serverId };
+    }
     if (message.method === 'notifications/cancelled' && conduit.shared) {
       // The server knows the request by the id it travelled under.
       const params = message.params as { requestId?: unknown } | undefined;
@@ -489,6 +573,10 @@ export class ChannelUpstream implements Upstream {
       this.byAffinity.delete(session.affinity);
     }
     session.conduit.sessions.delete(session);
+    if (session.conduit.sessions.size === 0) session.conduit.idleSince = Date.now();
+    for (const [key, asked] of session.conduit.serverRequests) {
+      if (asked.session === session) session.conduit.serverRequests.delete(key);
+    }
     for (const s of session.streams) {
       if (err) s.fail(err);
       else s.end();
@@ -499,11 +587,12 @@ export class ChannelUpstream implements Upstream {
   private async newSession(
     affinity: string | undefined,
     req: UpstreamRequest,
+    pool: string,
   ): Promise<BridgeSession> {
     if (this.closed) throw new GatewayError('PORTCULLIS_ERR_HTTP_SHUTTING_DOWN');
     let conduit: Conduit;
     if (this.options.sharing === 'shared') {
-      conduit = await this.sharedConduit(req.headers);
+      conduit = await this.sharedConduit(req.headers, pool);
     } else {
       // A channel of its own is a process (or a connection) of its own: the caller's quota.
       const lease = req.channelLease?.();
@@ -519,6 +608,7 @@ export class ChannelUpstream implements Upstream {
     this.sessions.set(session.id, session);
     if (affinity !== undefined) this.byAffinity.set(affinity, session);
     conduit.sessions.add(session);
+    conduit.idleSince = undefined;
     return session;
   }
 
@@ -548,21 +638,32 @@ export class ChannelUpstream implements Upstream {
     }
     const conduit = new Conduit(channel, this.options.sharing === 'shared');
     this.options.onChannels?.(++this.openChannels);
-    channel.onMessage((m) => this.fromServer(conduit, m));
+    channel.onMessage((m) => {
+      // Whatever one message does, it fails on its own: the gateway and the other channels go on.
+      try {
+        this.fromServer(conduit, m);
+      } catch (err) {
+        this.options.log.error(
+          { server: this.name, err: (err as Error).message },
+          'failed to route a message from the server',
+        );
+      }
+    });
     channel.onClose((reason) => this.channelClosed(conduit, reason));
     return conduit;
   }
 
-  /** The one shared channel, initialized by the gateway once. */
-  private sharedConduit(headers: Readonly<Record<string, string>>): Promise<Conduit> {
-    if (this.shared) {
-      return this.shared.then((c) => {
-        if (!c.channel.closed) return c;
-        this.shared = undefined;
-        return this.sharedConduit(headers);
+  /** The tenant's shared channel (rule 1), initialized by the gateway once. */
+  private sharedConduit(headers: Readonly<Record<string, string>>, pool: string): Promise<Conduit> {
+    const known = this.shared.get(pool);
+    if (known) {
+      return known.then((c) => {
+        if (!c.channel.closed && !c.retired) return c;
+        if (this.shared.get(pool) === known) this.shared.delete(pool);
+        return this.sharedConduit(headers, pool);
       });
     }
-    this.shared = (async () => {
+    const opening = (async () => {
       const conduit = await this.openConduit(headers);
       const result = await new Promise<Record<string, unknown>>((resolve, reject) => {
         const timer = setTimeout(
@@ -603,10 +704,11 @@ export class ChannelUpstream implements Upstream {
       conduit.channel.send({ jsonrpc: '2.0', method: 'notifications/initialized' });
       return conduit;
     })();
-    this.shared.catch(() => {
-      this.shared = undefined;
+    this.shared.set(pool, opening);
+    opening.catch(() => {
+      if (this.shared.get(pool) === opening) this.shared.delete(pool);
     });
-    return this.shared;
+    return opening;
   }
 
   /** Routes one message from the server to the stream that should carry it. */
@@ -642,13 +744,52 @@ export class ChannelUpstream implements Upstream {
     }
     // Not tied to a request the gateway can see: the session's GET stream, else the
     // newest stream still open, else kept until one opens.
-    const targets = conduit.shared ? [...conduit.sessions] : [...conduit.sessions].slice(0, 1);
-    if (conduit.shared && isRequest(message)) {
-      // A server request on a shared channel goes to the one session that is waiting on it, if any.
-      const waiting = [...conduit.inflight.values()].at(-1)?.session;
-      if (waiting) return this.deliver(waiting, message);
+    if (!conduit.shared) {
+      const only = conduit.sessions.values().next().value;
+      if (only !== undefined) this.deliver(only, message);
+      return;
     }
-    for (const session of targets) this.deliver(session, message);
+    if (isRequest(message)) {
+      const session = this.askedSession(conduit);
+      if (session === undefined) {
+        this.options.log.warn(
+          { server: this.name, method: message.method },
+          'dropped a server request: no session of this channel is open',
+        );
+        return;
+      }
+      return this.deliver(session, {
+        ...message,
+        id: conduit.serverRequestId(session, message.id),
+      });
+    }
+    if (message.method === 'notifications/cancelled') {
+      // The server withdraws a request of its own: told to the one session that got it.
+      const params = message.params as { requestId?: unknown } | undefined;
+      for (const [key, asked] of conduit.serverRequests) {
+        if (asked.serverId !== params?.requestId) continue;
+        conduit.serverRequests.delete(key);
+        const requestId = unkey(key);
+        return this.deliver(asked.session, { ...message, params: { ...params, requestId } });
+      }
+      return;
+    }
+    // Rule 4: the channel is the tenant's alone, so its sessions are the tenant's.
+    for (const session of conduit.sessions) this.deliver(session, message);
+  }
+
+  /** Rule 3: the session a server request on a shared channel goes to. */
+  private askedSession(conduit: Conduit): BridgeSession | undefined {
+    let newest: BridgeSession | undefined;
+    for (const entry of conduit.inflight.values()) {
+      if (conduit.sessions.has(entry.session)) newest = entry.session;
+    }
+    if (newest !== undefined) return newest;
+    let last: BridgeSession | undefined;
+    for (const session of conduit.sessions) {
+      if (last === undefined || session.lastUsedAt >= last.lastUsedAt) last = session;
+    }
+    return last;
   }
 
   private deliver(session: BridgeSession, message: JsonRpcMessage): void {
@@ -668,8 +809,11 @@ export class ChannelUpstream implements Upstream {
         { server: this.name, err: reason.message, sessions: conduit.sessions.size },
         'upstream channel ended',
       );
-      if (Date.now() - conduit.openedAt < CRASH_WINDOW_MS) this.noteCrash();
+      if (Date.now() - conduit.openedAt < this.crashWindowMs) this.noteCrash();
     }
+    // A channel that lived past the window was healthy: whatever looped before is over.
+    if (Date.now() - conduit.openedAt >= this.crashWindowMs)
+      this.backoffMs = CRASH_BACKOFF_FIRST_MS;
     // What every request still in flight on it is answered with (a JSON-RPC error each).
     const err = new GatewayError(
       'PORTCULLIS_ERR_UPSTREAM_STREAM_ENDED',
@@ -682,12 +826,22 @@ export class ChannelUpstream implements Upstream {
     for (const session of [...conduit.sessions]) this.dropSession(session, err);
   }
 
+  /**
+   * Counts an early death. Only deaths count: a message the server refused
+   * (sse.ts) is that message's failure, so a client cannot trip the breaker.
+   * The backoff doubles per loop, and starts over once a whole window has
+   * passed without a crash since the last backoff ended (a loop that goes on
+   * right after its backoff keeps doubling).
+   */
   private noteCrash(): void {
     const now = Date.now();
+    if (now - Math.max(this.lastCrashAt, this.backoffUntil) >= this.crashWindowMs)
+      this.backoffMs = CRASH_BACKOFF_FIRST_MS;
+    this.lastCrashAt = now;
     this.recentCrashes.push(now);
     while (
       this.recentCrashes.length > 0 &&
-      (this.recentCrashes[0] as number) < now - CRASH_WINDOW_MS
+      (this.recentCrashes[0] as number) < now - this.crashWindowMs
     )
       this.recentCrashes.shift();
     if (this.recentCrashes.length >= CRASH_LOOP_THRESHOLD) {
@@ -696,7 +850,7 @@ export class ChannelUpstream implements Upstream {
         {
           server: this.name,
           crashes: this.recentCrashes.length,
-          windowMs: CRASH_WINDOW_MS,
+          windowMs: this.crashWindowMs,
           backoffMs: this.backoffMs,
         },
         'upstream server is crash-looping; refusing new sessions for a while',
@@ -704,8 +858,6 @@ export class ChannelUpstream implements Upstream {
       this.options.onCrashLoop?.();
       this.backoffMs = Math.min(CRASH_BACKOFF_MAX_MS, this.backoffMs * 2);
       this.recentCrashes.length = 0;
-    } else if (this.recentCrashes.length === 0) {
-      this.backoffMs = CRASH_BACKOFF_FIRST_MS;
     }
   }
 
@@ -721,6 +873,19 @@ export class ChannelUpstream implements Upstream {
 
   private closeIdle(): void {
     const cutoff = Date.now() - this.options.idleTimeoutMs;
+    // A tenant's shared channel that no session has used for the idle timeout: one per
+    // tenant that ever came would otherwise run for ever.
+    for (const [pool, opening] of this.shared) {
+      void opening.then(
+        (c) => {
+          if (c.sessions.size > 0 || c.idleSince === undefined || c.idleSince >= cutoff) return;
+          if (this.shared.get(pool) === opening) this.shared.delete(pool);
+          c.retired = true;
+          void c.channel.close();
+        },
+        () => undefined,
+      );
+    }
     for (const session of [...this.byAffinity.values()]) {
       if (session.lastUsedAt < cutoff && session.streams.size === 0) {
         this.dropSession(session);
@@ -728,6 +893,15 @@ export class ChannelUpstream implements Upstream {
       }
     }
   }
+}
+
+/**
+ * Which shared channel a request's session joins: its tenant's (rule 1). The
+ * caller's own key stands in when the tenant is not known, which keeps tenants
+ * apart too (at one channel per caller).
+ */
+function poolKey(req: UpstreamRequest): string {
+  return req.tenant !== undefined ? `t:${req.tenant}` : `a:${req.affinity ?? ''}`;
 }
 
 function withProgressToken(m: JsonRpcMessage, token: unknown): JsonRpcMessage {

@@ -4,6 +4,9 @@
  * connection (sse.ts) are channels; the bridge (bridge.ts) turns channels into
  * an upstream that answers like a Streamable HTTP server.
  */
+import type { Logger } from 'pino';
+import { GatewayError } from '../errors/index.js';
+import { MAX_JSON_DEPTH, responseIds } from '../mcp/depth.js';
 
 /** A JSON-RPC 2.0 message as it travels: an object, already parsed. */
 export type JsonRpcMessage = Record<string, unknown>;
@@ -58,6 +61,26 @@ export abstract class ChannelListeners {
 
   protected emitMessage(message: JsonRpcMessage): void {
     for (const l of this.messageListeners) l(message);
+  }
+
+  /**
+   * A message from `server` nested deeper than MAX_JSON_DEPTH, refused where
+   * it entered: dropped, and each request it answered gets a JSON-RPC error in
+   * its place, so no caller waits for ever and nothing walks it.
+   */
+  protected refuseTooDeep(value: unknown, server: string, log: Logger): void {
+    log.warn(
+      { server, maxDepth: MAX_JSON_DEPTH },
+      `dropped a message nested deeper than ${MAX_JSON_DEPTH} levels`,
+    );
+    for (const id of responseIds(value)) {
+      const err = new GatewayError(
+        'PORTCULLIS_ERR_UPSTREAM_BAD_RESPONSE',
+        `server '${server}' sent an answer nested deeper than ${MAX_JSON_DEPTH} levels`,
+        { server },
+      );
+      this.emitMessage({ jsonrpc: '2.0', id, error: err.toJsonRpc() });
+    }
   }
 
   /** Marks the channel ended and tells the listeners; false if it had already ended. */

@@ -84,7 +84,10 @@ class DispatchedCall implements UpstreamCall, Dispatcher.DispatchHandler {
   private resolve!: (res: UpstreamResponse) => void;
   private reject!: (err: unknown) => void;
 
-  constructor(private readonly server: string) {
+  constructor(
+    private readonly server: string,
+    private readonly idleMs: number,
+  ) {
     this.response = new Promise<UpstreamResponse>((resolve, reject) => {
       this.resolve = resolve;
       this.reject = reject;
@@ -108,7 +111,7 @@ class DispatchedCall implements UpstreamCall, Dispatcher.DispatchHandler {
     headers: IncomingHttpHeaders,
   ): void {
     this.body = new UpstreamBody(controller);
-    this.resolve({ statusCode, headers, body: this.body });
+    this.resolve({ statusCode, headers, body: this.body, idleMs: this.idleMs });
   }
 
   onResponseData(_controller: Dispatcher.DispatchController, chunk: Buffer): void {
@@ -172,14 +175,15 @@ export class HttpUpstream implements Upstream {
    * the upstream has answered with headers, or rejects with a GatewayError.
    */
   request(req: UpstreamRequest): UpstreamCall {
-    const call = new DispatchedCall(this.name);
+    const idleMs = req.idleMs ?? this.timeouts.idleMs;
+    const call = new DispatchedCall(this.name, idleMs);
     this.pool.dispatch(
       {
         path: this.path,
         method: req.method,
         headers: { ...req.headers, ...this.extraHeaders, host: this.url.host },
         body: req.body ?? null,
-        bodyTimeout: req.idleMs ?? this.timeouts.idleMs,
+        bodyTimeout: idleMs,
       },
       call,
     );

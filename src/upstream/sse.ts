@@ -10,8 +10,13 @@
  *    they carry, anywhere else.
  * 2. Messages are POSTed one after another, in the order they were sent
  *    (the server sees them as a stdio server would); each POST is bounded by
- *    the headers timeout, and a refused or silent POST ends the channel (the
- *    bridge then fails what was in flight, and the session ends).
+ *    the headers timeout. A POST the server refuses as a bad message (a 4xx
+ *    other than 404/410) is that message's failure, not the connection's: a
+ *    request gets a JSON-RPC error, and the channel goes on. A client's own
+ *    message must never look like the server dying (the crash-loop breaker
+ *    would lock everyone out). A silent POST, a 5xx, or 404/410 (the server
+ *    forgot the session) ends the channel (the bridge then fails what was in
+ *    flight, and the session ends).
  * 3. The stream's end or an error on it ends the channel; silence does not
  *    (a session with nothing to say is not a dead one).
  */
@@ -19,6 +24,8 @@ import { createParser } from 'eventsource-parser';
 import type { Logger } from 'pino';
 import { Agent, type Dispatcher } from 'undici';
 import type { UpstreamTimeouts } from '../config/schema.js';
+import { GatewayError } from '../errors/index.js';
+import { nestedDeeperThan } from '../mcp/depth.js';
 import {
   ChannelClosedError,
   ChannelListeners,
@@ -47,7 +54,7 @@ function agent(): Agent {
 }
 
 export class SseChannel extends ChannelListeners implements MessageChannel {
-  private readonly queue: string[] = [];
+  private readonly queue: JsonRpcMessage[] = [];
   private posting = false;
   private closing = false;
   private readonly abort = new AbortController();
@@ -121,6 +128,11 @@ export class SseChannel extends ChannelListeners implements MessageChannel {
           options.log.warn({ server: options.server }, 'dropped an SSE event that is not JSON');
           return;
         }
+        // Nothing can wait for an answer before the endpoint is known: an early one is just dropped.
+        if (nestedDeeperThan(ev.data)) {
+          if (opened.channel) opened.channel.refuseTooDeep(message, options.server, options.log);
+          return;
+        }
         const messages = (Array.isArray(message) ? message : [message]) as JsonRpcMessage[];
         for (const m of messages) {
           if (opened.channel) opened.channel.deliver(m);
@@ -178,7 +190,7 @@ export class SseChannel extends ChannelListeners implements MessageChannel {
   send(message: JsonRpcMessage): void {
     if (this.ended || this.closing)
       throw new ChannelClosedError(`server '${this.options.server}' is not connected`);
-    this.queue.push(JSON.stringify(message));
+    this.queue.push(message);
     if (!this.posting) void this.drain();
   }
 
@@ -212,13 +224,30 @@ export class SseChannel extends ChannelListeners implements MessageChannel {
     this.markEnded(reason);
   }
 
+  /** Rule 2: a refused message fails alone; a request among them is answered with an error. */
+  private refused(message: JsonRpcMessage, status: number): void {
+    this.options.log.warn(
+      { server: this.options.server, status, method: message.method },
+      'the SSE server refused a message',
+    );
+    if (typeof message.method !== 'string' || message.id === undefined || message.id === null)
+      return;
+    const err = new GatewayError(
+      'PORTCULLIS_ERR_UPSTREAM_BAD_RESPONSE',
+      `server '${this.options.server}' refused the request (${status})`,
+      { server: this.options.server, upstreamStatus: status },
+    );
+    this.deliver({ jsonrpc: '2.0', id: message.id, error: err.toJsonRpc() });
+  }
+
   /** Rule 2: one POST at a time, in order. */
   private async drain(): Promise<void> {
     this.posting = true;
     try {
       while (this.queue.length > 0 && !this.ended) {
-        const body = this.queue.shift() as string;
+        const message = this.queue.shift() as JsonRpcMessage;
         try {
+          const body = JSON.stringify(message);
           const res = await agent().request({
             origin: this.endpoint.origin,
             path: `${this.endpoint.pathname}${this.endpoint.search}`,
@@ -230,7 +259,9 @@ export class SseChannel extends ChannelListeners implements MessageChannel {
             bodyTimeout: this.options.timeouts.headersMs,
           });
           await res.body.dump().catch(() => undefined);
-          if (res.statusCode < 200 || res.statusCode >= 300) {
+          if (res.statusCode >= 400 && res.statusCode < 500 && !SESSION_GONE.has(res.statusCode)) {
+            this.refused(message, res.statusCode);
+          } else if (res.statusCode < 200 || res.statusCode >= 300) {
             this.end(
               new ChannelClosedError(
                 `server '${this.options.server}' refused a message (${res.statusCode}); its session is gone`,
@@ -251,6 +282,9 @@ export class SseChannel extends ChannelListeners implements MessageChannel {
     }
   }
 }
+
+/** POST statuses that mean the server no longer knows the connection: the channel is over. */
+const SESSION_GONE = new Set([404, 410]);
 
 function describe(err: unknown): string {
   const e = err as { code?: string; message?: string };

@@ -24,6 +24,7 @@ import {
   type JsonRpcMessage,
   type MessageChannel,
 } from './channel.js';
+import { nestedDeeperThan } from '../mcp/depth.js';
 import { childrenByParent } from './procfs.js';
 import type { SandboxPlan } from './sandbox.js';
 
@@ -244,6 +245,7 @@ export class StdioChannel extends ChannelListeners implements MessageChannel {
     ) {
       return this.garbage('JSON that is not a JSON-RPC message', line.length, line);
     }
+    if (nestedDeeperThan(line)) return this.refuseTooDeep(message, this.options.server, this.log);
     this.emitMessage(message as JsonRpcMessage);
   }
 

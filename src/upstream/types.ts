@@ -24,6 +24,11 @@ export interface UpstreamRequest {
    * an upstream opens one for it; throws the refusal when none is left.
    */
   channelLease?: () => { release(): void };
+  /**
+   * The caller's tenant: a channel shared by sessions (`sharing: shared`)
+   * serves one tenant only, and is found by this.
+   */
+  tenant?: string;
 }
 
 /** One upstream, as the relay uses it. */
@@ -54,6 +59,12 @@ export interface UpstreamResponse {
   statusCode: number;
   headers: IncomingHttpHeaders;
   body: UpstreamBody;
+  /**
+   * Longest wait for the next message of an SSE body while requests are
+   * pending (0 or absent: none). Bytes that carry no message, like comment
+   * lines, do not count: undici's body timeout alone would take them as life.
+   */
+  idleMs?: number;
 }
 
 /** One request in flight: its answer, and a way to abort it (a client that went away). */

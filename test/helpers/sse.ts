@@ -1,13 +1,17 @@
 /** A raw client of the gateway's legacy HTTP+SSE endpoint, for tests that need the events themselves. */
 import assert from 'node:assert/strict';
 
-/** Opens a legacy SSE stream; `next()` resolves with each event in turn, and rejects once it has ended. */
-export async function openSse(url: string, token?: string) {
+/**
+ * Opens an SSE stream (a legacy SSE connection, or a session's GET stream with
+ * `headers`); `next()` resolves with each event in turn, and rejects once it has ended.
+ */
+export async function openSse(url: string, token?: string, headers: Record<string, string> = {}) {
   const controller = new AbortController();
   const res = await fetch(url, {
     headers: {
       accept: 'text/event-stream',
       ...(token === undefined ? {} : { authorization: `Bearer ${token}` }),
+      ...headers,
     },
     signal: controller.signal,
   });
