@@ -16,7 +16,8 @@ const frames = new SeenFrames();
 before(async () => {
   gateway = await startTestGateway(
     {
-      everything: everythingStdio({ sandbox: { mode: 'required' } }),
+      // No warm pool: processes started here are the sessions' own, which the count below relies on.
+      everything: everythingStdio({ sandbox: { mode: 'required' }, warmPool: 0 }),
       shared: everythingStdio({ sandbox: { mode: 'required' }, sharing: 'shared' }),
     },
     {},
