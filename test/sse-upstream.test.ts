@@ -61,7 +61,9 @@ test('a legacy SSE server that is down: 502 naming the server, a JSON-RPC error 
   const body = (await res.json()) as RpcError;
   assert.equal(body.id, 3);
   assert.equal(body.error.data.code, 'PORTCULLIS_ERR_UPSTREAM_UNREACHABLE');
-  assert.match(body.error.message, /server 'down' \(cannot open the SSE stream: ECONNREFUSED\)/);
+  assert.match(body.error.message, /server 'down' could not be reached/);
+  // Where it lives and what the system said are the operator's, not the client's.
+  assert.doesNotMatch(JSON.stringify(body), /127\.0\.0\.1|:1\b|ECONN|errno/);
 });
 
 test('an endpoint event pointing at another origin is refused: nothing is sent there', async () => {
@@ -71,8 +73,9 @@ test('an endpoint event pointing at another origin is refused: nothing is sent t
   assert.equal(body.error.data.code, 'PORTCULLIS_ERR_UPSTREAM_UNREACHABLE');
   assert.match(
     body.error.message,
-    /endpoint http:\/\/127\.0\.0\.1:\d+ is not on http:\/\/127\.0\.0\.1:\d+/,
+    /server 'misdirecting' named a message endpoint on another origin/,
   );
+  assert.doesNotMatch(body.error.message, /127\.0\.0\.1/, 'neither origin is shown');
   assert.equal(reachedElsewhere, 0);
 });
 

@@ -535,7 +535,7 @@ function relayStream(
           ? silent()
           : new GatewayError(
               'PORTCULLIS_ERR_UPSTREAM_STREAM_ENDED',
-              `server '${x.server}' stream failed (${code ?? err.message})`,
+              `server '${x.server}' broke off its stream`,
               { server: x.server },
             ),
       );

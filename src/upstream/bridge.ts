@@ -42,7 +42,7 @@
 import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import { GatewayError, isGatewayError, type JsonRpcId } from '../errors/index.js';
-import type { JsonRpcMessage, MessageChannel } from './channel.js';
+import { saidOf, type JsonRpcMessage, type MessageChannel } from './channel.js';
 import {
   UpstreamAbort,
   UpstreamBody,
@@ -628,9 +628,14 @@ export class ChannelUpstream implements Upstream {
       // A server that cannot start is the operator's to fix: not a crash, and said so.
       if (isGatewayError(err) && err.code === 'PORTCULLIS_ERR_UPSTREAM_CANNOT_START') throw err;
       this.noteCrash();
+      // The detail (an address, errno text) is the operator's; the client learns what happened.
+      this.options.log.warn(
+        { server: this.name, err: (err as Error).message },
+        'could not open an upstream channel',
+      );
       throw new GatewayError(
         'PORTCULLIS_ERR_UPSTREAM_UNREACHABLE',
-        `server '${this.name}' (${(err as Error).message})`,
+        saidOf(this.name, err as Error),
         {
           server: this.name,
         },
@@ -817,8 +822,10 @@ export class ChannelUpstream implements Upstream {
     // What every request still in flight on it is answered with (a JSON-RPC error each).
     const err = new GatewayError(
       'PORTCULLIS_ERR_UPSTREAM_STREAM_ENDED',
-      reason?.message ?? `server '${this.name}' closed`,
-      { server: this.name },
+      saidOf(this.name, reason),
+      {
+        server: this.name,
+      },
     );
     for (const entry of conduit.inflight.values()) entry.stream.fail(err);
     conduit.inflight.clear();

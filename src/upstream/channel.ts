@@ -32,11 +32,24 @@ export interface MessageChannel {
 }
 
 /** The channel ended before answering: the server crashed, exited or dropped the connection. */
+/**
+ * A channel ended, or could not be opened. `detail` is for the operator's
+ * log (addresses, errno text, the endpoint a server named); `said` is what a
+ * client may be told after the server's name: what happened, never where.
+ */
 export class ChannelClosedError extends Error {
-  constructor(detail: string) {
+  constructor(
+    detail: string,
+    readonly said: string = 'closed the connection',
+  ) {
     super(detail);
     this.name = 'ChannelClosedError';
   }
+}
+
+/** What a client is told of a channel's end: the server's name and what happened. */
+export function saidOf(server: string, err: Error | undefined): string {
+  return `server '${server}' ${err instanceof ChannelClosedError ? err.said : 'closed the connection'}`;
 }
 
 /** The listener bookkeeping every channel shares: messages fan out, the close is told once. */

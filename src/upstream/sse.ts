@@ -86,13 +86,17 @@ export class SseChannel extends ChannelListeners implements MessageChannel {
         bodyTimeout: 0,
       });
     } catch (err) {
-      throw new ChannelClosedError(`cannot open the SSE stream: ${describe(err)}`);
+      throw new ChannelClosedError(
+        `cannot open the SSE stream: ${describe(err)}`,
+        'could not be reached',
+      );
     }
     const type = String(res.headers['content-type'] ?? '');
     if (res.statusCode !== 200 || !type.startsWith('text/event-stream')) {
       await res.body.dump().catch(() => undefined);
       throw new ChannelClosedError(
         `the SSE stream answered ${res.statusCode} ${type || '(no content-type)'}`,
+        `answered the SSE stream with ${res.statusCode}`,
       );
     }
 
@@ -110,12 +114,20 @@ export class SseChannel extends ChannelListeners implements MessageChannel {
           try {
             endpoint = new URL(ev.data.trim(), url);
           } catch {
-            return failed?.(new ChannelClosedError(`unusable endpoint event '${ev.data}'`));
+            return failed?.(
+              new ChannelClosedError(
+                `unusable endpoint event '${ev.data}'`,
+                'sent an unusable endpoint',
+              ),
+            );
           }
           // Rule 1: the message endpoint stays on the stream's origin.
           if (endpoint.origin !== url.origin) {
             return failed?.(
-              new ChannelClosedError(`endpoint ${endpoint.origin} is not on ${url.origin}`),
+              new ChannelClosedError(
+                `endpoint ${endpoint.origin} is not on ${url.origin}`,
+                'named a message endpoint on another origin',
+              ),
             );
           }
           return endpointSeen?.(endpoint);
@@ -141,7 +153,10 @@ export class SseChannel extends ChannelListeners implements MessageChannel {
       },
       onError(err) {
         if (err.type === 'max-buffer-size-exceeded') {
-          const e = new ChannelClosedError(`server '${options.server}' sent an oversized event`);
+          const e = new ChannelClosedError(
+            `server '${options.server}' sent an oversized event`,
+            'sent an oversized event',
+          );
           if (opened.channel) opened.channel.end(e);
           else failed?.(e);
           abort.abort();
@@ -151,7 +166,9 @@ export class SseChannel extends ChannelListeners implements MessageChannel {
 
     const endpoint = await new Promise<URL>((resolve, reject) => {
       const timer = setTimeout(() => {
-        reject(new ChannelClosedError('no endpoint event on the SSE stream'));
+        reject(
+          new ChannelClosedError('no endpoint event on the SSE stream', 'sent no endpoint event'),
+        );
       }, options.timeouts.headersMs);
       endpointSeen = (e) => {
         clearTimeout(timer);
@@ -164,12 +181,18 @@ export class SseChannel extends ChannelListeners implements MessageChannel {
       const decoder = new TextDecoder();
       res.body.on('data', (chunk: Buffer) => parser.feed(decoder.decode(chunk, { stream: true })));
       res.body.once('error', (err) => {
-        const e = new ChannelClosedError(`SSE stream failed: ${describe(err)}`);
+        const e = new ChannelClosedError(
+          `SSE stream failed: ${describe(err)}`,
+          'broke off the SSE stream',
+        );
         if (opened.channel) opened.channel.end(e);
         else failed?.(e);
       });
       res.body.once('end', () => {
-        const e = new ChannelClosedError(`server '${options.server}' ended the SSE stream`);
+        const e = new ChannelClosedError(
+          `server '${options.server}' ended the SSE stream`,
+          'ended the SSE stream',
+        );
         if (opened.channel) opened.channel.end(opened.channel.closing ? undefined : e);
         else failed?.(e);
       });
@@ -189,7 +212,10 @@ export class SseChannel extends ChannelListeners implements MessageChannel {
 
   send(message: JsonRpcMessage): void {
     if (this.ended || this.closing)
-      throw new ChannelClosedError(`server '${this.options.server}' is not connected`);
+      throw new ChannelClosedError(
+        `server '${this.options.server}' is not connected`,
+        'is not connected',
+      );
     this.queue.push(message);
     if (!this.posting) void this.drain();
   }
@@ -265,6 +291,7 @@ export class SseChannel extends ChannelListeners implements MessageChannel {
             this.end(
               new ChannelClosedError(
                 `server '${this.options.server}' refused a message (${res.statusCode}); its session is gone`,
+                `refused a message (${res.statusCode}); its session is gone`,
               ),
             );
           }
@@ -273,6 +300,7 @@ export class SseChannel extends ChannelListeners implements MessageChannel {
             this.end(
               new ChannelClosedError(
                 `posting to '${this.options.server}' failed: ${describe(err)}`,
+                'could not be reached',
               ),
             );
         }

@@ -148,7 +148,7 @@ export class StdioChannel extends ChannelListeners implements MessageChannel {
     this.child.stdout.on('data', (chunk: string) => this.onStdout(chunk));
     this.child.stderr.on('data', (chunk: string) => this.onStderr(chunk));
     this.child.once('error', (err) =>
-      this.end(new ChannelClosedError(`cannot start: ${err.message}`)),
+      this.end(new ChannelClosedError(`cannot start: ${err.message}`, 'could not be started')),
     );
     this.child.once('exit', (code, signal) => {
       this.flushStderr();
@@ -157,6 +157,7 @@ export class StdioChannel extends ChannelListeners implements MessageChannel {
           ? undefined
           : new ChannelClosedError(
               `server '${options.server}' exited (${signal ?? `code ${code ?? '?'}`})`,
+              `exited (${signal ?? `code ${code ?? '?'}`})`,
             ),
       );
     });
@@ -167,7 +168,10 @@ export class StdioChannel extends ChannelListeners implements MessageChannel {
 
   send(message: JsonRpcMessage): void {
     if (this.ended || this.closing)
-      throw new ChannelClosedError(`server '${this.options.server}' is not running`);
+      throw new ChannelClosedError(
+        `server '${this.options.server}' is not running`,
+        'is not running',
+      );
     // JSON.stringify never emits a raw newline: the framing holds.
     this.child.stdin.write(`${JSON.stringify(message)}\n`);
   }
