@@ -7,38 +7,35 @@
  * fetch would normalise every one of these spellings away.
  */
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { startFaultUpstream, type FaultUpstream } from './fixtures/fault-upstream.js';
-import { startAuthGateway, TEST_ADMIN_TOKEN, type AuthGateway } from './helpers/auth-gateway.js';
+import {
+  startKeyedGateway,
+  TEST_ADMIN_TOKEN,
+  type AuthGateway,
+  type KeyedGateway,
+} from './helpers/auth-gateway.js';
 import { rawRequest } from './helpers/raw-http.js';
 import { ACCEPT_BOTH, initializeBody, modernCall, modernHeaders } from './helpers/requests.js';
-import { mint, newKey, writeJwks, type SigningKey } from './helpers/tokens.js';
 import { PUBLIC_ROUTES } from '../src/server/app.js';
 import { PUBLIC_ADMIN_ROUTES } from '../src/server/admin.js';
 
 let upstream: FaultUpstream;
-let dir: string;
-let key: SigningKey;
+let keyed: KeyedGateway;
 let gw: AuthGateway;
 
 before(async () => {
   upstream = await startFaultUpstream();
-  dir = await mkdtemp(join(tmpdir(), 'portcullis-route-auth-'));
-  key = await newKey('ES256');
-  gw = await startAuthGateway(
+  keyed = await startKeyedGateway(
     { docs: upstream.url('/ok'), secret: { url: upstream.url('/ok'), requiredScopes: ['s'] } },
-    { jwt: { jwksFile: await writeJwks(dir, key) } },
     { admin: { token: TEST_ADMIN_TOKEN } },
   );
+  gw = keyed.gw;
 });
 
 after(async () => {
-  await gw.close();
+  await keyed.close();
   await upstream.close();
-  await rm(dir, { recursive: true, force: true });
 });
 
 const hits = () => upstream.hits.get('/ok') ?? 0;
@@ -117,7 +114,7 @@ test('every method and sub-route of a server needs a token, and so does a path n
 });
 
 test('a spelled-out path with a good token is served like its canonical spelling', async () => {
-  const token = await mint(key, gw.url);
+  const token = await keyed.token('acme', 'alice');
   const res = await rawRequest(
     gw.url,
     'POST',
@@ -170,7 +167,7 @@ test('an unauthenticated caller cannot tell configured servers from unknown name
   assert.deepEqual(docs, nope);
   assert.deepEqual(secret, nope);
   // A challenge after authentication may name what is missing: the caller is known then.
-  const token = await mint(key, gw.url);
+  const token = await keyed.token('acme', 'alice');
   const refused = await rawRequest(
     gw.url,
     'POST',
