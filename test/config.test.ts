@@ -682,6 +682,34 @@ test('a non-loopback listener without tls and allowedHosts is refused', () => {
   assert.deepEqual(paths(emptyHosts), ['listen.allowedHosts']);
 });
 
+test('sharing: shared with a per-principal credential (mint, token-exchange) is refused: one process would act for whoever asked last', () => {
+  for (const credential of [
+    { mode: 'mint' },
+    {
+      mode: 'token-exchange',
+      tokenEndpoint: 'https://login.example.com/token',
+      clientId: 'gw',
+      clientSecret: 'x',
+    },
+  ]) {
+    const problems = problemsOf(() =>
+      buildConfig({
+        auth: JWT_AUTH,
+        signing: { keysFile: '/etc/portcullis/keys.json' },
+        servers: {
+          s: { transport: 'stdio', command: 'node', sharing: 'shared', credential },
+        },
+      }),
+    );
+    assert.ok(
+      problems.some(
+        (p) => p.path === 'servers.s.sharing' && /per-principal credential/.test(p.message),
+      ),
+      JSON.stringify(problems),
+    );
+  }
+});
+
 test('a non-loopback admin listener needs admin.allowedHosts (DNS rebinding)', () => {
   const problems = problemsOf(() =>
     buildConfig({ admin: { host: '0.0.0.0' }, auth: JWT_AUTH, servers: { a: { url: URL_A } } }),

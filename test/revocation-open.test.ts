@@ -7,6 +7,7 @@
  * hostile server, sandboxed as any other) and the admin API.
  */
 import assert from 'node:assert/strict';
+import { connect } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { after, before, test } from 'node:test';
 import {
@@ -51,6 +52,17 @@ async function revoke(body: Record<string, unknown>): Promise<Record<string, unk
   });
   assert.equal(res.status, 201);
   return (await res.json()) as Record<string, unknown>;
+}
+
+/** Tokens verified so far (every result), from the gateway's own counter. */
+async function verifications(): Promise<number> {
+  const text = await (
+    await fetch(`${gw.adminUrl}/metrics`, { headers: auth(TEST_ADMIN_TOKEN) })
+  ).text();
+  let total = 0;
+  for (const m of text.matchAll(/^portcullis_token_verifications_total\{[^}]*\} (\d+)/gm))
+    total += Number(m[1]);
+  return total;
 }
 
 /** Open stdio processes of the server, from the gateway's own gauge. */
@@ -211,4 +223,39 @@ test('revoking a token id closes the streams opened with it', async () => {
   assert.equal(ping.status, 200);
   await ping.text();
   await kept.stream.cancel();
+});
+
+test('a request whose body comes after its subject was revoked is refused, not let through', async () => {
+  const token = await keyed.token('t4', 'slowpoke');
+  const body = JSON.stringify(modernCall('whoami', {}, 8));
+  const { hostname, port } = new URL(gw.url);
+  const socket = connect(Number(port), hostname);
+  await new Promise<void>((resolve) => socket.once('connect', () => resolve()));
+  const answer = new Promise<string>((resolve) => {
+    let text = '';
+    socket.on('data', (c: Buffer) => (text += c.toString()));
+    socket.once('close', () => resolve(text));
+  });
+  // The head now (authenticated at the door), the body only after the revocation.
+  const headers = Object.entries({
+    ...modernHeaders('whoami'),
+    host: `${hostname}:${port}`,
+    authorization: `Bearer ${token}`,
+    'content-type': 'application/json',
+    accept: ACCEPT_BOTH,
+    'content-length': String(Buffer.byteLength(body)),
+    connection: 'close',
+  }).map(([k, v]) => `${k}: ${v}`);
+  const verified = await verifications();
+  socket.write(`POST /mcp/tools HTTP/1.1\r\n${headers.join('\r\n')}\r\n\r\n`);
+  await until(
+    async () => (await verifications()) > verified,
+    'the token to be verified at the door',
+  );
+  await revoke({ kind: 'sub', id: 'slowpoke', tenant: 't4' });
+  socket.write(body);
+  const text = await answer;
+  assert.match(text, /^HTTP\/1\.1 401/);
+  assert.match(text, /PORTCULLIS_ERR_AUTH_TOKEN_REVOKED/);
+  assert.match(text, /"id":8/);
 });

@@ -279,6 +279,15 @@ function transportChecks(name: string, server: ServerConfig): ConfigProblem[] {
       }
     }
   }
+  // One shared process serves every principal of a tenant, and holds one credential
+  // at a time: a credential made per principal would act for whoever asked last.
+  const mode = server.credential.mode;
+  if (server.sharing === 'shared' && (mode === 'mint' || mode === 'token-exchange')) {
+    problems.push({
+      path: at('sharing'),
+      message: `"shared" cannot carry a per-principal credential (credential.mode "${mode}"): use sharing "session", or a static credential`,
+    });
+  }
   return problems;
 }
 

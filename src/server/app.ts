@@ -46,7 +46,7 @@ import type { SigningKeys } from '../auth/keys.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import { authHooks, PRM_PATH, registerMetadataRoutes, type ResourceInfo } from './auth-http.js';
 import { Exchange, relayResponse, sendError, type RelayRoute } from './relay.js';
-import type { PendingCall, StreamRegistry } from './streams.js';
+import type { PendingCall, StreamIdentity, StreamRegistry } from './streams.js';
 import type { Lease, Quotas } from './quotas.js';
 
 export interface Route extends RelayRoute {
@@ -67,6 +67,8 @@ export interface AppDeps {
   onFrame?: FrameObserver | undefined;
   metrics: Metrics;
   quotas: Quotas;
+  /** Whether whom a stream would serve was revoked since the request was authenticated. */
+  isRevoked?: ((identity: StreamIdentity) => boolean) | undefined;
   /** The gateway's own signing keys, published at /.well-known/jwks.json. */
   signingKeys?: SigningKeys | undefined;
   /** auth.mode jwt: the authenticator and the metadata, known once the listener has its address. */
@@ -375,6 +377,16 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     req: UpstreamRequest,
     onAnswer?: (status: number, upstreamSessionId: string | undefined) => Session | undefined,
   ): Promise<void> => {
+    // Authentication was at the door; the body may have taken its time to come.
+    // A revocation meanwhile is caught here, and from here on by the registry
+    // (nothing is awaited between this check and the registration below).
+    if (x.identity && deps.isRevoked?.(x.identity)) {
+      return sendError(
+        reply,
+        new GatewayError('PORTCULLIS_ERR_AUTH_TOKEN_REVOKED', 'revoked while the request was read'),
+        [...x.pending],
+      );
+    }
     if (x.longLived) req.idleMs = 0;
     const call = route.upstream.request(req);
     x.call = call;
@@ -549,6 +561,13 @@ export function buildApp(deps: AppDeps): FastifyInstance {
               created.lease = sessionLease;
               sessionLease = undefined;
               log.info({ server: route.name, session: created.id }, 'session opened');
+            } else if (upstreamId !== undefined) {
+              // No room for it after all (a burst got past the count): the upstream's side
+              // must not live on unreachable, holding a process.
+              route.upstream
+                .request({ method: 'DELETE', headers: { 'mcp-session-id': upstreamId } })
+                .response.then((r) => r.body.dump())
+                .catch(() => undefined);
             }
             return created;
           }
@@ -621,7 +640,15 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     }
   });
 
-  registerLegacySse({ app, tickets, streams, log, quotas: deps.quotas, checkRoute: routeFor });
+  registerLegacySse({
+    app,
+    tickets,
+    streams,
+    log,
+    quotas: deps.quotas,
+    isRevoked: deps.isRevoked,
+    checkRoute: routeFor,
+  });
 
   app.route({
     method: ['PUT', 'PATCH', 'OPTIONS'],

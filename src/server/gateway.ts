@@ -137,6 +137,7 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
     streams,
     isDraining: () => draining,
     quotas,
+    isRevoked: (who) => revocations.check(who.jti, who.owner, who.session()) === 'revoked',
     onFrame: options.onFrame,
     metrics,
     signingKeys,

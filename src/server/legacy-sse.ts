@@ -86,6 +86,7 @@ export interface LegacySseDeps {
   readonly streams: StreamRegistry;
   readonly log: Logger;
   readonly quotas: Quotas;
+  readonly isRevoked: ((identity: StreamIdentity) => boolean) | undefined;
   /** Throws the gateway's refusal if the caller may not use `server` (unknown server, scopes). */
   readonly checkRoute: (req: FastifyRequest<{ Params: { server: string } }>) => void;
 }
@@ -245,6 +246,18 @@ export function registerLegacySse(deps: LegacySseDeps): void {
     if (conn.pending.size === 0) streams.noteIdle(conn);
   };
 
+  /** Ends the connection's gateway session, and with it the upstream's. */
+  const endSession = (conn: LegacyConnection, req: FastifyRequest): void => {
+    inject(conn, req, 'DELETE').then(
+      (res) => res.stream().resume(),
+      (err: { code?: string }) => {
+        // A gateway shutting down ends every session with its upstreams anyway.
+        if (err.code !== 'FST_ERR_REOPENED_CLOSE_SERVER')
+          log.warn({ server: conn.server, err }, 'ending a legacy SSE session failed');
+      },
+    );
+  };
+
   /** Rule 3. */
   const closeConnection = (conn: LegacyConnection, req: FastifyRequest): void => {
     if (conn.closed) return;
@@ -253,16 +266,7 @@ export function registerLegacySse(deps: LegacySseDeps): void {
     streams.remove(conn);
     for (const r of conn.inflight) r.raw.res.destroy();
     conn.getStream?.raw.res.destroy();
-    if (conn.sessionId !== undefined) {
-      inject(conn, req, 'DELETE').then(
-        (res) => res.stream().resume(),
-        (err: { code?: string }) => {
-          // A gateway shutting down ends every session with its upstreams anyway.
-          if (err.code !== 'FST_ERR_REOPENED_CLOSE_SERVER')
-            log.warn({ server: conn.server, err }, 'ending a legacy SSE session failed');
-        },
-      );
-    }
+    if (conn.sessionId !== undefined) endSession(conn, req);
     if (!conn.res.writableEnded) conn.res.end();
     log.info({ server: conn.server, connection: conn.id }, 'legacy SSE stream closed');
   };
@@ -284,19 +288,26 @@ export function registerLegacySse(deps: LegacySseDeps): void {
     if (!acceptsEventStream(req.headers.accept))
       throw new GatewayError('PORTCULLIS_ERR_HTTP_NOT_ACCEPTABLE_STREAM');
     if (connections.size >= MAX_CONNECTIONS) throw new GatewayError('PORTCULLIS_ERR_SESSION_LIMIT');
-    const lease = deps.quotas.acquire('legacyConnections', req.principal);
     const id = randomBytes(24).toString('base64url');
-    reply.hijack();
-    const res = reply.raw;
-    res.writeHead(200, SSE_HEADERS);
     const conn = new LegacyConnection(
       id,
       req.params.server,
       ownerKey(req.principal),
       req.headers.host,
-      res,
+      reply.raw,
       req.token?.tokenId,
     );
+    // Revoked since the door (a revocation from here on ends it through the registry).
+    if (deps.isRevoked?.(conn.identity)) {
+      throw new GatewayError(
+        'PORTCULLIS_ERR_AUTH_TOKEN_REVOKED',
+        'revoked while the request was read',
+      );
+    }
+    const lease = deps.quotas.acquire('legacyConnections', req.principal);
+    reply.hijack();
+    const res = reply.raw;
+    res.writeHead(200, SSE_HEADERS);
     connections.set(id, conn);
     streams.add(conn);
     // spec/2024-11-05/basic/transports.mdx: the server MUST send an `endpoint` event first.
@@ -350,6 +361,12 @@ export function registerLegacySse(deps: LegacySseDeps): void {
       }
       if (initialize && res.statusCode === 200) {
         conn.sessionId = headerValue(res.headers['mcp-session-id']) ?? conn.sessionId;
+        // The stream closed while initialize was on its way: nothing else would end the session.
+        if (conn.closed && conn.sessionId !== undefined) {
+          res.stream().resume();
+          endSession(conn, req);
+          return;
+        }
       }
       const sessionGone = res.statusCode === 404 && conn.sessionId !== undefined;
       await pipe(conn, res);

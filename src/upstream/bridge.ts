@@ -315,6 +315,8 @@ export class ChannelUpstream implements Upstream {
   readonly maxResponseBytes: number;
   private readonly sessions = new Map<string, BridgeSession>();
   private readonly byAffinity = new Map<string, BridgeSession>();
+  /** Stateless callers whose channel is being opened. */
+  private readonly opening = new Map<string, Promise<BridgeSession>>();
   /** Shared channels, one per tenant (rule 1). */
   private readonly shared = new Map<string, Promise<Conduit>>();
   private readonly recentCrashes: number[] = [];
@@ -394,13 +396,23 @@ export class ChannelUpstream implements Upstream {
       session = await this.newSession(undefined, req, poolKey(req));
       created = true;
     } else {
-      // Stateless (2026-07-28): the caller's own channel, opened on demand.
+      // Stateless (2026-07-28): the caller's own channel, opened on demand, once:
+      // a burst of first calls waits for the one being opened instead of each
+      // opening a channel that nothing would ever close.
       const affinity = req.affinity ?? 'anonymous';
       const known = this.byAffinity.get(affinity);
-      session =
-        known && !known.conduit.channel.closed
-          ? known
-          : await this.newSession(affinity, req, poolKey(req));
+      if (known && !known.conduit.channel.closed) {
+        session = known;
+      } else {
+        let opening = this.opening.get(affinity);
+        if (opening === undefined) {
+          opening = this.newSession(affinity, req, poolKey(req)).finally(() =>
+            this.opening.delete(affinity),
+          );
+          this.opening.set(affinity, opening);
+        }
+        session = await opening;
+      }
     }
     session.lastUsedAt = Date.now();
     // A credential minted for the session is renewed before it expires: the server gets the new one.
@@ -416,6 +428,12 @@ export class ChannelUpstream implements Upstream {
       created ? { 'mcp-session-id': session.id } : {},
       requests.length === 1 && !Array.isArray(parsed),
     );
+    if (created) {
+      // The session's id reaches the gateway only with the head: if the head never
+      // comes (the client left, the server never answered), nobody could end the
+      // session later, so it ends here, and its process with it.
+      stream.head.catch(() => this.abandon(session));
+    }
     onStream(stream);
     stream.boundHead(
       this.options.headersTimeoutMs,
@@ -866,6 +884,17 @@ export class ChannelUpstream implements Upstream {
       this.backoffMs = Math.min(CRASH_BACKOFF_MAX_MS, this.backoffMs * 2);
       this.recentCrashes.length = 0;
     }
+  }
+
+  /** Ends a session nobody can reach any more (its id was never handed out). */
+  private abandon(session: BridgeSession): void {
+    if (this.sessions.get(session.id) !== session) return;
+    this.dropSession(session);
+    if (!session.conduit.shared) void session.conduit.channel.close();
+    this.options.log.info(
+      { server: this.name },
+      'ended a session whose initialize was never answered to the client',
+    );
   }
 
   endCaller(affinity: string): void {
