@@ -11,7 +11,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { GatewayError } from '../errors/index.js';
-import { compositeKey, type Principal } from '../auth/principal.js';
+import { ownerKey, type Principal } from '../auth/principal.js';
 
 export type QuotaResource = 'sessions' | 'legacyConnections' | 'stdioProcesses' | 'inflight';
 
@@ -62,9 +62,27 @@ export interface Lease {
 
 const NO_LEASE: Lease = { release: () => undefined };
 
+/** Counts per resource, by tenant and by principal (ownerKey): structural, no joined strings. */
+type Counts = Record<QuotaResource, Map<string, number>>;
+
+function counts(): Counts {
+  return {
+    sessions: new Map(),
+    legacyConnections: new Map(),
+    stdioProcesses: new Map(),
+    inflight: new Map(),
+  };
+}
+
 export class Quotas {
-  private readonly counts = new Map<string, number>();
+  private readonly byTenant = counts();
+  private readonly byPrincipal = counts();
   private inflight = 0;
+  /**
+   * A principal's key, made once per principal object: verified tokens keep
+   * theirs, so the hot path builds no string per request.
+   */
+  private readonly keys = new WeakMap<Principal, string>();
 
   constructor(private readonly limits: QuotaLimits) {}
 
@@ -82,41 +100,67 @@ export class Quotas {
         this.limits.globalInflight,
       );
     }
-    const tenantKey = compositeKey(resource, principal.tenant);
-    const principalKey = compositeKey(resource, principal.tenant, principal.subject);
+    const tenants = this.byTenant[resource];
+    const principals = this.byPrincipal[resource];
+    const tenant = principal.tenant;
+    const owner = this.keyOf(principal);
     const tenantLimit = this.limits.perTenant[resource];
     const principalLimit = this.limits.perPrincipal?.[resource] ?? Infinity;
-    if ((this.counts.get(tenantKey) ?? 0) >= tenantLimit) {
+    if ((tenants.get(tenant) ?? 0) >= tenantLimit) {
       throw refusal('PORTCULLIS_ERR_QUOTA_EXCEEDED', `perTenant.${resource}`, tenantLimit);
     }
-    if ((this.counts.get(principalKey) ?? 0) >= principalLimit) {
+    if ((principals.get(owner) ?? 0) >= principalLimit) {
       throw refusal('PORTCULLIS_ERR_QUOTA_EXCEEDED', `perPrincipal.${resource}`, principalLimit);
     }
-    this.bump(tenantKey, 1);
-    this.bump(principalKey, 1);
+    bump(tenants, tenant, 1);
+    bump(principals, owner, 1);
     if (resource === 'inflight') this.inflight++;
-    let held = true;
-    return {
-      release: () => {
-        if (!held) return;
-        held = false;
-        this.bump(tenantKey, -1);
-        this.bump(principalKey, -1);
-        if (resource === 'inflight') this.inflight--;
-      },
-    };
+    return new QuotaLease(this, resource, tenant, owner);
+  }
+
+  /** Gives one unit back (QuotaLease's, once). */
+  give(resource: QuotaResource, tenant: string, owner: string): void {
+    bump(this.byTenant[resource], tenant, -1);
+    bump(this.byPrincipal[resource], owner, -1);
+    if (resource === 'inflight') this.inflight--;
   }
 
   /** What `principal` holds of `resource` now (for tests and metrics). */
   held(resource: QuotaResource, principal: Principal): number {
-    return this.counts.get(compositeKey(resource, principal.tenant, principal.subject)) ?? 0;
+    return this.byPrincipal[resource].get(this.keyOf(principal)) ?? 0;
   }
 
-  private bump(key: string, by: number): void {
-    const n = (this.counts.get(key) ?? 0) + by;
-    if (n <= 0) this.counts.delete(key);
-    else this.counts.set(key, n);
+  private keyOf(principal: Principal): string {
+    let key = this.keys.get(principal);
+    if (key === undefined) {
+      key = ownerKey(principal);
+      this.keys.set(principal, key);
+    }
+    return key;
   }
+}
+
+/** A class, not a closure: one small object per request, nothing else kept reachable. */
+class QuotaLease implements Lease {
+  private held = true;
+  constructor(
+    private readonly quotas: Quotas,
+    private readonly resource: QuotaResource,
+    private readonly tenant: string,
+    private readonly owner: string,
+  ) {}
+
+  release(): void {
+    if (!this.held) return;
+    this.held = false;
+    this.quotas.give(this.resource, this.tenant, this.owner);
+  }
+}
+
+function bump(map: Map<string, number>, key: string, by: number): void {
+  const n = (map.get(key) ?? 0) + by;
+  if (n <= 0) map.delete(key);
+  else map.set(key, n);
 }
 
 /** A lease that holds nothing, for work no quota applies to. */
