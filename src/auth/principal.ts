@@ -27,7 +27,18 @@ export function compositeKey(...parts: ReadonlyArray<string | null>): string {
   return JSON.stringify(parts);
 }
 
-/** The key a session is bound to: a session is only ever usable by the principal that opened it. */
+const ownerKeys = new WeakMap<Principal, string>();
+
+/**
+ * The key a session is bound to: a session is only ever usable by the
+ * principal that opened it. Made once per principal object (a verified
+ * token keeps its principal), as it is asked for on every request.
+ */
 export function ownerKey(p: Principal): string {
-  return compositeKey(p.tenant, p.subject);
+  let key = ownerKeys.get(p);
+  if (key === undefined) {
+    key = compositeKey(p.tenant, p.subject);
+    ownerKeys.set(p, key);
+  }
+  return key;
 }

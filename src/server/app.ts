@@ -46,7 +46,7 @@ import type { SigningKeys } from '../auth/keys.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import { authHooks, PRM_PATH, registerMetadataRoutes, type ResourceInfo } from './auth-http.js';
 import { Exchange, relayResponse, sendError, type RelayRoute } from './relay.js';
-import type { PendingCall, StreamIdentity, StreamRegistry } from './streams.js';
+import type { StreamIdentity, StreamRegistry } from './streams.js';
 import type { Lease, Quotas } from './quotas.js';
 
 export interface Route extends RelayRoute {
@@ -154,12 +154,18 @@ function upstreamHeaders(
 
 /** Marks whom an exchange serves, so that revoking the subject, token or session ends its stream. */
 function identified(req: FastifyRequest, x: Exchange): Exchange {
-  x.identity = {
-    owner: ownerKey(req.principal),
-    jti: req.token?.tokenId,
-    session: () => x.session?.id,
-  };
+  x.owner = ownerKey(req.principal);
+  x.jti = req.token?.tokenId;
+  x.identity = x;
   return x;
+}
+
+const LEASE = Symbol('portcullis.inflightLease');
+type LeasedResponse = ServerResponse & { [LEASE]?: Lease };
+
+/** The in-flight share goes back when the response closes; one function for all, no closure each. */
+function releaseLease(this: ServerResponse): void {
+  (this as LeasedResponse)[LEASE]?.release();
 }
 
 /**
@@ -250,7 +256,8 @@ export function buildApp(deps: AppDeps): FastifyInstance {
       );
       return sendError(reply, err as GatewayError);
     }
-    reply.raw.once('close', () => lease.release());
+    (reply.raw as LeasedResponse)[LEASE] = lease;
+    reply.raw.on('close', releaseLease);
     done();
   };
 
@@ -394,14 +401,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     reply.raw.once('close', onClose);
     const ids = [...x.pending];
     // Until its answer begins, a revocation of whom it serves gives up on it.
-    let revoked: GatewayError | undefined;
-    const pending: PendingCall | undefined = x.identity && {
-      identity: x.identity,
-      cancel: (reason) => {
-        revoked = reason;
-        call.abort();
-      },
-    };
+    const pending = x.identity;
     if (pending) streams.addCall(pending);
     try {
       const up = await call.response;
@@ -421,7 +421,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
       await relayResponse(x, up, reply, streams);
     } catch (err) {
       if (pending) streams.removeCall(pending);
-      if (revoked) return sendError(reply, revoked, ids);
+      if (x.revoked) return sendError(reply, x.revoked, ids);
       if (call.aborted && reply.raw.destroyed) return;
       const gerr = toGatewayError(err, route.name);
       log.warn(
@@ -550,7 +550,10 @@ export function buildApp(deps: AppDeps): FastifyInstance {
         body: req.body,
         affinity: owner,
         tenant: req.principal.tenant,
-        channelLease: () => deps.quotas.acquire('stdioProcesses', req.principal),
+        // Only where a request may start a process: nothing to allocate elsewhere.
+        channelLease: route.upstream.opensChannels
+          ? () => deps.quotas.acquire('stdioProcesses', req.principal)
+          : undefined,
       },
       initialize
         ? (status, upstreamId) => {

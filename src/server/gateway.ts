@@ -137,7 +137,7 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
     streams,
     isDraining: () => draining,
     quotas,
-    isRevoked: (who) => revocations.check(who.jti, who.owner, who.session()) === 'revoked',
+    isRevoked: (who) => revocations.check(who.jti, who.owner, who.sessionId()) === 'revoked',
     onFrame: options.onFrame,
     metrics,
     signingKeys,
@@ -182,7 +182,7 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
       (who) =>
         (r.kind === 'sub' && who.owner === r.id) ||
         (r.kind === 'jti' && who.jti === r.id) ||
-        (r.kind === 'session' && who.session() === r.id),
+        (r.kind === 'session' && who.sessionId() === r.id),
       reason,
     );
     for (const s of ended) endUpstreamSession(s);

@@ -6,8 +6,12 @@
  * would hold the drain until the hard stop. Such a socket holds nothing to
  * wait for, so while draining it is closed at once, and a socket is closed as
  * soon as its last response is out.
+ *
+ * Nothing is done per request until the drain starts: the hot path keeps one
+ * listener per socket, none per request (a listener and a closure per request
+ * made more of each request outlive young-generation collections).
  */
-import type { Server as HttpServer } from 'node:http';
+import type { IncomingMessage, Server as HttpServer, ServerResponse } from 'node:http';
 import type { Server as HttpsServer } from 'node:https';
 import type { Socket } from 'node:net';
 
@@ -16,33 +20,40 @@ export interface IdleSockets {
   closeIdle(): void;
 }
 
+/** The response a socket is writing now, if any (Node keeps it on the socket while it is in progress). */
+function responseOf(socket: Socket): ServerResponse | undefined {
+  return (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage ?? undefined;
+}
+
 export function trackIdleSockets(server: HttpServer | HttpsServer, tls: boolean): IdleSockets {
-  /** Each open socket and how many of its responses are in progress. */
-  const busy = new Map<Socket, number>();
+  const sockets = new Set<Socket>();
   let closing = false;
-  const endIfIdle = (socket: Socket) => {
-    if (!closing || (busy.get(socket) ?? 0) > 0) return;
+  const endIfIdle = (socket: Socket): void => {
+    if (!closing || socket.destroyed) return;
+    const res = responseOf(socket);
+    if (res !== undefined && !res.writableFinished) {
+      // Closed once this response is out, unless another one has begun by then.
+      res.once('close', () => endIfIdle(socket));
+      return;
+    }
     // What was written is flushed before the socket goes.
     socket.end(() => socket.destroy());
   };
   // With TLS, the socket requests arrive on is the TLS one, known after the handshake.
   server.on(tls ? 'secureConnection' : 'connection', (socket: Socket) => {
-    busy.set(socket, 0);
-    socket.once('close', () => busy.delete(socket));
+    sockets.add(socket);
+    socket.once('close', () => sockets.delete(socket));
     endIfIdle(socket);
-  });
-  server.on('request', (req, res) => {
-    const socket = req.socket;
-    busy.set(socket, (busy.get(socket) ?? 0) + 1);
-    res.once('close', () => {
-      if (busy.has(socket)) busy.set(socket, (busy.get(socket) ?? 1) - 1);
-      endIfIdle(socket);
-    });
   });
   return {
     closeIdle() {
+      if (closing) return;
       closing = true;
-      for (const socket of busy.keys()) endIfIdle(socket);
+      // A request that still arrives is answered (503) and its socket closed after it.
+      server.on('request', (_req: IncomingMessage, res: ServerResponse) =>
+        res.once('close', () => endIfIdle(res.socket as Socket)),
+      );
+      for (const socket of sockets) endIfIdle(socket);
     },
   };
 }

@@ -120,7 +120,7 @@ class LegacyConnection implements ClientStream {
     readonly res: FastifyReply['raw'],
     jti: string | undefined,
   ) {
-    this.identity = { owner, jti, session: () => this.sessionId };
+    this.identity = { owner, jti, sessionId: () => this.sessionId };
   }
 
   send(message: unknown): void {

@@ -78,11 +78,6 @@ export class Quotas {
   private readonly byTenant = counts();
   private readonly byPrincipal = counts();
   private inflight = 0;
-  /**
-   * A principal's key, made once per principal object: verified tokens keep
-   * theirs, so the hot path builds no string per request.
-   */
-  private readonly keys = new WeakMap<Principal, string>();
 
   constructor(private readonly limits: QuotaLimits) {}
 
@@ -103,7 +98,7 @@ export class Quotas {
     const tenants = this.byTenant[resource];
     const principals = this.byPrincipal[resource];
     const tenant = principal.tenant;
-    const owner = this.keyOf(principal);
+    const owner = ownerKey(principal);
     const tenantLimit = this.limits.perTenant[resource];
     const principalLimit = this.limits.perPrincipal?.[resource] ?? Infinity;
     if ((tenants.get(tenant) ?? 0) >= tenantLimit) {
@@ -127,16 +122,7 @@ export class Quotas {
 
   /** What `principal` holds of `resource` now (for tests and metrics). */
   held(resource: QuotaResource, principal: Principal): number {
-    return this.byPrincipal[resource].get(this.keyOf(principal)) ?? 0;
-  }
-
-  private keyOf(principal: Principal): string {
-    let key = this.keys.get(principal);
-    if (key === undefined) {
-      key = ownerKey(principal);
-      this.keys.set(principal, key);
-    }
-    return key;
+    return this.byPrincipal[resource].get(ownerKey(principal)) ?? 0;
   }
 }
 

@@ -33,7 +33,7 @@ import { encodeEvent, encodeMessage, encodeRetry, SSE_HEADERS } from '../mcp/sse
 import type { Session } from '../mcp/sessions.js';
 import type { Era, ToolHeaderRegistry } from '../mcp/era.js';
 import type { UpstreamCall, UpstreamResponse } from '../upstream/types.js';
-import type { ClientStream, StreamIdentity, StreamRegistry } from './streams.js';
+import type { ClientStream, PendingCall, StreamRegistry } from './streams.js';
 
 /** What a relay needs to know of the route it relays for. */
 export interface RelayRoute {
@@ -48,14 +48,18 @@ export interface RelayRoute {
  * (`{ ...x, more }`) made more of each request survive young-generation
  * collections (measured: bench/README.md, "What makes the numbers move").
  */
-export class Exchange {
+export class Exchange implements PendingCall {
   readonly server: string;
   readonly toolHeaders: ToolHeaderRegistry;
   readonly maxResponseBytes: number;
   /** The upstream request, once sent; aborted when the relay gives up on it. */
   call: UpstreamCall | undefined = undefined;
-  /** Whom the exchange serves: a revocation of them ends its stream. */
-  identity: StreamIdentity | undefined = undefined;
+  /** Whom the exchange serves (itself, once identified): a revocation of them ends it. */
+  identity: PendingCall | undefined = undefined;
+  owner = '';
+  jti: string | undefined = undefined;
+  /** Set when a revocation gave up on the call before its answer began. */
+  revoked: GatewayError | undefined = undefined;
 
   constructor(
     route: RelayRoute,
@@ -79,6 +83,15 @@ export class Exchange {
   }
 
   abort(): void {
+    this.call?.abort();
+  }
+
+  sessionId(): string | undefined {
+    return this.session?.id;
+  }
+
+  cancel(reason: GatewayError): void {
+    this.revoked = reason;
     this.call?.abort();
   }
 }

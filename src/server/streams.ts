@@ -13,7 +13,7 @@ export interface StreamIdentity {
   /** The token id (jti) the stream was opened with, if it had one. */
   readonly jti: string | undefined;
   /** The gateway session the stream belongs to, if any (may be learnt later). */
-  session(): string | undefined;
+  sessionId(): string | undefined;
 }
 
 export interface ClientStream {
@@ -29,10 +29,9 @@ export interface ClientStream {
   terminate(retryHintMs: number, reason?: GatewayError): void;
 }
 
-/** A request sent upstream whose answer has not begun (no stream to cut yet). */
-export interface PendingCall {
-  readonly identity: StreamIdentity;
-  /** Gives up on the upstream call and answers the client with `reason`. */
+/** A request sent upstream whose answer has not begun (no stream to cut yet), and whom it serves. */
+export interface PendingCall extends StreamIdentity {
+  /** Gives up on the upstream call; the client is answered with `reason`. */
   cancel(reason: GatewayError): void;
 }
 
@@ -124,7 +123,7 @@ export class StreamRegistry {
   terminateWhere(match: (identity: StreamIdentity) => boolean, reason: GatewayError): number {
     let ended = 0;
     for (const c of [...this.calls]) {
-      if (match(c.identity)) {
+      if (match(c)) {
         this.calls.delete(c);
         c.cancel(reason);
         ended++;

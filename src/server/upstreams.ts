@@ -159,6 +159,7 @@ export function createUpstream(name: string, server: ServerConfig, deps: Upstrea
 /** A stdio server's upstream: the bridge, its warm processes, and whether it can start at all. */
 class StdioUpstream implements Upstream {
   readonly name: string;
+  readonly opensChannels = true;
   readonly maxResponseBytes: number;
   constructor(
     private readonly bridge: ChannelUpstream,

@@ -312,6 +312,7 @@ class Conduit {
 
 export class ChannelUpstream implements Upstream {
   readonly name: string;
+  readonly opensChannels = true;
   readonly maxResponseBytes: number;
   private readonly sessions = new Map<string, BridgeSession>();
   private readonly byAffinity = new Map<string, BridgeSession>();

@@ -37,6 +37,8 @@ export interface Upstream {
   /** Largest JSON answer, or single SSE event, relayed. */
   readonly maxResponseBytes: number;
   request(req: UpstreamRequest): UpstreamCall;
+  /** Whether requests may open a channel (a process) for their caller: `channelLease` is asked then. */
+  readonly opensChannels?: boolean;
   /**
    * Ends what the upstream keeps for one caller outside any session (a stateless
    * caller's stdio process), when that caller's access is revoked.
