@@ -10,6 +10,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { Revocations, subjectKey } from '../src/auth/revocation.js';
+import { openStore } from '../src/store/index.js';
 import { startFaultUpstream, type FaultUpstream } from './fixtures/fault-upstream.js';
 import { startAuthGateway, TEST_ADMIN_TOKEN, type AuthGateway } from './helpers/auth-gateway.js';
 import {
@@ -247,4 +249,24 @@ test('without an admin credential configured, the admin API is off', async (t) =
   });
   assert.equal(res.status, 404);
   assert.equal((await fetch(`${plain.adminUrl}/readyz`)).status, 200);
+});
+
+test('a subject revocation recorded by an earlier release (tenant\\0subject) is still honoured after the upgrade', async () => {
+  const store = await openStore({ kind: 'memory' });
+  const expiresAt = Date.now() + 60_000;
+  const old = 'acme\u0000mallory';
+  await store.set(
+    `revoked:sub:${old}`,
+    JSON.stringify({ kind: 'sub', id: old, expiresAt }),
+    60_000,
+  );
+  const revocations = new Revocations(store);
+  await revocations.start();
+  try {
+    assert.equal(revocations.check(undefined, subjectKey('acme', 'mallory')), 'revoked');
+    assert.equal(revocations.check(undefined, subjectKey('acme', 'alice')), 'ok');
+  } finally {
+    revocations.close();
+    await store.close();
+  }
 });

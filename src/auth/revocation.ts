@@ -50,6 +50,17 @@ function storeKey(kind: RevocationKind, id: string): string {
   return `${KEY_PREFIX}${kind}:${id}`;
 }
 
+/**
+ * A subject revocation recorded by an earlier release, as `tenant\0subject`,
+ * read as the key this one makes, so a revocation in the shared store is
+ * not lost by an upgrade. Split at the first NUL, as that release meant it.
+ */
+function upgradedSubjectKey(id: string): string {
+  if (id.startsWith('[')) return id;
+  const nul = id.indexOf('\u0000');
+  return nul < 0 ? id : subjectKey(id.slice(0, nul), id.slice(nul + 1));
+}
+
 function parse(value: string): Revocation | undefined {
   try {
     const r = JSON.parse(value) as Partial<Revocation>;
@@ -60,7 +71,7 @@ function parse(value: string): Revocation | undefined {
     ) {
       return {
         kind: r.kind,
-        id: r.id,
+        id: r.kind === 'sub' ? upgradedSubjectKey(r.id) : r.id,
         expiresAt: r.expiresAt,
         ...(r.reason ? { reason: r.reason } : {}),
       };
