@@ -90,10 +90,20 @@ export const PUBLIC_ROUTES: ReadonlySet<string> = new Set([
 /** Whether the request matched a route on the public list (HEAD is GET's twin). */
 export function isPublicRoute(req: FastifyRequest): boolean {
   const url = req.routeOptions.url;
-  if (url === undefined) return false;
-  const method = req.method === 'HEAD' ? 'GET' : req.method;
-  return PUBLIC_ROUTES.has(`${method} ${url}`);
+  return (
+    url !== undefined &&
+    (req.method === 'GET' || req.method === 'HEAD') &&
+    PUBLIC_GET_PATHS.has(url)
+  );
 }
+
+/** The paths of PUBLIC_ROUTES, made once (every public route is a GET): no string per request. */
+const PUBLIC_GET_PATHS: ReadonlySet<string> = new Set(
+  [...PUBLIC_ROUTES].map((route) => {
+    if (!route.startsWith('GET ')) throw new Error(`public route ${route} is not a GET`);
+    return route.slice('GET '.length);
+  }),
+);
 
 /** Client request headers an upstream may see; everything else (Authorization, Cookie…) stays here. */
 const FORWARDED_HEADERS = ['mcp-protocol-version', 'last-event-id'];
