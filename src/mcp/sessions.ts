@@ -44,6 +44,8 @@ export interface SessionStore {
   /** The session, if it exists, belongs to `server` and to `owner`; refreshes its idle timer. */
   get(id: string, server: string, owner: string): Session | undefined;
   delete(id: string): Session | undefined;
+  /** The session with this id, whoever owns it, without touching its idle timer (operator use). */
+  peek(id: string): Session | undefined;
   /** Sessions idle longer than the timeout, removed from the store. */
   sweep(now: number): Session[];
   all(): Iterable<Session>;
@@ -110,6 +112,10 @@ export class MemorySessionStore implements SessionStore {
     }
     session.lastSeenAt = now;
     return session;
+  }
+
+  peek(id: string): Session | undefined {
+    return this.sessions.get(id);
   }
 
   delete(id: string): Session | undefined {

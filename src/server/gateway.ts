@@ -172,12 +172,13 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
       r.kind === 'session' ? 'the session was revoked' : undefined,
     );
     const ended: Session[] = [];
-    for (const s of [...sessions.all()]) {
-      if ((r.kind === 'sub' && s.owner === r.id) || (r.kind === 'session' && s.id === r.id)) {
-        sessions.delete(s.id);
-        ended.push(s);
-      }
+    if (r.kind === 'session') {
+      const s = sessions.peek(r.id);
+      if (s !== undefined) ended.push(s);
+    } else if (r.kind === 'sub') {
+      for (const s of sessions.all()) if (s.owner === r.id) ended.push(s);
     }
+    for (const s of ended) sessions.delete(s.id);
     const streamsEnded = streams.terminateWhere(
       (who) =>
         (r.kind === 'sub' && who.owner === r.id) ||
@@ -272,7 +273,7 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
       revocations,
       tokenRevocationMs: config.auth.jwt.maxLifetimeMs + config.auth.jwt.clockSkewMs,
       sessionRevocationMs: config.sessions.idleTimeoutMs,
-      hasSession: (id) => [...sessions.all()].some((s) => s.id === id),
+      hasSession: (id) => sessions.peek(id) !== undefined,
     });
     await admin.listen({ host: config.admin.host, port: config.admin.port });
     adminUrl = baseUrl(admin, false);
