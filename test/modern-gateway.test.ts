@@ -168,6 +168,74 @@ test('header/body mismatches are refused by the gateway with 400 and -32020', as
   );
 });
 
+test('a request without its required _meta fields gets 400 and -32602, not -32020', async (t) => {
+  // Regression: the gateway compared the MCP-Protocol-Version header with a
+  // body field that was not there and answered -32020 (header mismatch);
+  // spec/2026-07-28/basic/index.mdx makes such a request malformed: -32602.
+  const { server, url } = await setup(t);
+  const before = server.events.requests.length;
+  const info = { 'io.modelcontextprotocol/clientInfo': { name: 'raw', version: '1' } };
+  const cases: Array<[string, unknown, string]> = [
+    ['no _meta', {}, '_meta'],
+    ['_meta is not an object', { _meta: 'x' }, '_meta'],
+    [
+      'no protocolVersion',
+      { _meta: { ...info, 'io.modelcontextprotocol/clientCapabilities': {} } },
+      'io.modelcontextprotocol/protocolVersion',
+    ],
+    [
+      'no clientCapabilities',
+      { _meta: { ...info, 'io.modelcontextprotocol/protocolVersion': MODERN_PROTOCOL_VERSION } },
+      'io.modelcontextprotocol/clientCapabilities',
+    ],
+  ];
+  for (const [label, params, field] of cases) {
+    const res = await post(
+      url,
+      { jsonrpc: '2.0', id: 101, method: 'server/discover', params },
+      { 'mcp-method': 'server/discover' },
+    );
+    assert.equal(res.status, 400, label);
+    const body = (await res.json()) as {
+      id: number;
+      error: { code: number; data: { code: string; field: string } };
+    };
+    assert.equal(body.id, 101, label);
+    assert.equal(body.error.code, -32602, label);
+    assert.equal(body.error.data.code, 'PORTCULLIS_ERR_PROTOCOL_META_INVALID', label);
+    assert.equal(body.error.data.field, field, label);
+  }
+  assert.equal(server.events.requests.length, before, 'nothing reached the upstream');
+});
+
+test('initialize carrying 2026-07-28 _meta gets 404 and -32601 from the gateway', async (t) => {
+  // Regression: it was taken for a legacy initialize and forwarded without its
+  // Mcp-Method header, so the upstream answered 400 / -32020. The revision has
+  // no initialize, and a server without the method MUST answer 404 / -32601.
+  const { server, url } = await setup(t);
+  const before = server.events.requests.length;
+  const meta = {
+    'io.modelcontextprotocol/protocolVersion': MODERN_PROTOCOL_VERSION,
+    'io.modelcontextprotocol/clientInfo': { name: 'raw', version: '1' },
+    'io.modelcontextprotocol/clientCapabilities': {},
+  };
+  const res = await post(
+    url,
+    { jsonrpc: '2.0', id: 500, method: 'initialize', params: { _meta: meta } },
+    { 'mcp-method': 'initialize' },
+  );
+  assert.equal(res.status, 404);
+  assert.equal(res.headers.get('mcp-session-id'), null, 'no session is opened');
+  const body = (await res.json()) as {
+    id: number;
+    error: { code: number; data: { code: string } };
+  };
+  assert.equal(body.id, 500);
+  assert.equal(body.error.code, -32601);
+  assert.equal(body.error.data.code, 'PORTCULLIS_ERR_PROTOCOL_METHOD_REMOVED');
+  assert.equal(server.events.requests.length, before, 'nothing reached the upstream');
+});
+
 test('a batch is refused in the modern era', async (t) => {
   const { server, url } = await setup(t);
   const before = server.events.requests.length;

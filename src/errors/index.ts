@@ -219,6 +219,18 @@ const SPECS = {
     rpc: JSONRPC_INVALID_REQUEST,
     message: 'Unsupported MCP-Protocol-Version header',
   },
+  PORTCULLIS_ERR_PROTOCOL_META_INVALID: {
+    status: 400,
+    rpc: JSONRPC_INVALID_PARAMS,
+    message:
+      'Request params._meta lacks a required field: every 2026-07-28 request carries io.modelcontextprotocol/protocolVersion (a string) and io.modelcontextprotocol/clientCapabilities (an object)',
+  },
+  PORTCULLIS_ERR_PROTOCOL_METHOD_REMOVED: {
+    status: 404,
+    rpc: JSONRPC_METHOD_NOT_FOUND,
+    message:
+      'Method not found: 2026-07-28 has no initialize; send each request with its _meta, or initialize without modern _meta to open a 2025-11-25 session',
+  },
   PORTCULLIS_ERR_PROTOCOL_HEADER_MISMATCH: {
     status: 400,
     rpc: MCP_HEADER_MISMATCH,

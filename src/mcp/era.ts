@@ -24,6 +24,7 @@ export const LEGACY_VERSIONS: ReadonlySet<string> = new Set([
 /** The only legacy revision that allowed JSON-RPC batches over HTTP. */
 export const BATCHING_VERSION = '2025-03-26';
 export const META_PROTOCOL_VERSION = 'io.modelcontextprotocol/protocolVersion';
+export const META_CLIENT_CAPABILITIES = 'io.modelcontextprotocol/clientCapabilities';
 
 /** Revision identifiers are dates, so they order as strings. */
 export function isModernVersion(version: string | undefined): boolean {
@@ -37,17 +38,24 @@ function metaVersion(frame: Frame): string | undefined {
 }
 
 /**
- * Which era a POST belongs to. A session header or `initialize` is legacy;
- * modern `_meta` or a modern `MCP-Protocol-Version` header is modern (a modern
- * header without `_meta` is then rejected by header validation); anything
- * else is legacy, where the missing session id is the error.
+ * Which era a POST belongs to. A session header is legacy. Modern `_meta` or
+ * a modern `MCP-Protocol-Version` header is modern (a modern header without
+ * `_meta` is then refused by validateModernRequest). An `initialize` without
+ * modern `_meta` is legacy, and so is anything else, where the missing
+ * session id is the error.
+ *
+ * `initialize` with modern `_meta` is modern: spec/2026-07-28/basic/
+ * versioning.mdx has a dual-era server serve "a request carrying modern
+ * per-request `_meta` … statelessly according to this revision", which has
+ * no `initialize`.
  */
 export function detectEra(frames: readonly Frame[], headers: Record<string, unknown>): Era {
   if (headers['mcp-session-id'] !== undefined) return 'legacy';
   const first = frames[0];
   if (frames.length !== 1 || !first) return 'legacy';
-  if (first.method === 'initialize') return 'legacy';
-  if (metaVersion(first) !== undefined) return 'modern';
+  const bodyVersion = metaVersion(first);
+  if (first.method === 'initialize') return isModernVersion(bodyVersion) ? 'modern' : 'legacy';
+  if (bodyVersion !== undefined) return 'modern';
   return isModernVersion(headerValue(headers['mcp-protocol-version'])) ? 'modern' : 'legacy';
 }
 
@@ -161,6 +169,41 @@ function paramMatches(headerText: string, bodyValue: unknown): boolean {
   return false;
 }
 
+function isPlainObject(v: unknown): v is Record<string, unknown> {
+  return v !== null && typeof v === 'object' && !Array.isArray(v);
+}
+
+/**
+ * spec/2026-07-28/basic/index.mdx, "Per-request protocol fields": every
+ * request carries `io.modelcontextprotocol/protocolVersion` and
+ * `…/clientCapabilities` in `_meta`; "A request missing any required field is
+ * malformed; the server MUST reject it with … -32602 (Invalid params). On
+ * HTTP, the response status MUST be 400 Bad Request."
+ */
+function checkRequestMeta(frame: Frame): void {
+  const params = frame.message.params;
+  const meta = isPlainObject(params) ? params._meta : undefined;
+  if (!isPlainObject(meta)) {
+    throw new GatewayError('PORTCULLIS_ERR_PROTOCOL_META_INVALID', 'params._meta is missing', {
+      field: '_meta',
+    });
+  }
+  if (typeof meta[META_PROTOCOL_VERSION] !== 'string') {
+    throw new GatewayError(
+      'PORTCULLIS_ERR_PROTOCOL_META_INVALID',
+      `${META_PROTOCOL_VERSION} is missing`,
+      { field: META_PROTOCOL_VERSION },
+    );
+  }
+  if (!isPlainObject(meta[META_CLIENT_CAPABILITIES])) {
+    throw new GatewayError(
+      'PORTCULLIS_ERR_PROTOCOL_META_INVALID',
+      `${META_CLIENT_CAPABILITIES} is missing`,
+      { field: META_CLIENT_CAPABILITIES },
+    );
+  }
+}
+
 /**
  * Validates a modern request's headers against its body
  * (spec/2026-07-28/basic/transports/streamable-http.mdx, "Server Validation":
@@ -174,6 +217,16 @@ export function validateModernRequest(
   if (frame.kind === 'response' || frame.kind === 'error') {
     throw new GatewayError('PORTCULLIS_ERR_JSONRPC_RESPONSE_NOT_ALLOWED');
   }
+  // A malformed request is refused as such before its headers are compared
+  // with fields it does not have.
+  if (frame.kind === 'request') checkRequestMeta(frame);
+  // spec/2026-07-28/basic/transports/streamable-http.mdx: "If the server does
+  // not implement the requested RPC method, it MUST respond with 404 Not Found
+  // and … -32601". Answered here rather than by the upstream: a dual-era
+  // upstream could take `initialize` as the opening of a session the gateway
+  // never issued.
+  if (frame.method === 'initialize')
+    throw new GatewayError('PORTCULLIS_ERR_PROTOCOL_METHOD_REMOVED');
   const version = headerValue(headers['mcp-protocol-version']);
   const bodyVersion = metaVersion(frame);
   if (version === undefined) throw mismatch('MCP-Protocol-Version header is required');
