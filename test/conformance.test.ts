@@ -23,11 +23,7 @@ import assert from 'node:assert/strict';
 import { describe, test, type TestContext } from 'node:test';
 
 import { startConformanceServer } from './fixtures/conformance-server.js';
-// The SDK 2.x conformance fixture (test/fixtures/conformance-modern-server.ts)
-// has not landed yet; the general modern fixture stands in with the same
-// shape ({ url, close }). When it lands, this import becomes:
-//   import { startConformanceModernServer } from './fixtures/conformance-modern-server.js';
-import { startModernServer as startConformanceModernServer } from './fixtures/modern-server.js';
+import { startConformanceModernServer } from './fixtures/conformance-modern-server.js';
 import {
   degradations,
   findings,
@@ -108,9 +104,8 @@ function tasksExtensionGaps(scenario: string, checks: string[]): KnownGap[] {
 /**
  * Every FAILURE and WARNING check the SDK 2.x conformance fixture gets
  * directly under `--requirements 2026-07-28` (scored and not-scored
- * scenarios), each with the reason; measured against the fixture as of
- * branch conf-fixture 01d656d (every scored scenario passes). A mismatch
- * prints the entries to add or remove, ready to paste.
+ * scenarios), each with the reason (every scored scenario passes). A
+ * mismatch prints the entries to add or remove, ready to paste.
  */
 const KNOWN_GAPS_2026_07_28: readonly KnownGap[] = [
   ...tasksExtensionGaps('tasks-lifecycle', [
