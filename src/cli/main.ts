@@ -261,6 +261,9 @@ function banner(
     demo ? `  (demo upstream: server-everything, started with the gateway)` : '',
     '',
     ...authLines(config, dev),
+    config.tenants === undefined
+      ? 'Policy: no tenants are configured, so every authenticated principal may use every server and tool (docs/policy.md).'
+      : `Policy: ${Object.keys(config.tenants).length} tenant(s) configured; anything not granted to a tenant is denied.`,
     '',
     'Point an MCP client at it, for example:',
     `  claude mcp add --transport http ${first} ${url}${headerFlag}`,

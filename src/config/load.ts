@@ -9,6 +9,7 @@ import { isIP } from 'node:net';
 import { Ajv2020 } from 'ajv/dist/2020.js';
 import type { ErrorObject } from 'ajv';
 import { isPair, isScalar, isSeq, parseDocument, visit, type Document } from 'yaml';
+import { policyProblems } from '../policy/policy.js';
 import {
   configSchema,
   CREDENTIAL_DEFAULTED_KEYS,
@@ -226,6 +227,8 @@ function crossChecks(config: Config): ConfigProblem[] {
     problems.push(...transportChecks(name, server));
   }
   problems.push(...authChecks(config));
+  // Grants and rules naming what does not exist, conditions that do not compile.
+  problems.push(...policyProblems(config));
   if (
     config.admin.enabled &&
     !isLoopbackHost(config.admin.host) &&

@@ -307,6 +307,100 @@ export const CREDENTIAL_KEYS = {
 /** Keys the schema fills in on every credential, whatever its mode. */
 export const CREDENTIAL_DEFAULTED_KEYS = ['header', 'ttlMs', 'timeoutMs'] as const;
 
+/** A tenant name as it appears in tokens: printable, no control characters. */
+export const TENANT_NAME_PATTERN = '^[^\\u0000-\\u001f\\u007f]{1,128}$';
+/** A policy rule id: what errors, logs and metrics name. */
+export const RULE_ID_PATTERN = '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$';
+
+const grantList = (what: string) =>
+  ({
+    type: 'array',
+    items: { type: 'string', minLength: 1, maxLength: 1024 },
+    maxItems: 10_000,
+    description: `${what}: exact names or globs (\`*\` matches any run of characters); ["*"] grants all. Absent: none.`,
+  }) as const;
+
+const serverGrantSchema = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    tools: grantList('Tools the tenant may list and call'),
+    prompts: grantList('Prompts it may list and get'),
+    resources: grantList('Resource URIs it may list, read and subscribe to'),
+    resourceTemplates: grantList(
+      'Resource templates it may list and complete; a URI expanding a listed (non-glob) template may be read',
+    ),
+  },
+} as const;
+
+const ruleSchema = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['id', 'when'],
+  properties: {
+    id: {
+      type: 'string',
+      pattern: RULE_ID_PATTERN,
+      description: 'Named in errors, logs and metrics.',
+    },
+    when: {
+      type: 'string',
+      minLength: 1,
+      maxLength: 4096,
+      description:
+        'A CEL condition over principal, server, method, target, arguments and message; the rule applies when it is true.',
+    },
+    effect: { enum: ['deny'], default: 'deny', description: 'What the rule does when it applies.' },
+    servers: {
+      type: 'array',
+      items: { type: 'string', pattern: SERVER_NAME_PATTERN },
+      description: 'Only messages to these servers (default: all the tenant may use).',
+    },
+    methods: {
+      type: 'array',
+      items: { type: 'string', minLength: 1 },
+      description: 'Only these JSON-RPC methods (default: every client request).',
+    },
+    targets: grantList('Only these tools, prompts or resource URIs'),
+    message: {
+      type: 'string',
+      maxLength: 512,
+      description: 'The sentence the agent gets when the rule denies.',
+    },
+    mode: {
+      enum: ['enforce', 'shadow'],
+      default: 'enforce',
+      description: '"shadow": record what the rule would have denied, deny nothing.',
+    },
+  },
+} as const;
+
+const tenantSchema = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    servers: {
+      type: 'object',
+      default: {},
+      propertyNames: { pattern: SERVER_NAME_PATTERN },
+      additionalProperties: serverGrantSchema,
+      description: 'The servers this tenant may use, and what on each.',
+    },
+    rules: {
+      type: 'array',
+      items: ruleSchema,
+      default: [],
+      description: 'Deny rules checked, in order, on every client request the grants allow.',
+    },
+    mode: {
+      enum: ['enforce', 'shadow'],
+      default: 'enforce',
+      description:
+        '"shadow": the grants record what they would have denied or hidden, and deny and hide nothing.',
+    },
+  },
+} as const;
+
 export const configSchema = {
   $schema: 'https://json-schema.org/draft/2020-12/schema',
   $id: 'https://portcullis.dev/schema/config.json',
@@ -745,6 +839,13 @@ export const configSchema = {
         },
       },
     },
+    tenants: {
+      type: 'object',
+      propertyNames: { pattern: TENANT_NAME_PATTERN },
+      additionalProperties: tenantSchema,
+      description:
+        'Per-tenant policy. Once present, everything is denied unless granted here; absent, every authenticated principal may use every server.',
+    },
     shutdown: {
       type: 'object',
       additionalProperties: false,
@@ -920,8 +1021,35 @@ export interface Config {
   };
   upstreamDefaults: { timeouts: UpstreamTimeouts; connections: number; maxResponseBytes: number };
   servers: Record<string, ServerConfig>;
+  /** Absent: no per-tenant policy (every principal may use every server). */
+  tenants?: Record<string, TenantConfig>;
   shutdown: { drainTimeoutMs: number; retryHintMs: number };
   log: { level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent' };
+}
+
+/** What a tenant may use on one server. */
+export interface ServerGrant {
+  tools?: string[];
+  prompts?: string[];
+  resources?: string[];
+  resourceTemplates?: string[];
+}
+
+export interface RuleConfig {
+  id: string;
+  when: string;
+  effect: 'deny';
+  servers?: string[];
+  methods?: string[];
+  targets?: string[];
+  message?: string;
+  mode: 'enforce' | 'shadow';
+}
+
+export interface TenantConfig {
+  servers: Record<string, ServerGrant>;
+  rules: RuleConfig[];
+  mode: 'enforce' | 'shadow';
 }
 
 /** One set of quotas (per principal or per tenant). */

@@ -4,7 +4,8 @@
  * message that tells the agent or the operator what to do next.
  *
  * JSON-RPC codes are the standard ones (-32700, -32600..-32603) plus the
- * MCP-defined -32020 (HeaderMismatch). The gateway allocates nothing in the
+ * MCP-defined -32020 (HeaderMismatch) and 2025-11-25's -32002 (resource not
+ * found, which a server it stands in for would send). The gateway allocates nothing in the
  * -32000..-32099 range: -32000..-32019 SHOULD NOT be used by new
  * implementations and -32020..-32099 is reserved for the MCP specification
  * (spec/2026-07-28/basic/index.mdx, "Error Codes"). The gateway's own code
@@ -18,6 +19,8 @@ export const JSONRPC_INVALID_PARAMS = -32602;
 export const JSONRPC_INTERNAL_ERROR = -32603;
 /** spec/2026-07-28/basic/transports/streamable-http.mdx, "Server Validation". */
 export const MCP_HEADER_MISMATCH = -32020;
+/** spec/2025-11-25/server/resources.mdx: resource not found (2026-07-28 uses -32602). */
+export const MCP_RESOURCE_NOT_FOUND_2025 = -32002;
 
 /**
  * The `WWW-Authenticate` challenge an authentication error carries (RFC 6750
@@ -235,6 +238,37 @@ const SPECS = {
     status: 400,
     rpc: MCP_HEADER_MISMATCH,
     message: 'Header mismatch',
+  },
+  // Policy denials answer a JSON-RPC request that was well formed, so the
+  // HTTP exchange succeeded (200) and the error travels in the body, as a
+  // server's own answer would. What a tenant is not granted is answered as a
+  // server answers for a name it does not have (the MCP SDKs: -32602, and
+  // -32002 for a resource in 2025-11-25), the same whether or not it exists.
+  PORTCULLIS_ERR_POLICY_TOOL_NOT_FOUND: {
+    status: 200,
+    rpc: JSONRPC_INVALID_PARAMS,
+    message: 'Tool not found',
+  },
+  PORTCULLIS_ERR_POLICY_PROMPT_NOT_FOUND: {
+    status: 200,
+    rpc: JSONRPC_INVALID_PARAMS,
+    message: 'Prompt not found',
+  },
+  PORTCULLIS_ERR_POLICY_RESOURCE_NOT_FOUND: {
+    status: 200,
+    rpc: JSONRPC_INVALID_PARAMS,
+    message: 'Resource not found',
+  },
+  PORTCULLIS_ERR_POLICY_RESOURCE_NOT_FOUND_2025: {
+    status: 200,
+    rpc: MCP_RESOURCE_NOT_FOUND_2025,
+    message: 'Resource not found',
+  },
+  PORTCULLIS_ERR_POLICY_DENIED: {
+    status: 200,
+    rpc: JSONRPC_INVALID_REQUEST,
+    message:
+      'Denied by policy (error.data.rule names the rule); ask the operator if this should be allowed',
   },
   PORTCULLIS_ERR_UPSTREAM_UNREACHABLE: {
     status: 502,

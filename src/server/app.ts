@@ -48,6 +48,8 @@ import { authHooks, PRM_PATH, registerMetadataRoutes, type ResourceInfo } from '
 import { Exchange, relayResponse, sendError, type RelayRoute } from './relay.js';
 import type { StreamIdentity, StreamRegistry } from './streams.js';
 import type { Lease, Quotas } from './quotas.js';
+import { POLICY_OFF, type Policy } from '../policy/policy.js';
+import { recordDecision } from './decide.js';
 
 export interface Route extends RelayRoute {
   readonly upstream: Upstream;
@@ -67,6 +69,8 @@ export interface AppDeps {
   onFrame?: FrameObserver | undefined;
   metrics: Metrics;
   quotas: Quotas;
+  /** The policy in force (it changes on reload); absent, none: everything is allowed. */
+  policy?: (() => Policy) | undefined;
   /** Whether whom a stream would serve was revoked since the request was authenticated. */
   isRevoked?: ((identity: StreamIdentity) => boolean) | undefined;
   /** The gateway's own signing keys, published at /.well-known/jwks.json. */
@@ -162,11 +166,19 @@ function upstreamHeaders(
   return out;
 }
 
-/** Marks whom an exchange serves, so that revoking the subject, token or session ends its stream. */
-function identified(req: FastifyRequest, x: Exchange): Exchange {
+/**
+ * Marks whom an exchange serves, so that revoking the subject, token or
+ * session ends its stream, and the policy its answers are decided by (the
+ * one in force when the request came: a reload mid-stream changes nothing
+ * for it).
+ */
+function identified(req: FastifyRequest, x: Exchange, policy: Policy, metrics: Metrics): Exchange {
   x.owner = ownerKey(req.principal);
   x.jti = req.token?.tokenId;
   x.identity = x;
+  x.principal = req.principal;
+  x.policy = policy;
+  x.metrics = metrics;
   return x;
 }
 
@@ -344,10 +356,22 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     sendError(reply, new GatewayError('PORTCULLIS_ERR_HTTP_NOT_FOUND')),
   );
 
+  const policyNow = deps.policy ?? (() => POLICY_OFF);
+  const sink = { log, metrics: deps.metrics };
+
   const routeFor = (req: FastifyRequest<{ Params: { server: string } }>): Route => {
     const route = routes.get(req.params.server);
     // Tenants learn nothing about servers they cannot reach: the error names none.
     if (!route) throw new GatewayError('PORTCULLIS_ERR_ROUTE_UNKNOWN_SERVER');
+    // The route decision point. A server the tenant is not granted answers
+    // exactly as one that does not exist (the rule is in the log, not the answer).
+    const policy = policyNow();
+    if (policy.enabled) {
+      const decision = policy.route(req.principal, route.name);
+      if (decision.kind !== 'allow' || decision.shadowed)
+        recordDecision(sink, decision, route.name, req.principal, req.method);
+      if (decision.kind === 'deny') throw decision.error;
+    }
     if (req.token && deps.auth) {
       deps.auth.authenticator().authorize(req.token, route.name, route.requiredScopes);
     }
@@ -518,6 +542,17 @@ export function buildApp(deps: AppDeps): FastifyInstance {
       }
     }
 
+    // The inbound decision point: a batch is decided whole (one denial refuses all of it).
+    const policy = policyNow();
+    if (policy.enabled) {
+      const ctx = { principal: req.principal, server: route.name, era };
+      for (const f of frames) {
+        const decision = policy.inbound(f, ctx);
+        if (decision.kind === 'allow' && !decision.shadowed) continue;
+        recordDecision(sink, decision, route.name, req.principal, f.method);
+        if (decision.kind === 'deny') return fail(decision.error);
+      }
+    }
     if (deps.onFrame) {
       const context = { server: route.name, era, session: session?.id };
       for (const f of frames) deps.onFrame(f, context);
@@ -553,6 +588,8 @@ export function buildApp(deps: AppDeps): FastifyInstance {
           log,
           deps.onFrame,
         ),
+        policy,
+        deps.metrics,
       ),
       {
         method: 'POST',
@@ -624,6 +661,8 @@ export function buildApp(deps: AppDeps): FastifyInstance {
           log,
           deps.onFrame,
         ),
+        policyNow(),
+        deps.metrics,
       ),
       { method: 'GET', headers, affinity: ownerKey(req.principal) },
     );

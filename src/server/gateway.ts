@@ -26,6 +26,7 @@ import { createAuthenticator, keySource, resourceInfoFor } from './identity.js';
 import { StreamRegistry } from './streams.js';
 import { inflightCap, openFileLimit, Quotas } from './quotas.js';
 import { trackIdleSockets } from './idle-sockets.js';
+import { compilePolicy, type Policy } from '../policy/policy.js';
 
 export interface Gateway {
   /** Base URL of the public listener, e.g. `http://127.0.0.1:8080`. */
@@ -127,9 +128,19 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
     globalInflight,
   });
 
+  // Compiled once; the config was checked (policyProblems) when it was built.
+  const policy: Policy = compilePolicy(config);
+  if (!policy.enabled) {
+    log.info(
+      { event: 'policy.off' },
+      'no tenants configured: every authenticated principal may use every server',
+    );
+  }
+
   let authenticator: Authenticator | undefined;
   let resourceInfo: ResourceInfo | undefined;
   const app = buildApp({
+    policy: () => policy,
     config,
     log,
     routes,

@@ -34,6 +34,10 @@ import type { Session } from '../mcp/sessions.js';
 import type { Era, ToolHeaderRegistry } from '../mcp/era.js';
 import type { UpstreamCall, UpstreamResponse } from '../upstream/types.js';
 import type { ClientStream, PendingCall, StreamRegistry } from './streams.js';
+import { ANONYMOUS, type Principal } from '../auth/principal.js';
+import { POLICY_OFF, type Policy } from '../policy/policy.js';
+import type { Metrics } from '../telemetry/metrics.js';
+import { decideOutbound, type OutboundExchange } from './decide.js';
 
 /** What a relay needs to know of the route it relays for. */
 export interface RelayRoute {
@@ -48,7 +52,7 @@ export interface RelayRoute {
  * (`{ ...x, more }`) made more of each request survive young-generation
  * collections (measured: bench/README.md, "What makes the numbers move").
  */
-export class Exchange implements PendingCall {
+export class Exchange implements PendingCall, OutboundExchange {
   readonly server: string;
   readonly toolHeaders: ToolHeaderRegistry;
   readonly maxResponseBytes: number;
@@ -60,6 +64,10 @@ export class Exchange implements PendingCall {
   jti: string | undefined = undefined;
   /** Set when a revocation gave up on the call before its answer began. */
   revoked: GatewayError | undefined = undefined;
+  /** Whom the exchange serves, and the policy in force when its request came (identified()). */
+  principal: Principal = ANONYMOUS;
+  policy: Policy = POLICY_OFF;
+  metrics: Metrics | undefined = undefined;
 
   constructor(
     route: RelayRoute,
@@ -255,15 +263,28 @@ export async function relayResponse(
       { server: x.server },
     );
   }
-  const kept = admit(x, frames);
-  if (kept !== frames) {
-    if (kept.length === 0) {
+  let kept = admit(x, frames);
+  if (kept !== frames && kept.length === 0) {
+    throw new GatewayError(
+      'PORTCULLIS_ERR_UPSTREAM_BAD_RESPONSE',
+      `server '${x.server}' answered a request that was never sent`,
+      { server: x.server },
+    );
+  }
+  // The outbound decision point: an allowed body goes on as its own bytes.
+  if (x.policy.enabled) {
+    kept = decideOutbound(x, kept);
+    if (kept.length === 0 && !batch) {
       throw new GatewayError(
         'PORTCULLIS_ERR_UPSTREAM_BAD_RESPONSE',
-        `server '${x.server}' answered a request that was never sent`,
-        { server: x.server },
+        `server '${x.server}' sent no answer`,
+        {
+          server: x.server,
+        },
       );
     }
+  }
+  if (kept !== frames) {
     frames = kept;
     raw = Buffer.from(encodeAdmitted(kept, batch));
   }
@@ -296,14 +317,17 @@ async function relayErrorStatus(
     // (or nothing in particular: id null); anything else is replaced.
     if (raw && contentType.startsWith('application/json') && !nestedDeeperThan(raw)) {
       try {
-        const frames = framesOf(JSON.parse(raw.toString('utf8')));
+        const value: unknown = JSON.parse(raw.toString('utf8'));
+        const frames = framesOf(value);
         if (!frames.every((f) => f.id === undefined || f.id === null || x.pending.has(f.id)))
           throw new Error('an answer to a request that was never sent');
+        const decided = x.policy.enabled ? decideOutbound(x, frames) : frames;
+        if (decided.length === 0) throw new Error('nothing of it may be relayed');
         void reply
           .code(status)
           .headers(x.responseHeaders)
           .header('content-type', 'application/json')
-          .send(raw);
+          .send(decided === frames ? raw : encodeAdmitted(decided, Array.isArray(value)));
         return;
       } catch {
         // fall through to a gateway-made body
@@ -454,8 +478,12 @@ function relayStream(
           );
           return;
         }
-        const kept = admit(x, frames);
+        let kept = admit(x, frames);
         if (kept.length === 0) return;
+        if (x.policy.enabled) {
+          kept = decideOutbound(x, kept);
+          if (kept.length === 0) return;
+        }
         idle?.refresh();
         const before = x.pending.size;
         settle(x, kept);

@@ -15,6 +15,8 @@ export interface Metrics {
   readonly credentialsIssued: Counter<'server' | 'mode' | 'result'>;
   readonly crashLoops: Counter<'server'>;
   readonly upstreamProcesses: Gauge<'server'>;
+  /** Policy decisions other than a plain allow; `decision` is deny, replace, drop or shadow. */
+  readonly policyDecisions: Counter<'server' | 'rule' | 'decision'>;
 }
 
 export function createMetrics(): Metrics {
@@ -54,6 +56,12 @@ export function createMetrics(): Metrics {
       name: 'portcullis_upstream_credentials_total',
       help: 'Upstream credentials obtained (minted or exchanged), by server, mode and result.',
       labelNames: ['server', 'mode', 'result'],
+      registers: [registry],
+    }),
+    policyDecisions: new Counter({
+      name: 'portcullis_policy_decisions_total',
+      help: 'Policy decisions that were not a plain allow, by server, rule and decision (deny, replace, drop; shadow: a shadow rule would have denied, replaced or dropped).',
+      labelNames: ['server', 'rule', 'decision'],
       registers: [registry],
     }),
     crashLoops: new Counter({

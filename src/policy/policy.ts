@@ -1,0 +1,449 @@
+/**
+ * Per-tenant policy, compiled once from the configuration into pure
+ * functions the three decision points call:
+ *
+ * - `route(principal, server)`: may this principal use this server at all
+ *   (every HTTP method on it);
+ * - `inbound(frame, …)`: each client→server message;
+ * - `outbound(frame, answering, …)`: each server→client message, with the
+ *   method of the request it answers when it is an answer.
+ *
+ * Without `tenants` in the configuration the policy is off and every
+ * function allows (the gateway then skips the calls entirely). With
+ * `tenants`, everything is denied unless granted, in this order:
+ * 1. a tenant that is not listed, or a server it is not granted, does not
+ *    exist for it (route: the gateway's unknown-server answer);
+ * 2. a tool, prompt or resource it is not granted does not exist for it
+ *    either: absent from every list, and a request naming it is answered as
+ *    a server answers for a name it does not have;
+ * 3. the tenant's rules, in order: the first enforcing rule whose condition
+ *    holds denies, naming itself; shadow rules only report.
+ * Server→client notifications about something not granted
+ * (`notifications/resources/updated` for a URI) are dropped.
+ */
+import { GatewayError } from '../errors/index.js';
+import type { Principal } from '../auth/principal.js';
+import type { Config, RuleConfig, ServerGrant, TenantConfig } from '../config/schema.js';
+import type { Frame, JsonRpcMessage } from '../mcp/frame.js';
+import { compileCondition, type Condition, type ConditionVars } from './cel.js';
+import { ALLOW, type Allow, type Decision, type Deny, type ShadowHit } from './decision.js';
+import { compilePatterns, compileTemplates, MATCH_ALL, type Matcher } from './match.js';
+
+export type Era = 'legacy' | 'modern';
+
+/** Where a message is decided: who sent or receives it, on which server, in which era. */
+export interface DecisionContext {
+  readonly principal: Principal;
+  readonly server: string;
+  readonly era: Era;
+}
+
+export interface Policy {
+  /** False when no tenants are configured: every decision is allow and need not be asked. */
+  readonly enabled: boolean;
+  /** The names of the configured tenants (for the start banner). */
+  readonly tenants: readonly string[];
+  route(principal: Principal, server: string): Decision;
+  /** Inbound decisions only allow or deny: a client's message is never rewritten. */
+  inbound(frame: Frame, ctx: DecisionContext): Allow | Deny;
+  outbound(frame: Frame, answering: string | undefined, ctx: DecisionContext): Decision;
+}
+
+/** A problem with the policy part of a configuration, at its config path. */
+export interface PolicyProblem {
+  path: string;
+  message: string;
+}
+
+interface CompiledRule {
+  readonly id: string;
+  readonly servers: ReadonlySet<string> | undefined;
+  readonly methods: ReadonlySet<string> | undefined;
+  readonly targets: Matcher;
+  readonly condition: Condition;
+  readonly message: string | undefined;
+  readonly shadow: boolean;
+}
+
+interface CompiledGrant {
+  readonly tools: Matcher;
+  readonly prompts: Matcher;
+  readonly resources: Matcher;
+  /** URIs that expand a granted (non-glob) template. */
+  readonly templateUris: Matcher;
+  readonly templates: Matcher;
+  /** The rule id prefix of this grant: `tenants.<tenant>.servers.<server>`. */
+  readonly rule: string;
+}
+
+interface CompiledTenant {
+  readonly name: string;
+  readonly servers: ReadonlyMap<string, CompiledGrant>;
+  readonly rules: readonly CompiledRule[];
+  readonly shadow: boolean;
+}
+
+/** The rule id a denial names when the principal's tenant is not configured. */
+export const RULE_TENANT_UNKNOWN = 'tenants';
+
+/** The policy without tenants: every decision is allow. */
+export const POLICY_OFF: Policy = Object.freeze({
+  enabled: false,
+  tenants: Object.freeze([]) as readonly string[],
+  route: () => ALLOW,
+  inbound: () => ALLOW,
+  outbound: () => ALLOW,
+});
+
+function compileGrant(tenant: string, server: string, grant: ServerGrant): CompiledGrant {
+  const templates = grant.resourceTemplates ?? [];
+  return {
+    tools: compilePatterns(grant.tools),
+    prompts: compilePatterns(grant.prompts),
+    resources: compilePatterns(grant.resources),
+    templateUris: compileTemplates(templates.filter((t) => !t.includes('*'))),
+    templates: compilePatterns(templates),
+    rule: `tenants.${tenant}.servers.${server}`,
+  };
+}
+
+function compileRule(rule: RuleConfig, condition: Condition): CompiledRule {
+  return {
+    id: rule.id,
+    servers: rule.servers ? new Set(rule.servers) : undefined,
+    methods: rule.methods ? new Set(rule.methods) : undefined,
+    targets: rule.targets ? compilePatterns(rule.targets) : MATCH_ALL,
+    condition,
+    message: rule.message,
+    shadow: rule.mode === 'shadow',
+  };
+}
+
+/**
+ * Everything wrong with the policy part of a configuration that the schema
+ * cannot see: grants and rules naming servers that do not exist, duplicate
+ * rule ids, conditions that do not compile. Empty when it compiles.
+ */
+export function policyProblems(config: Pick<Config, 'servers' | 'tenants'>): PolicyProblem[] {
+  const problems: PolicyProblem[] = [];
+  for (const [tenant, t] of Object.entries(config.tenants ?? {})) {
+    const at = `tenants.${tenant}`;
+    for (const server of Object.keys(t.servers)) {
+      if (!(server in config.servers))
+        problems.push({ path: `${at}.servers.${server}`, message: 'is not a configured server' });
+    }
+    const seen = new Set<string>();
+    t.rules.forEach((rule, i) => {
+      const ruleAt = `${at}.rules[${i}]`;
+      if (seen.has(rule.id))
+        problems.push({ path: `${ruleAt}.id`, message: `'${rule.id}' is used twice` });
+      seen.add(rule.id);
+      for (const server of rule.servers ?? []) {
+        if (!(server in t.servers))
+          problems.push({
+            path: `${ruleAt}.servers`,
+            message: `'${server}' is not a server this tenant may use`,
+          });
+      }
+      try {
+        compileCondition(rule.when);
+      } catch (err) {
+        problems.push({ path: `${ruleAt}.when`, message: (err as Error).message });
+      }
+    });
+  }
+  return problems;
+}
+
+function compileTenant(name: string, t: TenantConfig): CompiledTenant {
+  return {
+    name,
+    servers: new Map(
+      Object.entries(t.servers).map(([server, g]) => [server, compileGrant(name, server, g)]),
+    ),
+    rules: t.rules.map((r) => compileRule(r, compileCondition(r.when))),
+    shadow: t.mode === 'shadow',
+  };
+}
+
+const notGranted = (
+  code:
+    | 'PORTCULLIS_ERR_POLICY_TOOL_NOT_FOUND'
+    | 'PORTCULLIS_ERR_POLICY_PROMPT_NOT_FOUND'
+    | 'PORTCULLIS_ERR_POLICY_RESOURCE_NOT_FOUND'
+    | 'PORTCULLIS_ERR_POLICY_RESOURCE_NOT_FOUND_2025',
+  target: string,
+  rule: string,
+): GatewayError => new GatewayError(code, target, { rule });
+
+function params(frame: Frame): Record<string, unknown> | undefined {
+  const p = frame.message.params;
+  return p !== null && typeof p === 'object' && !Array.isArray(p)
+    ? (p as Record<string, unknown>)
+    : undefined;
+}
+
+function stringAt(obj: unknown, key: string): string | undefined {
+  if (obj === null || typeof obj !== 'object') return undefined;
+  const v = (obj as Record<string, unknown>)[key];
+  return typeof v === 'string' ? v : undefined;
+}
+
+interface GrantCheck {
+  readonly granted: boolean;
+  readonly error: () => GatewayError;
+}
+
+function promptCheck(grant: CompiledGrant, name: string): GrantCheck {
+  return {
+    granted: grant.prompts(name),
+    error: () =>
+      notGranted('PORTCULLIS_ERR_POLICY_PROMPT_NOT_FOUND', name, `${grant.rule}.prompts`),
+  };
+}
+
+/** A resource not granted is missing, as the era says a missing resource is. */
+function resourceCheck(granted: boolean, uri: string, era: Era, rule: string): GrantCheck {
+  const code =
+    era === 'modern'
+      ? 'PORTCULLIS_ERR_POLICY_RESOURCE_NOT_FOUND'
+      : 'PORTCULLIS_ERR_POLICY_RESOURCE_NOT_FOUND_2025';
+  return { granted, error: () => notGranted(code, uri, rule) };
+}
+
+/**
+ * What a request names and whether the grant lets the tenant reach it:
+ * undefined when the request names nothing grants govern.
+ */
+function grantCheck(frame: Frame, grant: CompiledGrant, era: Era): GrantCheck | undefined {
+  const target = frame.target ?? '';
+  switch (frame.method) {
+    case 'tools/call':
+      return {
+        granted: grant.tools(target),
+        error: () =>
+          notGranted('PORTCULLIS_ERR_POLICY_TOOL_NOT_FOUND', target, `${grant.rule}.tools`),
+      };
+    case 'prompts/get':
+      return promptCheck(grant, target);
+    case 'resources/read':
+    case 'resources/subscribe':
+    case 'resources/unsubscribe':
+      return resourceCheck(
+        grant.resources(target) || grant.templateUris(target),
+        target,
+        era,
+        `${grant.rule}.resources`,
+      );
+    case 'completion/complete': {
+      // spec: the ref is a prompt (ref/prompt, name) or a resource template (ref/resource, uri).
+      const ref = params(frame)?.ref;
+      if (stringAt(ref, 'type') === 'ref/prompt')
+        return promptCheck(grant, stringAt(ref, 'name') ?? '');
+      const uri = stringAt(ref, 'uri') ?? '';
+      return resourceCheck(
+        grant.templates(uri) || grant.resources(uri),
+        uri,
+        era,
+        `${grant.rule}.resourceTemplates`,
+      );
+    }
+    default:
+      return undefined;
+  }
+}
+
+function conditionVars(frame: Frame, ctx: DecisionContext): ConditionVars {
+  const p = params(frame);
+  const args =
+    frame.method === 'tools/call' || frame.method === 'prompts/get' ? p?.arguments : undefined;
+  return {
+    principal: {
+      tenant: ctx.principal.tenant,
+      subject: ctx.principal.subject,
+      ...(ctx.principal.clientId === undefined ? {} : { client: ctx.principal.clientId }),
+      scopes: ctx.principal.scopes,
+    },
+    server: ctx.server,
+    method: frame.method ?? '',
+    ...(frame.target === undefined ? {} : { target: frame.target }),
+    ...(args === undefined ? {} : { arguments: args }),
+    message: frame.message,
+  };
+}
+
+function applies(rule: CompiledRule, frame: Frame, ctx: DecisionContext): boolean {
+  if (rule.servers && !rule.servers.has(ctx.server)) return false;
+  if (rule.methods && !rule.methods.has(frame.method ?? '')) return false;
+  if (frame.target !== undefined) return rule.targets(frame.target);
+  return rule.targets === MATCH_ALL;
+}
+
+/** Which list a result carries for a list method, and how an entry is named in the grant. */
+const LISTS: Record<
+  string,
+  {
+    key: string;
+    name: (entry: unknown) => string | undefined;
+    granted: (g: CompiledGrant, n: string) => boolean;
+    what: string;
+  }
+> = {
+  'tools/list': {
+    key: 'tools',
+    name: (e) => stringAt(e, 'name'),
+    granted: (g, n) => g.tools(n),
+    what: 'tools',
+  },
+  'prompts/list': {
+    key: 'prompts',
+    name: (e) => stringAt(e, 'name'),
+    granted: (g, n) => g.prompts(n),
+    what: 'prompts',
+  },
+  'resources/list': {
+    key: 'resources',
+    name: (e) => stringAt(e, 'uri'),
+    granted: (g, n) => g.resources(n) || g.templateUris(n),
+    what: 'resources',
+  },
+  'resources/templates/list': {
+    key: 'resourceTemplates',
+    name: (e) => stringAt(e, 'uriTemplate'),
+    granted: (g, n) => g.templates(n),
+    what: 'resourceTemplates',
+  },
+};
+
+/** A list result with the entries the grant does not cover taken out; undefined when none are. */
+function filterList(
+  frame: Frame,
+  answering: string,
+  grant: CompiledGrant,
+): JsonRpcMessage | undefined {
+  const list = LISTS[answering];
+  const result = frame.message.result;
+  if (!list || result === null || typeof result !== 'object') return undefined;
+  const entries = (result as Record<string, unknown>)[list.key];
+  if (!Array.isArray(entries)) return undefined;
+  const kept = entries.filter((e) => {
+    const n = list.name(e);
+    return n !== undefined && list.granted(grant, n);
+  });
+  if (kept.length === entries.length) return undefined;
+  return { ...frame.message, result: { ...(result as Record<string, unknown>), [list.key]: kept } };
+}
+
+function withShadow<D extends Decision>(decision: D, shadowed: ShadowHit[] | undefined): D {
+  if (!shadowed?.length) return decision;
+  return { ...decision, shadowed };
+}
+
+export function compilePolicy(config: Pick<Config, 'servers' | 'tenants'>): Policy {
+  if (config.tenants === undefined) return POLICY_OFF;
+  const tenants = new Map(
+    Object.entries(config.tenants).map(([name, t]) => [name, compileTenant(name, t)]),
+  );
+  const unknownServer = () =>
+    new GatewayError('PORTCULLIS_ERR_ROUTE_UNKNOWN_SERVER', undefined, {});
+
+  const grantOf = (
+    ctx: DecisionContext,
+  ): { tenant: CompiledTenant; grant: CompiledGrant } | undefined => {
+    const tenant = tenants.get(ctx.principal.tenant);
+    const grant = tenant?.servers.get(ctx.server);
+    return tenant && grant ? { tenant, grant } : undefined;
+  };
+
+  return {
+    enabled: true,
+    tenants: Object.freeze([...tenants.keys()]),
+
+    route(principal, server) {
+      const tenant = tenants.get(principal.tenant);
+      if (!tenant) return { kind: 'deny', rule: RULE_TENANT_UNKNOWN, error: unknownServer() };
+      if (tenant.servers.has(server)) return ALLOW;
+      const rule = `tenants.${tenant.name}.servers`;
+      if (tenant.shadow)
+        return {
+          kind: 'allow',
+          shadowed: [{ rule, would: 'deny', reason: `server ${server} not granted` }],
+        };
+      return { kind: 'deny', rule, error: unknownServer() };
+    },
+
+    inbound(frame, ctx) {
+      if (frame.kind !== 'request') return ALLOW;
+      const found = grantOf(ctx);
+      // route() refused these already; a message cannot get here without it.
+      if (!found) return { kind: 'deny', rule: RULE_TENANT_UNKNOWN, error: unknownServer() };
+      const { tenant, grant } = found;
+      let shadowed: ShadowHit[] | undefined;
+      const check = grantCheck(frame, grant, ctx.era);
+      if (check && !check.granted) {
+        const error = check.error();
+        const rule = error.data.rule as string;
+        if (!tenant.shadow) return { kind: 'deny', rule, error };
+        (shadowed ??= []).push({ rule, would: 'deny', reason: error.message });
+      }
+      if (tenant.rules.length === 0) return withShadow(ALLOW, shadowed);
+      let vars: ConditionVars | undefined;
+      for (const rule of tenant.rules) {
+        if (!applies(rule, frame, ctx)) continue;
+        vars ??= conditionVars(frame, ctx);
+        const { value, error } = rule.condition.evaluateDetailed(vars);
+        // A deny rule whose condition cannot be evaluated denies: fail closed.
+        if (!value && error === undefined) continue;
+        const reason =
+          error === undefined
+            ? (rule.message ?? 'denied by policy')
+            : `its condition failed (${error})`;
+        if (rule.shadow) {
+          (shadowed ??= []).push({ rule: rule.id, would: 'deny', reason });
+          continue;
+        }
+        return withShadow(
+          {
+            kind: 'deny',
+            rule: rule.id,
+            error: new GatewayError(
+              'PORTCULLIS_ERR_POLICY_DENIED',
+              `rule '${rule.id}': ${reason}`,
+              {
+                rule: rule.id,
+              },
+            ),
+          },
+          shadowed,
+        );
+      }
+      return withShadow(ALLOW, shadowed);
+    },
+
+    outbound(frame, answering, ctx) {
+      const found = grantOf(ctx);
+      if (!found) return ALLOW;
+      const { tenant, grant } = found;
+      if (frame.kind === 'response' && answering !== undefined && answering in LISTS) {
+        const replaced = filterList(frame, answering, grant);
+        if (!replaced) return ALLOW;
+        const rule = `${grant.rule}.${(LISTS[answering] as { what: string }).what}`;
+        if (tenant.shadow)
+          return {
+            kind: 'allow',
+            shadowed: [{ rule, would: 'replace', reason: `${answering} entries hidden` }],
+          };
+        return { kind: 'replace', rule, message: replaced };
+      }
+      if (frame.kind === 'notification' && frame.method === 'notifications/resources/updated') {
+        const uri = stringAt(params(frame), 'uri') ?? '';
+        if (grant.resources(uri) || grant.templateUris(uri)) return ALLOW;
+        const rule = `${grant.rule}.resources`;
+        if (tenant.shadow)
+          return { kind: 'allow', shadowed: [{ rule, would: 'drop', reason: `update of ${uri}` }] };
+        return { kind: 'drop', rule, reason: `update of a resource not granted` };
+      }
+      return ALLOW;
+    },
+  };
+}

@@ -1,0 +1,107 @@
+/**
+ * The gateway's side of a policy decision: what it records (log and metric)
+ * and, outbound, what it makes of the frames a decision changed. The policy
+ * itself (src/policy/) decides and knows no transport; this file knows no
+ * rule.
+ */
+import type { Logger } from 'pino';
+import type { Principal } from '../auth/principal.js';
+import type { JsonRpcId } from '../errors/index.js';
+import type { Frame } from '../mcp/frame.js';
+import type { Decision } from '../policy/decision.js';
+import type { DecisionContext, Policy } from '../policy/policy.js';
+import type { Metrics } from '../telemetry/metrics.js';
+
+export interface DecisionSink {
+  readonly log: Logger;
+  readonly metrics: Metrics | undefined;
+}
+
+/** Logs and counts a decision that is not a plain allow (shadow hits included). */
+export function recordDecision(
+  sink: DecisionSink,
+  decision: Decision,
+  server: string,
+  principal: Principal,
+  method: string | undefined,
+): void {
+  if (decision.shadowed) {
+    for (const hit of decision.shadowed) {
+      sink.metrics?.policyDecisions.inc({ server, rule: hit.rule, decision: 'shadow' });
+      sink.log.info(
+        {
+          event: 'policy.shadow',
+          rule: hit.rule,
+          would: hit.would,
+          tenant: principal.tenant,
+          subject: principal.subject,
+          server,
+          method,
+          reason: hit.reason,
+        },
+        `policy: shadow rule ${hit.rule} would have ${hit.would === 'deny' ? 'denied' : hit.would === 'drop' ? 'dropped' : 'replaced'} this`,
+      );
+    }
+  }
+  if (decision.kind === 'allow') return;
+  sink.metrics?.policyDecisions.inc({ server, rule: decision.rule, decision: decision.kind });
+  sink.log.info(
+    {
+      event: `policy.${decision.kind}`,
+      rule: decision.rule,
+      tenant: principal.tenant,
+      subject: principal.subject,
+      server,
+      method,
+    },
+    `policy: ${decision.kind} by ${decision.rule}`,
+  );
+}
+
+/** What the outbound decision point needs of an exchange. */
+export interface OutboundExchange extends DecisionSink {
+  readonly server: string;
+  readonly policy: Policy;
+  readonly principal: Principal;
+  readonly era: 'legacy' | 'modern';
+  readonly methodsById: ReadonlyMap<JsonRpcId, string>;
+}
+
+/**
+ * The outbound decision point for the frames of one body or one SSE event:
+ * `frames` itself when every decision is allow (the caller then forwards the
+ * original bytes), else the frames to send instead: a replaced message in
+ * place, a dropped one left out, a denied answer turned into the error.
+ */
+export function decideOutbound(x: OutboundExchange, frames: Frame[]): Frame[] {
+  const ctx: DecisionContext = { principal: x.principal, server: x.server, era: x.era };
+  let out: Frame[] | undefined;
+  for (let i = 0; i < frames.length; i++) {
+    const f = frames[i] as Frame;
+    const answering =
+      (f.kind === 'response' || f.kind === 'error') && f.id !== undefined
+        ? x.methodsById.get(f.id)
+        : undefined;
+    const decision = x.policy.outbound(f, answering, ctx);
+    if (decision.kind === 'allow' && !decision.shadowed) {
+      out?.push(f);
+      continue;
+    }
+    recordDecision(x, decision, x.server, x.principal, f.method ?? answering);
+    if (decision.kind === 'allow') {
+      out?.push(f);
+      continue;
+    }
+    out ??= frames.slice(0, i);
+    if (decision.kind === 'replace') out.push({ ...f, message: decision.message });
+    else if (decision.kind === 'deny' && f.id !== undefined && f.id !== null)
+      out.push({
+        direction: f.direction,
+        kind: 'error',
+        id: f.id,
+        message: decision.error.toResponse(f.id),
+      });
+    // drop (or a denied message nobody waits for): nothing goes on.
+  }
+  return out ?? frames;
+}

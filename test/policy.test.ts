@@ -1,0 +1,359 @@
+/**
+ * The policy's decisions as pure functions: compiled from a configuration,
+ * asked about framed messages, no sockets. What a tenant is not granted does
+ * not exist for it; lists lose what is not granted; rules deny by name;
+ * shadow mode reports and changes nothing.
+ */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+
+import { buildConfig, ConfigError } from '../src/config/load.js';
+import type { Principal } from '../src/auth/principal.js';
+import { toFrame, type Frame } from '../src/mcp/frame.js';
+import { compilePolicy, type DecisionContext, type Policy } from '../src/policy/policy.js';
+import { ALLOW } from '../src/policy/decision.js';
+import { compilePatterns, compileTemplates } from '../src/policy/match.js';
+
+const SERVERS = { db: { url: 'http://127.0.0.1:1/mcp' }, files: { url: 'http://127.0.0.1:2/mcp' } };
+
+const configOf = (tenants: Record<string, unknown> | undefined) =>
+  buildConfig({ auth: { mode: 'none' }, servers: SERVERS, ...(tenants ? { tenants } : {}) });
+
+const policyOf = (tenants: Record<string, unknown> | undefined): Policy =>
+  compilePolicy(configOf(tenants));
+
+const who = (tenant: string, scopes: string[] = []): Principal => ({
+  tenant,
+  subject: 'agent-1',
+  scopes,
+});
+
+const ctx = (
+  tenant: string,
+  server = 'db',
+  era: 'legacy' | 'modern' = 'legacy',
+): DecisionContext => ({
+  principal: who(tenant),
+  server,
+  era,
+});
+
+let nextId = 1;
+const request = (method: string, params: Record<string, unknown> = {}): Frame =>
+  toFrame({ jsonrpc: '2.0', id: nextId++, method, params }, 'client-to-server');
+const call = (name: string, args: Record<string, unknown> = {}) =>
+  request('tools/call', { name, arguments: args });
+const answer = (id: number, result: Record<string, unknown>): Frame =>
+  toFrame({ jsonrpc: '2.0', id, result }, 'server-to-client');
+
+const TENANTS = {
+  acme: {
+    servers: {
+      db: {
+        tools: ['query', 'list_*'],
+        prompts: ['summarize'],
+        resources: ['db://schema/*'],
+        resourceTemplates: ['db://table/{name}/rows'],
+      },
+    },
+  },
+  globex: { servers: {} },
+  initech: { servers: { db: { tools: ['*'] } } },
+};
+
+test('without tenants the policy is off and allows everything', () => {
+  const policy = policyOf(undefined);
+  assert.equal(policy.enabled, false);
+  assert.equal(policy.route(who('anyone'), 'db'), ALLOW);
+  assert.equal(policy.inbound(call('drop_everything'), ctx('anyone')), ALLOW);
+});
+
+test('route: a tenant not listed, or a server not granted, gets the unknown-server answer', () => {
+  const policy = policyOf(TENANTS);
+  assert.equal(policy.route(who('acme'), 'db'), ALLOW);
+  for (const [tenant, server, rule] of [
+    ['acme', 'files', 'tenants.acme.servers'],
+    ['globex', 'db', 'tenants.globex.servers'],
+    ['umbrella', 'db', 'tenants'],
+  ] as const) {
+    const d = policy.route(who(tenant), server);
+    assert.equal(d.kind, 'deny', `${tenant} → ${server}`);
+    assert.ok(d.kind === 'deny');
+    assert.equal(d.rule, rule);
+    assert.equal(d.error.code, 'PORTCULLIS_ERR_ROUTE_UNKNOWN_SERVER');
+    assert.equal(d.error.status, 404);
+    assert.deepEqual(d.error.data, {}, 'the answer names no rule: it is indistinguishable');
+  }
+});
+
+test('inbound: a tool not granted is answered as a tool that does not exist', () => {
+  const policy = policyOf(TENANTS);
+  assert.equal(policy.inbound(call('query'), ctx('acme')), ALLOW);
+  assert.equal(policy.inbound(call('list_tables'), ctx('acme')), ALLOW, 'globs match');
+  assert.equal(policy.inbound(call('anything'), ctx('initech')), ALLOW, '"*" grants all');
+  const d = policy.inbound(call('drop_table'), ctx('acme'));
+  assert.ok(d.kind === 'deny');
+  assert.equal(d.rule, 'tenants.acme.servers.db.tools');
+  assert.equal(d.error.code, 'PORTCULLIS_ERR_POLICY_TOOL_NOT_FOUND');
+  assert.equal(d.error.rpcCode, -32602);
+  assert.equal(d.error.status, 200);
+  assert.match(d.error.message, /drop_table/);
+  assert.equal(d.error.toJsonRpc().data.rule, 'tenants.acme.servers.db.tools');
+});
+
+test('inbound: prompts, resources, templates and completion refs follow their grants', () => {
+  const policy = policyOf(TENANTS);
+  const allowed = [
+    request('prompts/get', { name: 'summarize' }),
+    request('resources/read', { uri: 'db://schema/users' }),
+    request('resources/read', { uri: 'db://table/users/rows' }),
+    request('resources/subscribe', { uri: 'db://schema/orders' }),
+    request('completion/complete', { ref: { type: 'ref/prompt', name: 'summarize' } }),
+    request('completion/complete', {
+      ref: { type: 'ref/resource', uri: 'db://table/{name}/rows' },
+    }),
+    request('tools/list'),
+    request('ping'),
+  ];
+  for (const f of allowed) assert.equal(policy.inbound(f, ctx('acme')), ALLOW, f.method);
+
+  const denied: Array<[Frame, string]> = [
+    [request('prompts/get', { name: 'leak' }), 'PORTCULLIS_ERR_POLICY_PROMPT_NOT_FOUND'],
+    [
+      request('resources/read', { uri: 'db://secrets' }),
+      'PORTCULLIS_ERR_POLICY_RESOURCE_NOT_FOUND_2025',
+    ],
+    // A template expression matches one path segment, not a traversal past it.
+    [
+      request('resources/read', { uri: 'db://table/users/../secrets/rows' }),
+      'PORTCULLIS_ERR_POLICY_RESOURCE_NOT_FOUND_2025',
+    ],
+    [
+      request('resources/unsubscribe', { uri: 'file:///etc/passwd' }),
+      'PORTCULLIS_ERR_POLICY_RESOURCE_NOT_FOUND_2025',
+    ],
+    [
+      request('completion/complete', { ref: { type: 'ref/prompt', name: 'leak' } }),
+      'PORTCULLIS_ERR_POLICY_PROMPT_NOT_FOUND',
+    ],
+  ];
+  for (const [f, code] of denied) {
+    const d = policy.inbound(f, ctx('acme'));
+    assert.ok(d.kind === 'deny', `${f.method} ${f.target ?? ''}`);
+    assert.equal(d.error.code, code);
+  }
+  // In the 2026-07-28 era a missing resource is -32602, as there.
+  const modern = policy.inbound(
+    request('resources/read', { uri: 'db://secrets' }),
+    ctx('acme', 'db', 'modern'),
+  );
+  assert.ok(modern.kind === 'deny');
+  assert.equal(modern.error.code, 'PORTCULLIS_ERR_POLICY_RESOURCE_NOT_FOUND');
+  assert.equal(modern.error.rpcCode, -32602);
+});
+
+test('outbound: lists lose what is not granted; a list with nothing to hide passes as it is', () => {
+  const policy = policyOf(TENANTS);
+  const list = request('tools/list');
+  const result = answer(list.id as number, {
+    tools: [{ name: 'query' }, { name: 'drop_table' }, { name: 'list_tables' }],
+    nextCursor: 'c2',
+  });
+  const d = policy.outbound(result, 'tools/list', ctx('acme'));
+  assert.ok(d.kind === 'replace');
+  assert.equal(d.rule, 'tenants.acme.servers.db.tools');
+  assert.deepEqual(d.message.result, {
+    tools: [{ name: 'query' }, { name: 'list_tables' }],
+    nextCursor: 'c2',
+  });
+
+  const clean = answer(7, { tools: [{ name: 'query' }] });
+  assert.equal(policy.outbound(clean, 'tools/list', ctx('acme')), ALLOW);
+
+  const cases: Array<[string, Record<string, unknown>, unknown]> = [
+    [
+      'prompts/list',
+      { prompts: [{ name: 'summarize' }, { name: 'leak' }] },
+      { prompts: [{ name: 'summarize' }] },
+    ],
+    [
+      'resources/list',
+      {
+        resources: [
+          { uri: 'db://schema/users' },
+          { uri: 'db://secrets' },
+          { uri: 'db://table/t/rows' },
+        ],
+      },
+      { resources: [{ uri: 'db://schema/users' }, { uri: 'db://table/t/rows' }] },
+    ],
+    [
+      'resources/templates/list',
+      {
+        resourceTemplates: [
+          { uriTemplate: 'db://table/{name}/rows' },
+          { uriTemplate: 'db://raw/{sql}' },
+        ],
+      },
+      { resourceTemplates: [{ uriTemplate: 'db://table/{name}/rows' }] },
+    ],
+  ];
+  for (const [method, given, kept] of cases) {
+    const out = policy.outbound(answer(9, given), method, ctx('acme'));
+    assert.ok(out.kind === 'replace', method);
+    assert.deepEqual(out.message.result, kept, method);
+  }
+  // An answer to anything else, and an error, pass untouched.
+  assert.equal(policy.outbound(answer(3, { content: [] }), 'tools/call', ctx('acme')), ALLOW);
+});
+
+test('outbound: an update about a resource not granted is dropped', () => {
+  const policy = policyOf(TENANTS);
+  const note = (uri: string) =>
+    toFrame(
+      { jsonrpc: '2.0', method: 'notifications/resources/updated', params: { uri } },
+      'server-to-client',
+    );
+  assert.equal(policy.outbound(note('db://schema/users'), undefined, ctx('acme')), ALLOW);
+  const d = policy.outbound(note('db://secrets'), undefined, ctx('acme'));
+  assert.equal(d.kind, 'drop');
+});
+
+test('shadow mode: the grants report what they would deny and hide, and allow', () => {
+  const policy = policyOf({ acme: { mode: 'shadow', servers: { db: { tools: ['query'] } } } });
+  const d = policy.inbound(call('drop_table'), ctx('acme'));
+  assert.equal(d.kind, 'allow');
+  assert.deepEqual(
+    d.shadowed?.map((h) => [h.rule, h.would]),
+    [['tenants.acme.servers.db.tools', 'deny']],
+  );
+  const list = policy.outbound(
+    answer(1, { tools: [{ name: 'query' }, { name: 'drop_table' }] }),
+    'tools/list',
+    ctx('acme'),
+  );
+  assert.equal(list.kind, 'allow');
+  assert.equal(list.shadowed?.[0]?.would, 'replace');
+  const route = policy.route(who('acme'), 'files');
+  assert.equal(route.kind, 'allow');
+  assert.equal(route.shadowed?.[0]?.rule, 'tenants.acme.servers');
+});
+
+test('config: grants naming an unknown server and duplicate rule ids are refused with their paths', () => {
+  assert.throws(
+    () =>
+      configOf({
+        acme: {
+          servers: { nope: { tools: ['*'] } },
+          rules: [
+            { id: 'r1', when: 'true' },
+            { id: 'r1', when: 'true', servers: ['files'] },
+          ],
+        },
+      }),
+    (err: unknown) => {
+      assert.ok(err instanceof ConfigError);
+      const paths = err.problems.map((p) => p.path);
+      assert.ok(paths.includes('tenants.acme.servers.nope'), paths.join(', '));
+      assert.ok(paths.includes('tenants.acme.rules[1].id'), paths.join(', '));
+      assert.ok(paths.includes('tenants.acme.rules[1].servers'), paths.join(', '));
+      return true;
+    },
+  );
+  assert.throws(
+    () => configOf({ acme: { servers: { db: { tool: ['x'] } } } }),
+    /tenants\.acme\.servers\.db/,
+    'a misspelt grant key is an error, not a silent grant of nothing',
+  );
+});
+
+test('matchers: globs and templates are literal where they are not wildcards', () => {
+  const m = compilePatterns(['a*b*c', 'exact', 'pre*']);
+  for (const yes of ['abc', 'a-b-c', 'aXbYbZc', 'exact', 'prefix', 'pre'])
+    assert.equal(m(yes), true, yes);
+  for (const no of ['ab', 'acb', 'exactly', 'xpre', 'a-c']) assert.equal(m(no), false, no);
+  const t = compileTemplates(['file:///{+path}', 'db://t/{id}/rows{?limit}']);
+  assert.equal(t('file:///a/b/c'), true);
+  assert.equal(t('db://t/42/rows'), false, 'a query expression needs its text');
+  assert.equal(t('db://t/42/rows?limit=1'), true);
+  assert.equal(t('db://t/4/2/rows?limit=1'), false);
+});
+
+test('rules: the first enforcing rule whose CEL condition holds denies, naming itself', () => {
+  const policy = policyOf({
+    acme: {
+      servers: { db: { tools: ['*'] } },
+      rules: [
+        {
+          id: 'watch-exports',
+          when: 'arguments.format == "csv"',
+          targets: ['export_*'],
+          mode: 'shadow',
+        },
+        {
+          id: 'writes-need-scope',
+          when: '!principal.scopes.exists(s, s == "db:write") && arguments.sql.startsWith("INSERT")',
+          methods: ['tools/call'],
+          targets: ['query'],
+          message: 'writing needs the db:write scope',
+        },
+        { id: 'no-raw-tool', when: 'target == "raw"' },
+      ],
+    },
+  });
+  const reader = { ...ctx('acme'), principal: who('acme') };
+  const writer = { ...ctx('acme'), principal: who('acme', ['db:write']) };
+
+  const denied = policy.inbound(call('query', { sql: 'INSERT INTO t VALUES (1)' }), reader);
+  assert.ok(denied.kind === 'deny');
+  assert.equal(denied.rule, 'writes-need-scope');
+  assert.equal(denied.error.code, 'PORTCULLIS_ERR_POLICY_DENIED');
+  assert.equal(denied.error.toJsonRpc().data.rule, 'writes-need-scope');
+  assert.match(denied.error.message, /writing needs the db:write scope/);
+
+  assert.equal(policy.inbound(call('query', { sql: 'INSERT INTO t VALUES (1)' }), writer), ALLOW);
+  assert.equal(policy.inbound(call('query', { sql: 'SELECT 1' }), reader), ALLOW);
+  assert.equal(policy.inbound(call('raw'), reader).kind, 'deny');
+
+  const shadowed = policy.inbound(call('export_rows', { format: 'csv' }), reader);
+  assert.equal(shadowed.kind, 'allow');
+  assert.deepEqual(
+    shadowed.shadowed?.map((h) => h.rule),
+    ['watch-exports'],
+  );
+});
+
+test('rules: a condition that cannot be evaluated denies (fail closed)', () => {
+  const policy = policyOf({
+    acme: {
+      servers: { db: { tools: ['*'] } },
+      rules: [{ id: 'limit-rows', when: 'arguments.limit > 100', targets: ['query'] }],
+    },
+  });
+  // No `limit` at all: the field lookup fails, and the deny rule holds.
+  const d = policy.inbound(call('query', {}), ctx('acme'));
+  assert.ok(d.kind === 'deny');
+  assert.equal(d.rule, 'limit-rows');
+  assert.match(d.error.message, /condition failed/);
+  assert.equal(policy.inbound(call('query', { limit: 5 }), ctx('acme')), ALLOW);
+  assert.equal(policy.inbound(call('query', { limit: 500.5 }), ctx('acme')).kind, 'deny');
+});
+
+test('config: a rule condition that does not compile is refused with its path', () => {
+  assert.throws(
+    () =>
+      configOf({
+        acme: {
+          servers: { db: {} },
+          rules: [{ id: 'typo', when: 'principal.scopez.exists(s, s == "x")' }],
+        },
+        globex: { servers: {}, rules: [{ id: 'unknown-var', when: 'tenant == "x"' }] },
+      }),
+    (err: unknown) => {
+      assert.ok(err instanceof ConfigError);
+      const paths = err.problems.map((p) => p.path);
+      assert.ok(paths.includes('tenants.globex.rules[0].when'), paths.join(', '));
+      return true;
+    },
+  );
+});
