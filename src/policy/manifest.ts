@@ -460,12 +460,13 @@ export function lineDiff(a: string, b: string): Array<{ op: ' ' | '-' | '+'; lin
       out.push({ op: ' ', line: x[i] as string });
       i++;
       j++;
-    } else if (j < m && (i === n || (lcs[i]?.[j + 1] as number) >= (lcs[i + 1]?.[j] as number))) {
-      out.push({ op: '+', line: y[j] as string });
-      j++;
-    } else {
+    } else if (i < n && (j === m || (lcs[i + 1]?.[j] as number) >= (lcs[i]?.[j + 1] as number))) {
+      // Removals before additions, as diff(1) prints a change.
       out.push({ op: '-', line: x[i] as string });
       i++;
+    } else {
+      out.push({ op: '+', line: y[j] as string });
+      j++;
     }
   }
   return out;
