@@ -201,6 +201,20 @@ test('building keeps the operator verb and approval for unchanged pins only; det
   assert.equal(echo?.approved, undefined, 'pin changed: approval gone');
   assert.deepEqual(echo?.held, { reasons: [{ rule: 'r1', reason: 'says more' }] });
   assert.deepEqual(summary, { tools: 2, held: 1, changed: 1, removed: 0 });
+  // A hold on an unchanged tool survives a pull whose detector finds nothing.
+  const held: Manifest = {
+    ...manifest,
+    tools: manifest.tools.map((t) =>
+      t.name === 'add' ? { ...t, held: { reasons: [{ rule: 'x', reason: 'y' }] } } : t,
+    ),
+  };
+  const again = buildManifest([changedEcho, ADD], {
+    server: 's',
+    now: NOW,
+    previous: held,
+  }).manifest;
+  assert.deepEqual(again.tools[0]?.held, { reasons: [{ rule: 'x', reason: 'y' }] });
+  assert.deepEqual(again.tools[1]?.held, { reasons: [{ rule: 'r1', reason: 'says more' }] });
 });
 
 test('diff: added, removed, changed with its fields, renamed-looking, identical', () => {
@@ -578,7 +592,13 @@ test('pull follows nextCursor; diff shows the changes; a re-pull keeps edits; ap
   assert.match(r.stdout, /: 5 tools, 0 held, 3 changed since the old file, 2 removed \(/);
   let m = readManifest(out);
   assert.equal(m.tools.find((x) => x.name === 'alpha')?.verb, 'write');
-  assert.equal(m.tools.find((x) => x.name === 'epsilon')?.approved?.by, 'alice');
+  const epsilon = m.tools.find((x) => x.name === 'epsilon');
+  assert.equal(epsilon?.approved?.by, 'alice');
+  assert.deepEqual(
+    epsilon?.held,
+    { reasons: [{ rule: 'test', reason: 'held by hand' }] },
+    'a hold is never lost to a re-pull',
+  );
   assert.equal((await diff()).code, 0);
 
   // Approve against the live server: the named tool is re-pinned, and approved.

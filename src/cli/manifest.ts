@@ -18,6 +18,7 @@ import {
   ManifestError,
   MANIFEST_VERSION,
   readManifest,
+  pinOf,
   samePin,
   toolDefinitionFrom,
   writeManifest,
@@ -421,13 +422,17 @@ export async function manifestApprove(args: string[]): Promise<void> {
   for (const name of chosen) {
     const def = liveByName.get(name) as ToolDefinition;
     const old = oldByName.get(name);
-    const same = old !== undefined && samePin(old.pin, entryFor(def, undefined).pin);
+    const same = old !== undefined && samePin(old.pin, pinOf(def));
     if (values.all === true && same && isApproved(old)) continue;
     // The operator's verb stands while the annotations it was judged on do.
     const keepVerb =
       old !== undefined &&
       canonicalJson(old.annotations ?? {}) === canonicalJson(def.annotations ?? {});
-    const entry = entryFor(def, detect, keepVerb ? { verb: old.verb } : undefined);
+    const entry = entryFor(def, detect, {
+      ...(keepVerb ? { verb: old.verb } : {}),
+      // The same definition keeps its hold on record; approved, it is callable.
+      ...(same ? { held: old.held } : {}),
+    });
     next.set(name, { ...entry, approved });
     lines.push(
       `approved ${name} (${old === undefined ? 'new' : same ? 'unchanged definition' : 're-pinned'})`,

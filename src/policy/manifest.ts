@@ -267,6 +267,7 @@ export interface BuildOptions {
 /** What changed against the file being replaced. */
 export interface BuildSummary {
   readonly tools: number;
+  /** Held and not approved: what agents cannot call. */
   readonly held: number;
   /** Tools whose pin differs from the previous file's, or that it did not list. */
   readonly changed: number;
@@ -274,20 +275,26 @@ export interface BuildSummary {
   readonly removed: number;
 }
 
-/** One manifest entry for `def`, its verb and approval carried over from `kept` if given. */
+/**
+ * One manifest entry for `def`. From `kept` (the previous entry, when its pin
+ * is the same) come its verb, its approval and its held reasons: a hold is
+ * never lost to a re-pull, whatever the detector says now.
+ */
 export function entryFor(
   def: ToolDefinition,
   detect: Detector | undefined,
-  kept?: Pick<ManifestTool, 'verb' | 'approved'>,
+  kept?: Partial<Pick<ManifestTool, 'verb' | 'approved' | 'held'>>,
 ): ManifestTool {
-  const reasons = detect === undefined ? [] : detect(def.description ?? '');
+  const reasons: HeldReason[] = (kept?.held?.reasons ?? []).map((r) => ({ ...r }));
+  for (const r of detect === undefined ? [] : detect(def.description ?? '')) {
+    if (!reasons.some((x) => x.rule === r.rule && x.reason === r.reason))
+      reasons.push({ rule: r.rule, reason: r.reason });
+  }
   return {
     ...definitionOf(def),
     verb: kept?.verb ?? verbOf(def.annotations),
     pin: pinOf(def),
-    ...(reasons.length > 0
-      ? { held: { reasons: reasons.map((r) => ({ rule: r.rule, reason: r.reason })) } }
-      : {}),
+    ...(reasons.length > 0 ? { held: { reasons } } : {}),
     ...(kept?.approved === undefined ? {} : { approved: kept.approved }),
   };
 }
@@ -295,7 +302,8 @@ export function entryFor(
 /**
  * The manifest of a live tool list. A tool whose pin is the previous file's
  * keeps that file's `verb` and `approved` (the operator's edits); any other
- * starts over: verb from annotations, no approval. Held is decided afresh.
+ * starts over: verb from annotations, no approval. Held reasons of an
+ * unchanged tool are kept, and the detector's added.
  */
 export function buildManifest(
   live: readonly ToolDefinition[],
@@ -321,7 +329,7 @@ export function buildManifest(
     },
     summary: {
       tools: tools.length,
-      held: tools.filter((t) => t.held !== undefined).length,
+      held: tools.filter((t) => !isApproved(t)).length,
       changed,
       removed,
     },
