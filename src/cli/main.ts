@@ -17,6 +17,7 @@ import { DEFAULT_MAX_TOKEN_LIFETIME_MS, type Config } from '../config/schema.js'
 import { startGateway, type Gateway } from '../server/gateway.js';
 import { stdioStartProblems } from '../server/upstreams.js';
 import { startEverything, type DemoUpstream } from '../demo/everything.js';
+import { MANIFEST_HELP, manifestApprove, manifestDiff, manifestPull } from './manifest.js';
 import { SIGNING_ALGORITHMS, type SigningAlgorithm } from '../auth/keys.js';
 import {
   DEV_AUDIENCE,
@@ -101,6 +102,7 @@ Options (through the admin API of a running gateway):
   --admin-url URL        the admin listener (default http://127.0.0.1:9090)
   --admin-token-file F   its credential; default: the PORTCULLIS_ADMIN_TOKEN variable
 `,
+  ...MANIFEST_HELP,
 } as const;
 
 type CommandName = keyof typeof COMMAND_HELP;
@@ -113,6 +115,7 @@ Usage:
   portcullis keys generate [options]   create a signing key (private JWKS + public .pub.json)
   portcullis token mint [options]      print a short-lived access token signed with a local key
   portcullis revoke [options]          revoke a token, a subject or a session on a running gateway
+  portcullis manifest pull|diff|approve  a server's tool manifest: write it, compare it, approve tools
   portcullis COMMAND --help            that command's options
   portcullis --help | --version
 
@@ -673,6 +676,11 @@ function helpFor(command: string | undefined, sub: string | undefined): string {
     token: 'token mint',
   };
   if (command === 'start' || command === 'revoke') return COMMAND_HELP[command];
+  if (command === 'manifest') {
+    const one = `manifest ${sub ?? ''}`;
+    if (one in MANIFEST_HELP) return MANIFEST_HELP[one as keyof typeof MANIFEST_HELP];
+    return Object.values(MANIFEST_HELP).join('\n');
+  }
   const only = command === undefined ? undefined : groups[command];
   // Each group has one subcommand: `token --help` and `token mint --help` say the same.
   if (
@@ -712,6 +720,14 @@ export async function main(argv: string[]): Promise<void> {
       break;
     case 'revoke':
       return revoke(rest);
+    case 'manifest':
+      if (rest[0] === 'pull') return manifestPull(rest.slice(1));
+      if (rest[0] === 'diff') return manifestDiff(rest.slice(1));
+      if (rest[0] === 'approve') return manifestApprove(rest.slice(1));
+      fail(
+        `unknown manifest command '${rest[0] ?? ''}'; try: portcullis manifest pull|diff|approve`,
+      );
+      break;
     case 'config':
       if (rest[0] === 'check') return configCheck(rest.slice(1));
       fail(`unknown config command '${rest[0] ?? ''}'; try: portcullis config check FILE`);
