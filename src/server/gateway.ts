@@ -26,7 +26,8 @@ import { createAuthenticator, keySource, resourceInfoFor } from './identity.js';
 import { StreamRegistry } from './streams.js';
 import { inflightCap, openFileLimit, Quotas } from './quotas.js';
 import { trackIdleSockets } from './idle-sockets.js';
-import { compilePolicy, type Policy } from '../policy/policy.js';
+import type { Policy } from '../policy/policy.js';
+import { buildPolicy } from './policy-loader.js';
 
 export interface Gateway {
   /** Base URL of the public listener, e.g. `http://127.0.0.1:8080`. */
@@ -129,7 +130,7 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
   });
 
   // Compiled once; the config was checked (policyProblems) when it was built.
-  const policy: Policy = compilePolicy(config);
+  const policy: Policy = buildPolicy(config);
   if (!policy.enabled) {
     log.info(
       { event: 'policy.off' },
