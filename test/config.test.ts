@@ -78,6 +78,7 @@ const EXAMPLE_COMMENTED = [
   'auth.jwt.hmacSecret',
   'servers.<name>.credential.file',
   'servers.<name>.credential.clientSecretFile',
+  'servers.<name>.manifest',
 ];
 
 const URL_A = 'http://127.0.0.1:3001/mcp';
@@ -275,6 +276,7 @@ test('defaults are filled in and the result is deeply frozen', () => {
         url: URL_A,
         transport: 'streamable-http',
         requiredScopes: [],
+        pinning: 'block',
         credential: {
           mode: 'none',
           header: 'authorization',

@@ -589,7 +589,9 @@ test('pull follows nextCursor; diff shows the changes; a re-pull keeps edits; ap
   // A re-pull keeps alpha's verb and epsilon's approval (pins unchanged), and counts the rest.
   r = await pull();
   assert.equal(r.code, 0, r.stderr);
-  assert.match(r.stdout, /: 5 tools, 0 held, 3 changed since the old file, 2 removed \(/);
+  // beta's new description tells the agent to read ~/.ssh: pull holds it.
+  assert.match(r.stdout, /: 5 tools, 1 held, 3 changed since the old file, 2 removed \(/);
+  assert.match(r.stdout, /^ {2}held beta: poison\.credential-files: /m);
   let m = readManifest(out);
   assert.equal(m.tools.find((x) => x.name === 'alpha')?.verb, 'write');
   const epsilon = m.tools.find((x) => x.name === 'epsilon');

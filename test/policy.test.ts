@@ -43,6 +43,8 @@ const request = (method: string, params: Record<string, unknown> = {}): Frame =>
   toFrame({ jsonrpc: '2.0', id: nextId++, method, params }, 'client-to-server');
 const call = (name: string, args: Record<string, unknown> = {}) =>
   request('tools/call', { name, arguments: args });
+/** A tools/list entry. */
+const tool = (name: string) => ({ name, inputSchema: { type: 'object' } });
 const answer = (id: number, result: Record<string, unknown>): Frame =>
   toFrame({ jsonrpc: '2.0', id, result }, 'server-to-client');
 
@@ -63,7 +65,7 @@ const TENANTS = {
 
 test('without tenants the policy is off and allows everything', () => {
   const policy = policyOf(undefined);
-  assert.equal(policy.enabled, false);
+  assert.deepEqual(policy.tenants, []);
   assert.equal(policy.route(who('anyone'), 'db'), ALLOW);
   assert.equal(policy.inbound(call('drop_everything'), ctx('anyone')), ALLOW);
 });
@@ -156,18 +158,18 @@ test('outbound: lists lose what is not granted; a list with nothing to hide pass
   const policy = policyOf(TENANTS);
   const list = request('tools/list');
   const result = answer(list.id as number, {
-    tools: [{ name: 'query' }, { name: 'drop_table' }, { name: 'list_tables' }],
+    tools: [tool('query'), tool('drop_table'), tool('list_tables')],
     nextCursor: 'c2',
   });
   const d = policy.outbound(result, 'tools/list', ctx('acme'));
   assert.ok(d.kind === 'replace');
   assert.equal(d.rule, 'tenants.acme.servers.db.tools');
   assert.deepEqual(d.message.result, {
-    tools: [{ name: 'query' }, { name: 'list_tables' }],
+    tools: [tool('query'), tool('list_tables')],
     nextCursor: 'c2',
   });
 
-  const clean = answer(7, { tools: [{ name: 'query' }] });
+  const clean = answer(7, { tools: [tool('query')] });
   assert.equal(policy.outbound(clean, 'tools/list', ctx('acme')), ALLOW);
 
   const cases: Array<[string, Record<string, unknown>, unknown]> = [
@@ -228,7 +230,7 @@ test('shadow mode: the grants report what they would deny and hide, and allow', 
     [['tenants.acme.servers.db.tools', 'deny']],
   );
   const list = policy.outbound(
-    answer(1, { tools: [{ name: 'query' }, { name: 'drop_table' }] }),
+    answer(1, { tools: [tool('query'), tool('drop_table')] }),
     'tools/list',
     ctx('acme'),
   );

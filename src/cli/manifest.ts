@@ -6,7 +6,8 @@
 import { existsSync } from 'node:fs';
 import os from 'node:os';
 import { parseArgs } from 'node:util';
-import { buildConfig, ConfigError, readConfigDocument } from '../config/load.js';
+import { ConfigError, loadConfigFile } from '../config/load.js';
+import { poisonFindings } from '../policy/text.js';
 import type { Config, ServerConfig } from '../config/schema.js';
 import {
   buildManifest,
@@ -39,14 +40,9 @@ import {
   type LiveTools,
 } from './live-tools.js';
 
-/**
- * The poisoned-description detector `pull` marks held tools with
- * (policy/text.ts, `poisonFindings`). Until it is wired in, nothing is held by pull.
- */
-const detect: Detector | undefined = undefined;
-
-/** Keys other parts of the gateway add to a server entry; read here before the schema knows them. */
-const POLICY_SERVER_KEYS = ['manifest', 'pinning'];
+/** The poisoned-description detector `pull` marks held tools with (the gateway's own). */
+const detect: Detector = (description) =>
+  poisonFindings(description).map(({ rule, reason }) => ({ rule, reason }));
 
 export const MANIFEST_HELP = {
   'manifest pull': `Usage: portcullis manifest pull --config FILE --server NAME --out FILE [options]
@@ -117,29 +113,11 @@ interface Target {
   readonly manifestKey: string | undefined;
 }
 
-/**
- * The configuration, with `servers.*.manifest` and `pinning` read from the
- * document itself: until the schema knows those keys they are set aside
- * before validation instead of failing it.
- */
+/** The configuration and the named server in it; a bad file or an unknown name fails with `usage`. */
 async function loadTarget(file: string, name: string, usage: number): Promise<Target> {
-  let document: unknown;
   let config: Config;
   try {
-    document = await readConfigDocument(file);
-    try {
-      config = buildConfig(document, file);
-    } catch (err) {
-      const unknownPolicyKey = (p: { path: string; message: string }) =>
-        p.message === 'unknown key' &&
-        POLICY_SERVER_KEYS.some((k) => new RegExp(`^servers\\.[^.]+\\.${k}$`).test(p.path));
-      if (!(err instanceof ConfigError) || !err.problems.every(unknownPolicyKey)) throw err;
-      const copy = structuredClone(document) as {
-        servers: Record<string, Record<string, unknown>>;
-      };
-      for (const s of Object.values(copy.servers)) for (const k of POLICY_SERVER_KEYS) delete s[k];
-      config = buildConfig(copy, file);
-    }
+    config = await loadConfigFile(file);
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
     fail(`--config: ${err.message}`, usage);
@@ -151,9 +129,7 @@ async function loadTarget(file: string, name: string, usage: number): Promise<Ta
       usage,
     );
   }
-  const raw = (document as { servers?: Record<string, { manifest?: unknown }> }).servers?.[name]
-    ?.manifest;
-  return { config, name, server, manifestKey: typeof raw === 'string' ? raw : undefined };
+  return { config, name, server, manifestKey: server.manifest };
 }
 
 function eraOf(value: string): EraChoice {

@@ -836,6 +836,18 @@ export const configSchema = {
             description: 'Scopes a token needs for this server (403 insufficient_scope otherwise).',
           },
           credential: credentialSchema,
+          manifest: {
+            type: 'string',
+            minLength: 1,
+            description:
+              'A tool manifest (`portcullis manifest pull`), relative to the working directory: agents can call only the tools it lists, as approved.',
+          },
+          pinning: {
+            enum: ['block', 'flag', 'off'],
+            default: 'block',
+            description:
+              'A tool whose definition differs from its pin (the manifest\'s, or without one the first seen): "block" (default) hides it and refuses calls, "flag" only reports it, "off" ignores pins.',
+          },
         },
       },
     },
@@ -948,6 +960,8 @@ export interface ServerConfig {
   timeouts?: Partial<UpstreamTimeouts>;
   requiredScopes: string[];
   credential: CredentialConfig;
+  manifest?: string;
+  pinning: 'block' | 'flag' | 'off';
 }
 
 export interface JwtConfig {

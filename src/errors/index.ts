@@ -264,6 +264,23 @@ const SPECS = {
     rpc: MCP_RESOURCE_NOT_FOUND_2025,
     message: 'Resource not found',
   },
+  PORTCULLIS_ERR_POLICY_TOOL_HELD: {
+    status: 200,
+    rpc: JSONRPC_INVALID_REQUEST,
+    message:
+      'Tool held: its description instructs the agent; it stays hidden and uncallable until an operator approves it',
+  },
+  PORTCULLIS_ERR_POLICY_TOOL_CHANGED: {
+    status: 200,
+    rpc: JSONRPC_INVALID_REQUEST,
+    message:
+      'Tool blocked: its definition changed since it was pinned; an operator must review and approve the change',
+  },
+  PORTCULLIS_ERR_POLICY_INVALID_ARGUMENTS: {
+    status: 200,
+    rpc: JSONRPC_INVALID_PARAMS,
+    message: "Invalid arguments: they do not match the tool's input schema (error.data.path)",
+  },
   PORTCULLIS_ERR_POLICY_DENIED: {
     status: 200,
     rpc: JSONRPC_INVALID_REQUEST,

@@ -22,9 +22,18 @@ export interface ShadowHit {
   readonly reason: string;
 }
 
+/** Something a decision found about a tool: blocked from agents, or only reported. */
+export interface Finding {
+  readonly tool: string;
+  readonly rule: string;
+  readonly effect: 'blocked' | 'flagged';
+  readonly reason: string;
+}
+
 export interface Allow {
   readonly kind: 'allow';
   readonly shadowed?: readonly ShadowHit[];
+  readonly findings?: readonly Finding[];
 }
 
 export interface Deny {
@@ -39,6 +48,7 @@ export interface Replace {
   readonly rule: string;
   readonly message: JsonRpcMessage;
   readonly shadowed?: readonly ShadowHit[];
+  readonly findings?: readonly Finding[];
 }
 
 export interface Drop {

@@ -26,16 +26,48 @@ import type { Principal } from '../auth/principal.js';
 import type { Config, RuleConfig, ServerGrant, TenantConfig } from '../config/schema.js';
 import type { Frame, JsonRpcMessage } from '../mcp/frame.js';
 import { compileCondition, type Condition, type ConditionVars } from './cel.js';
-import { ALLOW, type Allow, type Decision, type Deny, type ShadowHit } from './decision.js';
+import {
+  ALLOW,
+  type Allow,
+  type Decision,
+  type Deny,
+  type Finding,
+  type ShadowHit,
+} from './decision.js';
 import { compilePatterns, compileTemplates, MATCH_ALL, type Matcher } from './match.js';
+import type { Manifest } from './manifest.js';
+import {
+  cleanDefinition,
+  compileServerTools,
+  type Blocked,
+  type PinBook,
+  type ServerTools,
+} from './tools.js';
 
 export type Era = 'legacy' | 'modern';
+
+/**
+ * What the gateway remembers of each server's tools between messages: the
+ * pin book (trust on first use) and the verdict of the last reviewed list.
+ */
+export interface ToolMemory {
+  readonly pins: PinBook;
+  verdict(server: string, tool: string): Blocked | undefined;
+  remember(server: string, verdicts: ReadonlyMap<string, Blocked | undefined>): void;
+}
+
+const NO_MEMORY: ToolMemory = {
+  pins: { trusted: () => undefined, trust: () => undefined },
+  verdict: () => undefined,
+  remember: () => undefined,
+};
 
 /** Where a message is decided: who sent or receives it, on which server, in which era. */
 export interface DecisionContext {
   readonly principal: Principal;
   readonly server: string;
   readonly era: Era;
+  readonly memory?: ToolMemory;
 }
 
 export interface Policy {
@@ -339,10 +371,53 @@ function withShadow<D extends Decision>(decision: D, shadowed: ShadowHit[] | und
   return { ...decision, shadowed };
 }
 
-export function compilePolicy(config: Pick<Config, 'servers' | 'tenants'>): Policy {
-  if (config.tenants === undefined) return POLICY_OFF;
+/** A server's manifest as the gateway loaded it. */
+export interface LoadedManifest {
+  readonly manifest: Manifest;
+  readonly file: string;
+}
+
+/** The result entries of a list answer, when it is one. */
+function listEntries(message: JsonRpcMessage, key: string): unknown[] | undefined {
+  const result = message.result;
+  if (result === null || typeof result !== 'object') return undefined;
+  const entries = (result as Record<string, unknown>)[key];
+  return Array.isArray(entries) ? entries : undefined;
+}
+
+function withEntries(message: JsonRpcMessage, key: string, entries: unknown[]): JsonRpcMessage {
+  return { ...message, result: { ...(message.result as Record<string, unknown>), [key]: entries } };
+}
+
+/** Every entry of a prompt or resource list with its titles and descriptions cleaned; undefined if none changes. */
+function cleanedEntries(entries: readonly unknown[]): unknown[] | undefined {
+  let out: unknown[] | undefined;
+  entries.forEach((entry, i) => {
+    const c = cleanDefinition(entry);
+    if (c !== entry) (out ??= entries.slice())[i] = c;
+  });
+  return out;
+}
+
+export function compilePolicy(
+  config: Pick<Config, 'servers' | 'tenants'>,
+  manifests: ReadonlyMap<string, LoadedManifest> = new Map(),
+): Policy {
   const tenants = new Map(
-    Object.entries(config.tenants).map(([name, t]) => [name, compileTenant(name, t)]),
+    Object.entries(config.tenants ?? {}).map(([name, t]) => [name, compileTenant(name, t)]),
+  );
+  const tenantsOn = config.tenants !== undefined;
+  const tools = new Map<string, ServerTools>(
+    Object.entries(config.servers).map(([name, server]) => {
+      const loaded = manifests.get(name);
+      return [
+        name,
+        compileServerTools(name, {
+          pinning: server.pinning ?? 'block',
+          ...(loaded ? { manifest: loaded.manifest, manifestFile: loaded.file } : {}),
+        }),
+      ];
+    }),
   );
   const unknownServer = () =>
     new GatewayError('PORTCULLIS_ERR_ROUTE_UNKNOWN_SERVER', undefined, {});
@@ -355,11 +430,65 @@ export function compilePolicy(config: Pick<Config, 'servers' | 'tenants'>): Poli
     return tenant && grant ? { tenant, grant } : undefined;
   };
 
+  /** A list answer after the tenant's grants, the tool review and cleaning. */
+  const reviewList = (frame: Frame, answering: string, ctx: DecisionContext): Decision => {
+    const list = LISTS[answering] as (typeof LISTS)[string];
+    let message = frame.message;
+    let rule: string | undefined;
+    let shadowed: ShadowHit[] | undefined;
+    const findings: Finding[] = [];
+    const found = tenantsOn ? grantOf(ctx) : undefined;
+    if (found) {
+      const replaced = filterList(frame, answering, found.grant);
+      if (replaced) {
+        const grantRule = `${found.grant.rule}.${list.what}`;
+        if (found.tenant.shadow)
+          shadowed = [{ rule: grantRule, would: 'replace', reason: `${answering} entries hidden` }];
+        else {
+          message = replaced;
+          rule = grantRule;
+        }
+      }
+    }
+    const entries = listEntries(message, list.key);
+    if (entries) {
+      if (answering === 'tools/list') {
+        const review = (tools.get(ctx.server) as ServerTools).reviewList(
+          entries,
+          ctx.memory?.pins ?? NO_MEMORY.pins,
+        );
+        ctx.memory?.remember(ctx.server, review.verdicts);
+        for (const b of review.blocked)
+          findings.push({ tool: b.tool, rule: b.rule, effect: 'blocked', reason: b.reason });
+        for (const f of review.flags)
+          findings.push({ tool: f.tool, rule: f.rule, effect: 'flagged', reason: f.reason });
+        if (review.tools) {
+          message = withEntries(message, list.key, review.tools);
+          rule ??= review.blocked[0]?.rule ?? 'descriptions.cleaned';
+        }
+      } else {
+        const clean = cleanedEntries(entries);
+        if (clean) {
+          message = withEntries(message, list.key, clean);
+          rule ??= 'descriptions.cleaned';
+        }
+      }
+    }
+    const extra = {
+      ...(shadowed ? { shadowed } : {}),
+      ...(findings.length ? { findings } : {}),
+    };
+    if (rule === undefined || message === frame.message)
+      return shadowed || findings.length ? { kind: 'allow', ...extra } : ALLOW;
+    return { kind: 'replace', rule, message, ...extra };
+  };
+
   return {
     enabled: true,
     tenants: Object.freeze([...tenants.keys()]),
 
     route(principal, server) {
+      if (!tenantsOn) return ALLOW;
       const tenant = tenants.get(principal.tenant);
       if (!tenant) return { kind: 'deny', rule: RULE_TENANT_UNKNOWN, error: unknownServer() };
       if (tenant.servers.has(server)) return ALLOW;
@@ -374,19 +503,33 @@ export function compilePolicy(config: Pick<Config, 'servers' | 'tenants'>): Poli
 
     inbound(frame, ctx) {
       if (frame.kind !== 'request') return ALLOW;
-      const found = grantOf(ctx);
-      // route() refused these already; a message cannot get here without it.
-      if (!found) return { kind: 'deny', rule: RULE_TENANT_UNKNOWN, error: unknownServer() };
-      const { tenant, grant } = found;
       let shadowed: ShadowHit[] | undefined;
-      const check = grantCheck(frame, grant, ctx.era);
-      if (check && !check.granted) {
-        const error = check.error();
-        const rule = error.data.rule as string;
-        if (!tenant.shadow) return { kind: 'deny', rule, error };
-        (shadowed ??= []).push({ rule, would: 'deny', reason: error.message });
+      let tenant: CompiledTenant | undefined;
+      if (tenantsOn) {
+        const found = grantOf(ctx);
+        // route() refused these already; a message cannot get here without it.
+        if (!found) return { kind: 'deny', rule: RULE_TENANT_UNKNOWN, error: unknownServer() };
+        tenant = found.tenant;
+        const check = grantCheck(frame, found.grant, ctx.era);
+        if (check && !check.granted) {
+          const error = check.error();
+          const rule = error.data.rule as string;
+          if (!tenant.shadow) return { kind: 'deny', rule, error };
+          (shadowed ??= []).push({ rule, would: 'deny', reason: error.message });
+        }
       }
-      if (tenant.rules.length === 0) return withShadow(ALLOW, shadowed);
+      if (frame.method === 'tools/call') {
+        const name = frame.target ?? '';
+        const refusal = tools
+          .get(ctx.server)
+          ?.checkCall(name, params(frame)?.arguments, ctx.memory?.verdict(ctx.server, name));
+        if (refusal)
+          return withShadow(
+            { kind: 'deny', rule: refusal.data.rule as string, error: refusal },
+            shadowed,
+          );
+      }
+      if (!tenant || tenant.rules.length === 0) return withShadow(ALLOW, shadowed);
       let vars: ConditionVars | undefined;
       for (const rule of tenant.rules) {
         if (!applies(rule, frame, ctx)) continue;
@@ -421,21 +564,16 @@ export function compilePolicy(config: Pick<Config, 'servers' | 'tenants'>): Poli
     },
 
     outbound(frame, answering, ctx) {
-      const found = grantOf(ctx);
-      if (!found) return ALLOW;
-      const { tenant, grant } = found;
-      if (frame.kind === 'response' && answering !== undefined && answering in LISTS) {
-        const replaced = filterList(frame, answering, grant);
-        if (!replaced) return ALLOW;
-        const rule = `${grant.rule}.${(LISTS[answering] as { what: string }).what}`;
-        if (tenant.shadow)
-          return {
-            kind: 'allow',
-            shadowed: [{ rule, would: 'replace', reason: `${answering} entries hidden` }],
-          };
-        return { kind: 'replace', rule, message: replaced };
-      }
-      if (frame.kind === 'notification' && frame.method === 'notifications/resources/updated') {
+      if (frame.kind === 'response' && answering !== undefined && answering in LISTS)
+        return reviewList(frame, answering, ctx);
+      if (
+        tenantsOn &&
+        frame.kind === 'notification' &&
+        frame.method === 'notifications/resources/updated'
+      ) {
+        const found = grantOf(ctx);
+        if (!found) return ALLOW;
+        const { tenant, grant } = found;
         const uri = stringAt(params(frame), 'uri') ?? '';
         if (grant.resources(uri) || grant.templateUris(uri)) return ALLOW;
         const rule = `${grant.rule}.resources`;

@@ -48,7 +48,7 @@ import { authHooks, PRM_PATH, registerMetadataRoutes, type ResourceInfo } from '
 import { Exchange, relayResponse, sendError, type RelayRoute } from './relay.js';
 import type { StreamIdentity, StreamRegistry } from './streams.js';
 import type { Lease, Quotas } from './quotas.js';
-import { POLICY_OFF, type Policy } from '../policy/policy.js';
+import { POLICY_OFF, type Policy, type ToolMemory } from '../policy/policy.js';
 import { recordDecision } from './decide.js';
 
 export interface Route extends RelayRoute {
@@ -71,6 +71,8 @@ export interface AppDeps {
   quotas: Quotas;
   /** The policy in force (it changes on reload); absent, none: everything is allowed. */
   policy?: (() => Policy) | undefined;
+  /** What the gateway remembers of servers' tools between messages (pins, verdicts). */
+  toolMemory?: ToolMemory | undefined;
   /** Whether whom a stream would serve was revoked since the request was authenticated. */
   isRevoked?: ((identity: StreamIdentity) => boolean) | undefined;
   /** The gateway's own signing keys, published at /.well-known/jwks.json. */
@@ -172,13 +174,20 @@ function upstreamHeaders(
  * one in force when the request came: a reload mid-stream changes nothing
  * for it).
  */
-function identified(req: FastifyRequest, x: Exchange, policy: Policy, metrics: Metrics): Exchange {
+function identified(
+  req: FastifyRequest,
+  x: Exchange,
+  policy: Policy,
+  metrics: Metrics,
+  memory?: ToolMemory,
+): Exchange {
   x.owner = ownerKey(req.principal);
   x.jti = req.token?.tokenId;
   x.identity = x;
   x.principal = req.principal;
   x.policy = policy;
   x.metrics = metrics;
+  x.memory = memory;
   return x;
 }
 
@@ -545,7 +554,12 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     // The inbound decision point: a batch is decided whole (one denial refuses all of it).
     const policy = policyNow();
     if (policy.enabled) {
-      const ctx = { principal: req.principal, server: route.name, era };
+      const ctx = {
+        principal: req.principal,
+        server: route.name,
+        era,
+        ...(deps.toolMemory ? { memory: deps.toolMemory } : {}),
+      };
       for (const f of frames) {
         const decision = policy.inbound(f, ctx);
         if (decision.kind === 'allow' && !decision.shadowed) continue;
@@ -590,6 +604,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
         ),
         policy,
         deps.metrics,
+        deps.toolMemory,
       ),
       {
         method: 'POST',
@@ -663,6 +678,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
         ),
         policyNow(),
         deps.metrics,
+        deps.toolMemory,
       ),
       { method: 'GET', headers, affinity: ownerKey(req.principal) },
     );

@@ -9,8 +9,9 @@ import type { Principal } from '../auth/principal.js';
 import type { JsonRpcId } from '../errors/index.js';
 import type { Frame } from '../mcp/frame.js';
 import type { Decision } from '../policy/decision.js';
-import type { DecisionContext, Policy } from '../policy/policy.js';
+import type { DecisionContext, Policy, ToolMemory } from '../policy/policy.js';
 import type { Metrics } from '../telemetry/metrics.js';
+import type { Blocked, PinBook } from '../policy/tools.js';
 
 export interface DecisionSink {
   readonly log: Logger;
@@ -43,6 +44,15 @@ export function recordDecision(
       );
     }
   }
+  if ('findings' in decision && decision.findings) {
+    for (const f of decision.findings) {
+      sink.metrics?.policyDecisions.inc({ server, rule: f.rule, decision: f.effect });
+      sink.log[f.effect === 'blocked' ? 'warn' : 'info'](
+        { event: `policy.tool_${f.effect}`, rule: f.rule, tool: f.tool, server, reason: f.reason },
+        `policy: tool ${f.tool} on ${server} ${f.effect}: ${f.reason}`,
+      );
+    }
+  }
   if (decision.kind === 'allow') return;
   sink.metrics?.policyDecisions.inc({ server, rule: decision.rule, decision: decision.kind });
   sink.log.info(
@@ -65,6 +75,7 @@ export interface OutboundExchange extends DecisionSink {
   readonly principal: Principal;
   readonly era: 'legacy' | 'modern';
   readonly methodsById: ReadonlyMap<JsonRpcId, string>;
+  readonly memory: ToolMemory | undefined;
 }
 
 /**
@@ -74,7 +85,12 @@ export interface OutboundExchange extends DecisionSink {
  * place, a dropped one left out, a denied answer turned into the error.
  */
 export function decideOutbound(x: OutboundExchange, frames: Frame[]): Frame[] {
-  const ctx: DecisionContext = { principal: x.principal, server: x.server, era: x.era };
+  const ctx: DecisionContext = {
+    principal: x.principal,
+    server: x.server,
+    era: x.era,
+    ...(x.memory ? { memory: x.memory } : {}),
+  };
   let out: Frame[] | undefined;
   for (let i = 0; i < frames.length; i++) {
     const f = frames[i] as Frame;
@@ -83,7 +99,7 @@ export function decideOutbound(x: OutboundExchange, frames: Frame[]): Frame[] {
         ? x.methodsById.get(f.id)
         : undefined;
     const decision = x.policy.outbound(f, answering, ctx);
-    if (decision.kind === 'allow' && !decision.shadowed) {
+    if (decision.kind === 'allow' && !decision.shadowed && !decision.findings) {
       out?.push(f);
       continue;
     }
@@ -104,4 +120,23 @@ export function decideOutbound(x: OutboundExchange, frames: Frame[]): Frame[] {
     // drop (or a denied message nobody waits for): nothing goes on.
   }
   return out ?? frames;
+}
+
+/** What the gateway remembers of servers' tools: pins first seen, and the last verdicts. */
+export class LiveTools implements ToolMemory {
+  private readonly verdicts = new Map<string, Map<string, Blocked | undefined>>();
+  constructor(readonly pins: PinBook) {}
+
+  verdict(server: string, tool: string): Blocked | undefined {
+    return this.verdicts.get(server)?.get(tool);
+  }
+
+  remember(server: string, verdicts: ReadonlyMap<string, Blocked | undefined>): void {
+    let known = this.verdicts.get(server);
+    if (!known) this.verdicts.set(server, (known = new Map()));
+    for (const [tool, verdict] of verdicts) {
+      if (verdict) known.set(tool, verdict);
+      else known.delete(tool);
+    }
+  }
 }

@@ -28,6 +28,8 @@ import { inflightCap, openFileLimit, Quotas } from './quotas.js';
 import { trackIdleSockets } from './idle-sockets.js';
 import type { Policy } from '../policy/policy.js';
 import { buildPolicy } from './policy-loader.js';
+import { LiveTools } from './decide.js';
+import { MemoryPinBook } from '../policy/tools.js';
 
 export interface Gateway {
   /** Base URL of the public listener, e.g. `http://127.0.0.1:8080`. */
@@ -131,17 +133,20 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
 
   // Compiled once; the config was checked (policyProblems) when it was built.
   const policy: Policy = buildPolicy(config);
-  if (!policy.enabled) {
+  if (config.tenants === undefined) {
     log.info(
-      { event: 'policy.off' },
+      { event: 'policy.no_tenants' },
       'no tenants configured: every authenticated principal may use every server',
     );
   }
+  // Trust on first use, this replica's memory.
+  const toolMemory = new LiveTools(new MemoryPinBook());
 
   let authenticator: Authenticator | undefined;
   let resourceInfo: ResourceInfo | undefined;
   const app = buildApp({
     policy: () => policy,
+    toolMemory,
     config,
     log,
     routes,

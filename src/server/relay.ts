@@ -35,7 +35,7 @@ import type { Era, ToolHeaderRegistry } from '../mcp/era.js';
 import type { UpstreamCall, UpstreamResponse } from '../upstream/types.js';
 import type { ClientStream, PendingCall, StreamRegistry } from './streams.js';
 import { ANONYMOUS, type Principal } from '../auth/principal.js';
-import { POLICY_OFF, type Policy } from '../policy/policy.js';
+import { POLICY_OFF, type Policy, type ToolMemory } from '../policy/policy.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import { decideOutbound, type OutboundExchange } from './decide.js';
 
@@ -68,6 +68,7 @@ export class Exchange implements PendingCall, OutboundExchange {
   principal: Principal = ANONYMOUS;
   policy: Policy = POLICY_OFF;
   metrics: Metrics | undefined = undefined;
+  memory: ToolMemory | undefined = undefined;
 
   constructor(
     route: RelayRoute,
