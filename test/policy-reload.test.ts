@@ -9,7 +9,7 @@
  * reload finishes. Every wait is on the gateway's own log record.
  */
 import assert from 'node:assert/strict';
-import { mkdir, mkdtemp, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -406,6 +406,37 @@ test('a manifest file the configuration names is watched: a change to it reloads
   const record = await logs.waitFor(reloaded('servers.http.manifest'), 0, 'config.reloaded');
   assert.deepEqual(record.changed, ['servers.http.manifest']);
   assert.deepEqual(await gw.reload(), { ok: true, changed: [], restartRequired: [] });
+});
+
+test('a file mounted as Kubernetes mounts a ConfigMap (a symlink through ..data, swapped) is seen to change', async (t) => {
+  const mount = await mkdtemp(join(tmpdir(), 'portcullis-reload-configmap-'));
+  t.after(() => rm(mount, { recursive: true, force: true }));
+  const version = async (name: string, tools: string[]): Promise<void> => {
+    await mkdir(join(mount, name));
+    await writeFile(
+      join(mount, name, 'portcullis.yaml'),
+      stringify({ ...document(tools), admin: { enabled: false } }),
+    );
+  };
+  // What the kubelet's atomic writer does: a timestamped directory, `..data` linking to it,
+  // the file a link through `..data`; an update links `..data_tmp` and renames it over `..data`.
+  await version('..v1', ['echo']);
+  await symlink('..v1', join(mount, '..data'));
+  await symlink(join('..data', 'portcullis.yaml'), join(mount, 'portcullis.yaml'));
+  const configFile = join(mount, 'portcullis.yaml');
+  const logs = new Records();
+  const gw = await startGateway(await loadConfigFile(configFile), {
+    configFile,
+    log: pino({ level: 'debug' }, { write: (line: string) => logs.write(line) }),
+  });
+  t.after(() => gw.close());
+
+  await version('..v2', ['echo', 'get-sum']);
+  await symlink('..v2', join(mount, '..data_tmp'));
+  await rename(join(mount, '..data_tmp'), join(mount, '..data'));
+  await rm(join(mount, '..v1'), { recursive: true });
+  const record = await logs.waitFor(reloaded('tenants.acme'), 0, 'config.reloaded');
+  assert.deepEqual(record.changed, ['tenants.acme']);
 });
 
 test('a gateway started without a configuration file refuses reload()', async (t) => {

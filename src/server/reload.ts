@@ -263,6 +263,7 @@ export function startReloader(deps: ReloaderDeps): Reloader {
       if (fingerprints.get(server) !== print && !changed.includes(key)) changed.push(key);
     }
     const restartRequired = restartDifferences(deps.running, candidate);
+    const wasEnabled = applied.tenants !== undefined;
     deps.apply(policy);
     applied = candidate;
     fingerprints = nextFingerprints;
@@ -278,6 +279,13 @@ export function startReloader(deps: ReloaderDeps): Reloader {
               ? ''
               : ' (no tenants: every authenticated principal may use every server)'),
     );
+    if (wasEnabled && !policy.enabled) {
+      // What the file says, and a loud one: a deleted `tenants` block opens every server.
+      log.warn(
+        { event: 'policy.off', file },
+        'no tenants configured any more: every authenticated principal may use every server',
+      );
+    }
     if (restartRequired.length > 0) {
       log.warn(
         { event: 'config.restart_required', file, keys: restartRequired },
