@@ -124,6 +124,7 @@ test('--help exits 0 and lists the commands and options', async (t) => {
 test('--help works for each subcommand: its own usage, exit 0', async (t) => {
   const cases: Array<[string[], string, string]> = [
     [['start', '--help'], 'Usage: portcullis start', '--admin-port P'],
+    [['start', '--help'], 'Usage: portcullis start', 'SIGHUP'],
     [['token', 'mint', '--help'], 'Usage: portcullis token mint', '--ttl D'],
     [['token', '--help'], 'Usage: portcullis token mint', '--aud AUD'],
     [['config', 'check', '--help'], 'Usage: portcullis config check FILE', 'Exit status'],
@@ -509,6 +510,60 @@ test('start on port 0 logs where it listens, serves, and exits 0 on SIGTERM', as
   assert.equal(r.code, 0, r.stderr);
   assert.equal(r.signal, null);
   assert.ok(Date.now() - signalledAt < SHUTDOWN_BOUND_MS, 'exited within the shutdown bound');
+});
+
+test('start --config reloads on SIGHUP: the flags stay laid over the file, a bad file is refused and the gateway serves on', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'portcullis-sighup-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  const file = join(dir, 'portcullis.yaml');
+  const good = [
+    'auth: { mode: none }',
+    'servers: { a: { url: "http://127.0.0.1:1/mcp" } }',
+    'tenants: { anonymous: { servers: { a: { tools: ["*"] } } } }',
+    '',
+  ].join('\n');
+  await writeFile(file, good);
+  // --port and --admin-port differ from the file (8080, 9090): a reload must not see that as a change.
+  const child = spawnCli(t, ['start', '--config', file, '--port', '0', '--admin-port', '0']);
+  const exited = outcome(child, RUN_TIMEOUT_MS + SHUTDOWN_BOUND_MS);
+  const records: Array<Record<string, unknown>> = [];
+  let waiter: { match: (r: Record<string, unknown>) => boolean; found: () => void } | undefined;
+  createInterface({ input: child.stdout! }).on('line', (line) => {
+    const record = JSON.parse(line) as Record<string, unknown>;
+    records.push(record);
+    if (waiter?.match(record)) waiter.found();
+  });
+  const next = (event: string): Promise<Record<string, unknown>> => {
+    const from = records.length;
+    return new Promise((resolve) => {
+      const match = (r: Record<string, unknown>) => r.event === event;
+      waiter = { match, found: () => resolve(records.slice(from).find(match)!) };
+    });
+  };
+  const listening = new Promise<void>((resolve) => {
+    waiter = { match: (r) => r.msg === 'gateway listening', found: resolve };
+  });
+  await listening;
+
+  const reloaded = next('config.reloaded');
+  child.kill('SIGHUP');
+  assert.deepEqual((await reloaded).changed, []);
+  assert.ok(!records.some((r) => r.event === 'config.restart_required'), 'flags re-applied');
+
+  // A bad file, written and then signalled: refused (by the watch, the signal, or both).
+  const refused = next('config.reload_failed');
+  await writeFile(file, good.replace('tools: ["*"]', 'tools: ["*"], bogus: 1'));
+  child.kill('SIGHUP');
+  const problem = ((await refused).problems as Array<{ path: string }>)[0];
+  assert.equal(problem?.path, 'tenants.anonymous.servers.a.bogus');
+  const live = await fetch(
+    `${records.find((r) => r.msg === 'gateway listening')?.adminUrl as string}/livez`,
+  );
+  assert.equal(live.status, 200);
+
+  child.kill('SIGTERM');
+  const r = await exited;
+  assert.equal(r.code, 0, r.stderr);
 });
 
 // --- identity commands ------------------------------------------------------------

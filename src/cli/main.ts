@@ -63,6 +63,11 @@ Options:
 
 Signals: SIGTERM or SIGINT drains (stops accepting, lets calls finish, closes
 streams with a retry hint) and exits; a second signal exits at once.
+Reload: with --config, SIGHUP, or a change to the file or to a manifest it
+names (the directories are watched), reads the file again. Its policy
+(tenants, servers.NAME.manifest/pinning) applies live to new requests;
+sessions stay open. A file with any error is refused and the running policy
+kept. Other changes are logged as needing a restart and not applied.
 `,
   'config check': `Usage: portcullis config check FILE  validate a configuration file, print every error
 
@@ -533,12 +538,10 @@ async function start(args: string[]): Promise<void> {
 
   let config: Config;
   let devKeys: Awaited<ReturnType<typeof ensureDevKeys>> | undefined;
-  try {
-    const document = values.config ? await readConfigDocument(values.config) : {};
+  // The flags laid over the file's document: at start, and the same way again on each reload.
+  const withFlags = async (document: unknown, source: string): Promise<Config> => {
     if (document === null || typeof document !== 'object' || Array.isArray(document)) {
-      throw new ConfigError(values.config ?? 'command line', [
-        { path: '(root)', message: 'must be a mapping' },
-      ]);
+      throw new ConfigError(source, [{ path: '(root)', message: 'must be a mapping' }]);
     }
     const base = document as Record<string, unknown>;
     const listen = { ...(base.listen as object | undefined) } as Record<string, unknown>;
@@ -563,13 +566,13 @@ async function start(args: string[]): Promise<void> {
     if (values['tenant-claim'] !== undefined) jwt.tenantClaim = values['tenant-claim'];
     if (values.demo && auth.mode !== 'none' && jwt.issuer === undefined) {
       // The demo runs with real JWT authentication: a local dev key is the issuer.
-      devKeys = await ensureDevKeys();
+      devKeys ??= await ensureDevKeys();
       jwt.issuer = DEV_ISSUER;
       jwt.jwksFile = devKeys.publicFile;
       delete jwt.jwksUrl;
     }
     if (Object.keys(jwt).length > 0) auth.jwt = jwt;
-    config = buildConfig(
+    return buildConfig(
       {
         ...base,
         listen,
@@ -578,8 +581,12 @@ async function start(args: string[]): Promise<void> {
         auth,
         servers: { ...(base.servers as object | undefined), ...servers },
       },
-      values.config ?? 'command line',
+      source,
     );
+  };
+  try {
+    const document = values.config ? await readConfigDocument(values.config) : {};
+    config = await withFlags(document, values.config ?? 'command line');
   } catch (err) {
     await demo?.stop();
     if (err instanceof ConfigError) {
@@ -596,7 +603,15 @@ async function start(args: string[]): Promise<void> {
   const log = pino({ level: config.log.level });
   let gateway: Gateway;
   try {
-    gateway = await startGateway(config, { log });
+    gateway = await startGateway(config, {
+      log,
+      ...(values.config === undefined
+        ? {}
+        : {
+            configFile: values.config,
+            loadConfig: async (file: string) => withFlags(await readConfigDocument(file), file),
+          }),
+    });
   } catch (err) {
     await demo?.stop();
     const message = portInUse(err, config) ?? (err as Error).message;
@@ -650,6 +665,15 @@ async function start(args: string[]): Promise<void> {
   };
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);
+  // The reload logs its own outcome; a refused file leaves the running policy in force.
+  process.on('SIGHUP', () => {
+    if (values.config === undefined) {
+      log.warn({ signal: 'SIGHUP' }, 'SIGHUP: started without --config, nothing to reload');
+      return;
+    }
+    log.info({ signal: 'SIGHUP' }, 'SIGHUP: reloading the configuration');
+    void gateway.reload();
+  });
   if (demo) {
     // `npm start` runs the demo under npm and a shell; stopping npm ends the shell but
     // never reaches this process, which would be left running with its upstream. A

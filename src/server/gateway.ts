@@ -11,6 +11,7 @@ import type { Authenticator } from '../auth/authenticate.js';
 import { createCredential, type UpstreamCredential } from '../auth/credentials.js';
 import { SigningKeys } from '../auth/keys.js';
 import { Revocations } from '../auth/revocation.js';
+import { loadConfigFile } from '../config/load.js';
 import type { Config } from '../config/schema.js';
 import { GatewayError } from '../errors/index.js';
 import { ToolHeaderRegistry } from '../mcp/era.js';
@@ -30,6 +31,7 @@ import type { Policy } from '../policy/policy.js';
 import { buildPolicy } from './policy-loader.js';
 import { LiveTools } from './decide.js';
 import { MemoryPinBook } from '../policy/tools.js';
+import { startReloader, type ReloadResult } from './reload.js';
 
 export interface Gateway {
   /** Base URL of the public listener, e.g. `http://127.0.0.1:8080`. */
@@ -38,6 +40,11 @@ export interface Gateway {
   readonly adminUrl: string | undefined;
   /** The MCP endpoint of a configured server. */
   urlFor(server: string): string;
+  /**
+   * Reads the configuration file again and puts its policy in force; refused
+   * (the running policy kept) on any problem. Without `configFile`, refused.
+   */
+  reload(): Promise<ReloadResult>;
   /** Stops accepting, lets in-flight calls finish within the drain bound, closes everything. */
   close(): Promise<void>;
 }
@@ -46,6 +53,16 @@ export interface StartOptions {
   log?: Logger;
   /** Sees every framed message in both directions (policy and audit attach here). */
   onFrame?: FrameObserver;
+  /**
+   * The file `config` was loaded from. Given, the gateway reloads its policy
+   * when the file (or a manifest it names) changes, and on `reload()`.
+   */
+  configFile?: string;
+  /**
+   * How to load `configFile` again (default `loadConfigFile`); the CLI passes
+   * one that lays its command-line flags over the file, as at start.
+   */
+  loadConfig?: (file: string) => Promise<Config>;
 }
 
 function baseUrl(app: FastifyInstance, tls: boolean): string {
@@ -131,8 +148,10 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
     globalInflight,
   });
 
-  // Compiled once; the config was checked (policyProblems) when it was built.
-  const policy: Policy = buildPolicy(config);
+  // Compiled once per (re)load; the config was checked (policyProblems) when it
+  // was built. A reload replaces it in one assignment: each exchange keeps the
+  // policy of its request's arrival, so in-flight streams are decided as they began.
+  let policy: Policy = buildPolicy(config);
   if (config.tenants === undefined) {
     log.info(
       { event: 'policy.no_tenants' },
@@ -297,10 +316,27 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
   }
   log.info({ url, adminUrl, servers: [...routes.keys()] }, 'gateway listening');
 
+  // After the listeners: a start that fails leaves no watch behind.
+  const reloader =
+    options.configFile === undefined
+      ? undefined
+      : startReloader({
+          file: options.configFile,
+          load: options.loadConfig ?? ((file) => loadConfigFile(file)),
+          running: config,
+          build: buildPolicy,
+          apply: (next) => {
+            policy = next;
+          },
+          log,
+          metrics,
+        });
+
   let closing: Promise<void> | undefined;
   const close = (): Promise<void> => {
     closing ??= (async () => {
       draining = true;
+      await reloader?.close();
       log.info(
         { streams: streams.size, drainTimeoutMs: config.shutdown.drainTimeoutMs },
         'draining',
@@ -331,6 +367,18 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
     url,
     adminUrl,
     urlFor: (server) => `${url}/mcp/${encodeURIComponent(server)}`,
+    reload: () =>
+      reloader?.reload() ??
+      Promise.resolve({
+        ok: false,
+        problems: [
+          {
+            file: '(none)',
+            path: '(gateway)',
+            message: 'the gateway was started without a configuration file: nothing to reload',
+          },
+        ],
+      }),
     close,
   };
 }

@@ -17,6 +17,10 @@ export interface Metrics {
   readonly upstreamProcesses: Gauge<'server'>;
   /** Policy decisions other than a plain allow; `decision` is deny, replace, drop or shadow. */
   readonly policyDecisions: Counter<'server' | 'rule' | 'decision'>;
+  /** Configuration reloads, by result: `ok` (the new policy is in force) or `failed` (kept the old one). */
+  readonly configReloads: Counter<'result'>;
+  /** 1 when the last reload succeeded (or none was tried), 0 while the file on disk is refused. */
+  readonly configLastReloadSuccessful: Gauge;
 }
 
 export function createMetrics(): Metrics {
@@ -62,6 +66,17 @@ export function createMetrics(): Metrics {
       name: 'portcullis_policy_decisions_total',
       help: 'Policy decisions that were not a plain allow, by server, rule and decision (deny, replace, drop; shadow: a shadow rule would have denied, replaced or dropped).',
       labelNames: ['server', 'rule', 'decision'],
+      registers: [registry],
+    }),
+    configReloads: new Counter({
+      name: 'portcullis_config_reloads_total',
+      help: 'Configuration reloads (SIGHUP, file change, API), by result: ok (new policy in force) or failed (the running one kept).',
+      labelNames: ['result'],
+      registers: [registry],
+    }),
+    configLastReloadSuccessful: new Gauge({
+      name: 'portcullis_config_last_reload_successful',
+      help: '1 when the last configuration reload succeeded or none was tried; 0 while the file on disk is refused.',
       registers: [registry],
     }),
     crashLoops: new Counter({
