@@ -724,3 +724,28 @@ test('a server that requires its sandbox stops start-up where the sandbox cannot
   assert.ok(await listeningOf(child), 'the gateway started');
   assert.match(output, /stdio server runs WITHOUT a sandbox/);
 });
+
+test('config check reads the manifests the servers name, and names the one it cannot use', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'portcullis-cli-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  const file = join(dir, 'manifests.yaml');
+  await writeFile(join(dir, 'broken.json'), '{"version": 1, "server": "docs", "tools": [{}]}\n');
+  await writeFile(
+    file,
+    [
+      'auth: { mode: none }',
+      'servers:',
+      '  docs:',
+      '    url: http://127.0.0.1:3001/mcp',
+      `    manifest: ${join(dir, 'broken.json')}`,
+      '  wiki:',
+      '    url: http://127.0.0.1:3002/mcp',
+      `    manifest: ${join(dir, 'missing.json')}`,
+      '',
+    ].join('\n'),
+  );
+  const r = await run(t, ['config', 'check', file]);
+  assert.equal(r.code, 1, r.stderr);
+  assert.match(r.stderr, /^ {2}servers\.docs\.manifest: .*broken\.json: /m);
+  assert.match(r.stderr, /^ {2}servers\.wiki\.manifest: .*missing\.json: .*ENOENT/m);
+});

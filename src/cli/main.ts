@@ -16,6 +16,7 @@ import {
 import { DEFAULT_MAX_TOKEN_LIFETIME_MS, type Config } from '../config/schema.js';
 import { startGateway, type Gateway } from '../server/gateway.js';
 import { stdioStartProblems } from '../server/upstreams.js';
+import { buildPolicy, PolicyLoadError } from '../server/policy-loader.js';
 import { startEverything, type DemoUpstream } from '../demo/everything.js';
 import { MANIFEST_HELP, manifestApprove, manifestDiff, manifestPull } from './manifest.js';
 import { SIGNING_ALGORITHMS, type SigningAlgorithm } from '../auth/keys.js';
@@ -198,6 +199,13 @@ async function configCheck(args: string[]): Promise<void> {
       process.stderr.write(`${file}: warning: ${p.path}: ${p.message}\n`);
     const fatal = host.filter((h) => h.fatal);
     if (fatal.length > 0) throw new ConfigError(file, fatal);
+    // The manifests the servers name, read and checked as the gateway will.
+    try {
+      buildPolicy(config);
+    } catch (err) {
+      if (err instanceof PolicyLoadError) throw new ConfigError(file, [...err.problems]);
+      throw err;
+    }
     process.stdout.write(`${file}: ok (${Object.keys(config.servers).length} server(s))\n`);
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;

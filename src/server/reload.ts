@@ -24,6 +24,7 @@ import { liveDifferences, manifestFiles, restartDifferences } from '../config/di
 import type { Config } from '../config/schema.js';
 import type { Policy } from '../policy/policy.js';
 import { ManifestError } from '../policy/manifest.js';
+import { PolicyLoadError } from './policy-loader.js';
 import type { Metrics } from '../telemetry/metrics.js';
 
 /** Quiet time after the last file event before reloading: one save is often several events. */
@@ -117,6 +118,7 @@ function manifestFingerprints(configFile: string, config: Config): Map<string, s
 function problemsOf(err: unknown, file: string): ReloadProblem[] {
   if (err instanceof ConfigError) return err.problems.map((p) => ({ file, ...p }));
   if (err instanceof ManifestError) return err.problems.map((p) => ({ file: err.file, ...p }));
+  if (err instanceof PolicyLoadError) return err.problems.map((p) => ({ file, ...p }));
   // Whatever else building the policy throws refuses the reload just as well.
   return [{ file, path: '(policy)', message: err instanceof Error ? err.message : String(err) }];
 }
