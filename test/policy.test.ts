@@ -359,3 +359,35 @@ test('config: a rule condition that does not compile is refused with its path', 
     },
   );
 });
+
+test('outbound: what a server may ask the client for is the grant’s: sampling, elicitation by mode, roots', () => {
+  const policy = policyOf({
+    acme: { servers: { db: { tools: ['*'], sampling: true, elicitation: ['form'] } } },
+  });
+  const ask = (method: string, params: Record<string, unknown> = {}) =>
+    toFrame({ jsonrpc: '2.0', id: 'srv-1', method, params }, 'server-to-client');
+  assert.equal(policy.outbound(ask('sampling/createMessage'), undefined, ctx('acme')), ALLOW);
+  assert.equal(
+    policy.outbound(ask('elicitation/create', { message: 'x' }), undefined, ctx('acme')),
+    ALLOW,
+  );
+  for (const [frame, rule] of [
+    [
+      ask('elicitation/create', { mode: 'url', url: 'https://x' }),
+      'tenants.acme.servers.db.elicitation',
+    ],
+    [ask('roots/list'), 'tenants.acme.servers.db.roots'],
+  ] as const) {
+    const d = policy.outbound(frame, undefined, ctx('acme'));
+    assert.ok(d.kind === 'deny', frame.method);
+    assert.equal(d.rule, rule);
+    assert.equal(d.error.code, 'PORTCULLIS_ERR_POLICY_CLIENT_REQUEST_DENIED');
+  }
+  const inputRequired = answer(4, {
+    resultType: 'input_required',
+    inputRequests: { where: { method: 'roots/list', params: {} } },
+  });
+  const d = policy.outbound(inputRequired, 'tools/call', ctx('acme', 'db', 'modern'));
+  assert.ok(d.kind === 'deny');
+  assert.equal(d.rule, 'tenants.acme.servers.db.roots');
+});

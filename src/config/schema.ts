@@ -330,6 +330,24 @@ const serverGrantSchema = {
     resourceTemplates: grantList(
       'Resource templates it may list and complete; a URI expanding a listed (non-glob) template may be read',
     ),
+    sampling: {
+      type: 'boolean',
+      default: false,
+      description:
+        "Whether the server may ask the tenant's clients for sampling (sampling/createMessage).",
+    },
+    elicitation: {
+      type: 'array',
+      items: { enum: ['form', 'url'] },
+      uniqueItems: true,
+      default: [],
+      description: "The elicitation modes the server may ask the tenant's clients for.",
+    },
+    roots: {
+      type: 'boolean',
+      default: false,
+      description: "Whether the server may ask the tenant's clients for their roots (roots/list).",
+    },
   },
 } as const;
 
@@ -1047,6 +1065,9 @@ export interface ServerGrant {
   prompts?: string[];
   resources?: string[];
   resourceTemplates?: string[];
+  sampling: boolean;
+  elicitation: Array<'form' | 'url'>;
+  roots: boolean;
 }
 
 export interface RuleConfig {

@@ -281,6 +281,12 @@ const SPECS = {
     rpc: JSONRPC_INVALID_PARAMS,
     message: "Invalid arguments: they do not match the tool's input schema (error.data.path)",
   },
+  PORTCULLIS_ERR_POLICY_CLIENT_REQUEST_DENIED: {
+    status: 200,
+    rpc: JSONRPC_METHOD_NOT_FOUND,
+    message:
+      "The server asked the client for something this tenant's policy does not allow (sampling, elicitation or roots; error.data.rule names the grant)",
+  },
   PORTCULLIS_ERR_POLICY_DENIED: {
     status: 200,
     rpc: JSONRPC_INVALID_REQUEST,

@@ -104,6 +104,10 @@ interface CompiledGrant {
   /** URIs that expand a granted (non-glob) template. */
   readonly templateUris: Matcher;
   readonly templates: Matcher;
+  /** What the server may ask the tenant's clients for. */
+  readonly sampling: boolean;
+  readonly elicitation: ReadonlySet<string>;
+  readonly roots: boolean;
   /** The rule id prefix of this grant: `tenants.<tenant>.servers.<server>`. */
   readonly rule: string;
 }
@@ -135,6 +139,9 @@ function compileGrant(tenant: string, server: string, grant: ServerGrant): Compi
     resources: compilePatterns(grant.resources),
     templateUris: compileTemplates(templates.filter((t) => !t.includes('*'))),
     templates: compilePatterns(templates),
+    sampling: grant.sampling === true,
+    elicitation: new Set(grant.elicitation ?? []),
+    roots: grant.roots === true,
     rule: `tenants.${tenant}.servers.${server}`,
   };
 }
@@ -284,6 +291,53 @@ function grantCheck(frame: Frame, grant: CompiledGrant, era: Era): GrantCheck | 
       return undefined;
   }
 }
+
+/**
+ * Whether the grant lets the server ask the client for this (a server→client
+ * request's method and params); the rule that refuses it when not, undefined
+ * for methods grants do not govern.
+ */
+function clientRequestRule(
+  grant: CompiledGrant,
+  method: string | undefined,
+  requestParams: unknown,
+): string | undefined {
+  switch (method) {
+    case 'sampling/createMessage':
+      return grant.sampling ? undefined : `${grant.rule}.sampling`;
+    case 'roots/list':
+      return grant.roots ? undefined : `${grant.rule}.roots`;
+    case 'elicitation/create': {
+      // spec: form is the mode when none is given.
+      const mode = stringAt(requestParams, 'mode') ?? 'form';
+      return grant.elicitation.has(mode) ? undefined : `${grant.rule}.elicitation`;
+    }
+    default:
+      return undefined;
+  }
+}
+
+/** The first input request of a 2026-07-28 InputRequiredResult the grant refuses: its rule. */
+function inputRequestRule(grant: CompiledGrant, message: JsonRpcMessage): string | undefined {
+  const result = message.result;
+  if (result === null || typeof result !== 'object') return undefined;
+  const r = result as Record<string, unknown>;
+  if (r.resultType !== 'input_required') return undefined;
+  const requests = r.inputRequests;
+  if (requests === null || typeof requests !== 'object') return undefined;
+  for (const request of Object.values(requests as Record<string, unknown>)) {
+    const rule = clientRequestRule(
+      grant,
+      stringAt(request, 'method'),
+      (request as { params?: unknown } | null)?.params,
+    );
+    if (rule !== undefined) return rule;
+  }
+  return undefined;
+}
+
+const clientRequestDenied = (rule: string, what: string): GatewayError =>
+  new GatewayError('PORTCULLIS_ERR_POLICY_CLIENT_REQUEST_DENIED', what, { rule });
 
 function conditionVars(frame: Frame, ctx: DecisionContext): ConditionVars {
   const p = params(frame);
@@ -566,6 +620,24 @@ export function compilePolicy(
     outbound(frame, answering, ctx) {
       if (frame.kind === 'response' && answering !== undefined && answering in LISTS)
         return reviewList(frame, answering, ctx);
+      // Server→client requests: each kind is the tenant's to allow.
+      if (tenantsOn && (frame.kind === 'request' || frame.kind === 'response')) {
+        const found = grantOf(ctx);
+        if (!found) return ALLOW;
+        const { tenant, grant } = found;
+        const rule =
+          frame.kind === 'request'
+            ? clientRequestRule(grant, frame.method, frame.message.params)
+            : inputRequestRule(grant, frame.message);
+        if (rule === undefined) return ALLOW;
+        const what =
+          frame.kind === 'request'
+            ? `${frame.method ?? ''} is not granted to this tenant`
+            : 'the server asks for input this tenant does not grant';
+        if (tenant.shadow)
+          return { kind: 'allow', shadowed: [{ rule, would: 'deny', reason: what }] };
+        return { kind: 'deny', rule, error: clientRequestDenied(rule, what) };
+      }
       if (
         tenantsOn &&
         frame.kind === 'notification' &&

@@ -180,6 +180,7 @@ function identified(
   policy: Policy,
   metrics: Metrics,
   memory?: ToolMemory,
+  replyUpstream?: (message: string) => void,
 ): Exchange {
   x.owner = ownerKey(req.principal);
   x.jti = req.token?.tokenId;
@@ -188,6 +189,7 @@ function identified(
   x.policy = policy;
   x.metrics = metrics;
   x.memory = memory;
+  x.replyUpstream = replyUpstream;
   return x;
 }
 
@@ -410,6 +412,35 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     return headers;
   };
 
+  /**
+   * For a legacy exchange: how to answer the upstream in the client's place
+   * (a server→client request the policy refuses), in the session's name.
+   */
+  const replierFor =
+    (req: FastifyRequest, route: Route, session: Session) =>
+    (message: string): void => {
+      void credentialHeaders(req, route, session, false)
+        .then((headers) => {
+          delete headers['last-event-id'];
+          headers['content-type'] = 'application/json';
+          headers.accept = UPSTREAM_ACCEPT;
+          return route.upstream.request({
+            method: 'POST',
+            headers,
+            body: message,
+            affinity: ownerKey(req.principal),
+            tenant: req.principal.tenant,
+          }).response;
+        })
+        .then((up) => up.body.dump())
+        .catch((err: unknown) =>
+          log.warn(
+            { server: route.name, err: (err as Error).message },
+            'could not answer a refused server request upstream',
+          ),
+        );
+    };
+
   const sessionFor = (
     req: FastifyRequest,
     route: Route,
@@ -605,6 +636,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
         policy,
         deps.metrics,
         deps.toolMemory,
+        era === 'legacy' && session ? replierFor(req, route, session) : undefined,
       ),
       {
         method: 'POST',
@@ -679,6 +711,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
         policyNow(),
         deps.metrics,
         deps.toolMemory,
+        replierFor(req, route, session),
       ),
       { method: 'GET', headers, affinity: ownerKey(req.principal) },
     );

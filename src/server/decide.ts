@@ -76,6 +76,12 @@ export interface OutboundExchange extends DecisionSink {
   readonly era: 'legacy' | 'modern';
   readonly methodsById: ReadonlyMap<JsonRpcId, string>;
   readonly memory: ToolMemory | undefined;
+  /**
+   * Sends a message to the upstream in the client's place (a legacy session):
+   * how a server→client request the policy refuses is answered, so the
+   * server's work ends instead of waiting for the client.
+   */
+  readonly replyUpstream: ((message: string) => void) | undefined;
 }
 
 /**
@@ -110,7 +116,11 @@ export function decideOutbound(x: OutboundExchange, frames: Frame[]): Frame[] {
     }
     out ??= frames.slice(0, i);
     if (decision.kind === 'replace') out.push({ ...f, message: decision.message });
-    else if (decision.kind === 'deny' && f.id !== undefined && f.id !== null)
+    else if (decision.kind === 'deny' && f.kind === 'request') {
+      // A request of the server's: the client never sees it; the server gets the refusal.
+      if (f.id !== undefined && f.id !== null)
+        x.replyUpstream?.(JSON.stringify(decision.error.toResponse(f.id)));
+    } else if (decision.kind === 'deny' && f.id !== undefined && f.id !== null)
       out.push({
         direction: f.direction,
         kind: 'error',

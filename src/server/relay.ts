@@ -69,6 +69,7 @@ export class Exchange implements PendingCall, OutboundExchange {
   policy: Policy = POLICY_OFF;
   metrics: Metrics | undefined = undefined;
   memory: ToolMemory | undefined = undefined;
+  replyUpstream: ((message: string) => void) | undefined = undefined;
 
   constructor(
     route: RelayRoute,
