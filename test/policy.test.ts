@@ -7,7 +7,9 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { buildConfig, ConfigError } from '../src/config/load.js';
+import { readFile } from 'node:fs/promises';
+
+import { buildConfig, ConfigError, parseConfig } from '../src/config/load.js';
 import type { Principal } from '../src/auth/principal.js';
 import { toFrame, type Frame } from '../src/mcp/frame.js';
 import { compilePolicy, type DecisionContext, type Policy } from '../src/policy/policy.js';
@@ -390,4 +392,32 @@ test('outbound: what a server may ask the client for is the grant’s: sampling,
   const d = policy.outbound(inputRequired, 'tools/call', ctx('acme', 'db', 'modern'));
   assert.ok(d.kind === 'deny');
   assert.equal(d.rule, 'tenants.acme.servers.db.roots');
+});
+
+test('docs/policy.md: the complete example is a valid configuration and decides as the text says', async () => {
+  const docs = await readFile(new URL('../docs/policy.md', import.meta.url), 'utf8');
+  const section = docs.slice(docs.indexOf('## A complete example'));
+  const yaml = /```yaml\n([\s\S]*?)```/.exec(section)?.[1];
+  assert.ok(yaml, 'the section holds a YAML block');
+  const config = parseConfig(yaml, 'docs/policy.md');
+  const policy = compilePolicy(config);
+  const acme = (scopes: string[] = []): DecisionContext => ({
+    principal: { tenant: 'acme', subject: 'a', scopes },
+    server: 'db',
+    era: 'legacy',
+  });
+  const del = call('query', { sql: 'DELETE FROM users' });
+  const denied = policy.inbound(del, acme());
+  assert.ok(denied.kind === 'deny');
+  assert.equal(denied.rule, 'db-writes-need-scope');
+  assert.equal(policy.inbound(del, acme(['db:write'])), ALLOW);
+  assert.equal(policy.inbound(call('query', { sql: '  Select 1' }), acme()), ALLOW);
+  assert.equal(policy.route(who('globex'), 'db').kind, 'deny');
+  assert.equal(policy.route(who('initech'), 'wiki').kind, 'deny');
+  const bulk = policy.inbound(call('search', { limit: 1000 }), {
+    ...ctx('globex'),
+    server: 'wiki',
+  });
+  assert.equal(bulk.kind, 'allow');
+  assert.equal(bulk.shadowed?.[0]?.rule, 'no-bulk-export');
 });
