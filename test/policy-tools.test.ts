@@ -22,6 +22,7 @@ import {
   type RugPullServer,
 } from './fixtures/rug-pull-server.js';
 import { startTestGateway } from './helpers/gateway.js';
+import { startEverything } from './helpers/everything.js';
 import { buildManifest, toolDefinitionFrom, writeManifest } from '../src/policy/manifest.js';
 
 async function setup(
@@ -157,4 +158,61 @@ test('with a manifest: only its approved tools, unchanged, with valid arguments'
   const unknown = await refusal(client.callTool({ name: 'add_v2', arguments: { a: 1, b: 2 } }));
   assert.equal(unknown.code, -32602);
   assert.match(unknown.message, /Tool not found: add_v2/);
+});
+
+test('server-everything with a manifest: arguments and structured results checked against its schemas', async (t) => {
+  const ev = await startEverything();
+  t.after(() => ev.stop());
+  const dir = await mkdtemp(join(tmpdir(), 'portcullis-manifest-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  const probeGateway = await startTestGateway({ ev: ev.url });
+  t.after(() => probeGateway.close());
+  const probe = new Client({ name: 'probe', version: '1.0.0' });
+  await probe.connect(new StreamableHTTPClientTransport(new URL(probeGateway.urlFor('ev'))));
+  t.after(() => probe.close());
+  const live = (await probe.listTools()).tools.map((tool) => toolDefinitionFrom(tool));
+  // The operator's manifest says the weather also reports wind: the server's answers do not.
+  const edited = live.map((def) =>
+    def.name !== 'get-structured-content'
+      ? def
+      : {
+          ...def,
+          outputSchema: {
+            ...(def.outputSchema as Record<string, unknown>),
+            required: ['temperature', 'wind'],
+          },
+        },
+  );
+  const { manifest } = buildManifest(edited, { server: 'ev', now: new Date().toISOString() });
+  const file = join(dir, 'ev.json');
+  writeManifest(file, manifest);
+
+  for (const outputValidation of ['block', 'warn']) {
+    const gateway = await startTestGateway({
+      ev: { url: ev.url, manifest: file, pinning: 'off', outputValidation },
+    });
+    t.after(() => gateway.close());
+    const client = new Client({ name: 'ev-test', version: '1.0.0' });
+    await client.connect(new StreamableHTTPClientTransport(new URL(gateway.urlFor('ev'))));
+    t.after(() => client.close());
+
+    const badArg = await refusal(
+      client.callTool({ name: 'get-structured-content', arguments: { location: 'Paris' } }),
+    );
+    assert.equal(badArg.code, -32602);
+    assert.equal((badArg.data as { path: string }).path, '/location');
+
+    const call = client.callTool({
+      name: 'get-structured-content',
+      arguments: { location: 'Chicago' },
+    });
+    if (outputValidation === 'block') {
+      const err = await refusal(call);
+      assert.equal((err.data as { code: string }).code, 'PORTCULLIS_ERR_POLICY_INVALID_OUTPUT');
+      assert.equal((err.data as { path: string }).path, '/structuredContent/wind');
+    } else {
+      const result = await call;
+      assert.equal((result.structuredContent as { temperature: number }).temperature, 36);
+    }
+  }
 });

@@ -15,6 +15,7 @@ import { toFrame, type Frame } from '../src/mcp/frame.js';
 import { compilePolicy, type DecisionContext, type Policy } from '../src/policy/policy.js';
 import { ALLOW } from '../src/policy/decision.js';
 import { compilePatterns, compileTemplates } from '../src/policy/match.js';
+import { buildManifest } from '../src/policy/manifest.js';
 
 const SERVERS = { db: { url: 'http://127.0.0.1:1/mcp' }, files: { url: 'http://127.0.0.1:2/mcp' } };
 
@@ -420,4 +421,42 @@ test('docs/policy.md: the complete example is a valid configuration and decides 
   });
   assert.equal(bulk.kind, 'allow');
   assert.equal(bulk.shadowed?.[0]?.rule, 'no-bulk-export');
+});
+
+test('outbound: structuredContent is checked against the manifest’s output schema (warn, block, off)', () => {
+  const outputSchema = {
+    type: 'object',
+    properties: { temperature: { type: 'number' } },
+    required: ['temperature'],
+  };
+  const { manifest } = buildManifest(
+    [{ name: 'weather', inputSchema: { type: 'object' }, outputSchema }],
+    { server: 'db', now: new Date().toISOString() },
+  );
+  const policyWith = (outputValidation: string) =>
+    compilePolicy(
+      buildConfig({
+        auth: { mode: 'none' },
+        servers: { db: { url: 'http://127.0.0.1:1/mcp', outputValidation } },
+      }),
+      new Map([['db', { manifest, file: 'db.json' }]]),
+    );
+  const result = (structuredContent: unknown) =>
+    answer(5, { content: [], ...(structuredContent === undefined ? {} : { structuredContent }) });
+  const at = ctx('local');
+
+  const block = policyWith('block');
+  assert.equal(block.outbound(result({ temperature: 21 }), 'tools/call', at, 'weather'), ALLOW);
+  const bad = block.outbound(result({ temperature: 'warm' }), 'tools/call', at, 'weather');
+  assert.ok(bad.kind === 'deny');
+  assert.equal(bad.error.code, 'PORTCULLIS_ERR_POLICY_INVALID_OUTPUT');
+  assert.equal(bad.error.data.path, '/structuredContent/temperature');
+  const missing = block.outbound(result(undefined), 'tools/call', at, 'weather');
+  assert.ok(missing.kind === 'deny');
+  assert.equal(missing.error.data.path, '/structuredContent');
+
+  const warn = policyWith('warn').outbound(result({}), 'tools/call', at, 'weather');
+  assert.equal(warn.kind, 'allow');
+  assert.equal(warn.findings?.[0]?.effect, 'flagged');
+  assert.equal(policyWith('off').outbound(result({}), 'tools/call', at, 'weather'), ALLOW);
 });

@@ -860,6 +860,12 @@ export const configSchema = {
             description:
               'A tool manifest (`portcullis manifest pull`), relative to the working directory: agents can call only the tools it lists, as approved.',
           },
+          outputValidation: {
+            enum: ['block', 'warn', 'off'],
+            default: 'warn',
+            description:
+              'A tool result whose structuredContent does not match the manifest\'s output schema: "warn" (default) logs and counts it, "block" answers the client with an error instead, "off" does not check.',
+          },
           pinning: {
             enum: ['block', 'flag', 'off'],
             default: 'block',
@@ -980,6 +986,7 @@ export interface ServerConfig {
   credential: CredentialConfig;
   manifest?: string;
   pinning: 'block' | 'flag' | 'off';
+  outputValidation: 'block' | 'warn' | 'off';
 }
 
 export interface JwtConfig {

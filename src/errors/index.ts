@@ -287,6 +287,12 @@ const SPECS = {
     message:
       "The server asked the client for something this tenant's policy does not allow (sampling, elicitation or roots; error.data.rule names the grant)",
   },
+  PORTCULLIS_ERR_POLICY_INVALID_OUTPUT: {
+    status: 200,
+    rpc: JSONRPC_INTERNAL_ERROR,
+    message:
+      "The server's result does not match the tool's output schema in the manifest (error.data.path); it was not passed on",
+  },
   PORTCULLIS_ERR_POLICY_DENIED: {
     status: 200,
     rpc: JSONRPC_INVALID_REQUEST,

@@ -41,6 +41,7 @@ export interface Deny {
   readonly rule: string;
   readonly error: GatewayError;
   readonly shadowed?: readonly ShadowHit[];
+  readonly findings?: readonly Finding[];
 }
 
 export interface Replace {

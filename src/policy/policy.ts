@@ -78,7 +78,13 @@ export interface Policy {
   route(principal: Principal, server: string): Decision;
   /** Inbound decisions only allow or deny: a client's message is never rewritten. */
   inbound(frame: Frame, ctx: DecisionContext): Allow | Deny;
-  outbound(frame: Frame, answering: string | undefined, ctx: DecisionContext): Decision;
+  /** `target`: the tool, prompt or resource of the request an answer answers, when it named one. */
+  outbound(
+    frame: Frame,
+    answering: string | undefined,
+    ctx: DecisionContext,
+    target?: string,
+  ): Decision;
 }
 
 /** A problem with the policy part of a configuration, at its config path. */
@@ -537,6 +543,33 @@ export function compilePolicy(
     return { kind: 'replace', rule, message, ...extra };
   };
 
+  const outputValidation = new Map(
+    Object.entries(config.servers).map(([name, server]) => [
+      name,
+      server.outputValidation ?? 'warn',
+    ]),
+  );
+  /** A tool result against the manifest's output schema: undefined when there is nothing to say. */
+  const checkOutput = (frame: Frame, tool: string, ctx: DecisionContext): Decision | undefined => {
+    const mode = outputValidation.get(ctx.server) ?? 'off';
+    if (mode === 'off') return undefined;
+    const bad = tools.get(ctx.server)?.checkResult(tool, frame.message.result);
+    if (!bad) return undefined;
+    const rule = `servers.${ctx.server}.outputValidation`;
+    const reason = `${bad.path} ${bad.message}`;
+    if (mode === 'warn')
+      return { kind: 'allow', findings: [{ tool, rule, effect: 'flagged', reason }] };
+    return {
+      kind: 'deny',
+      rule,
+      error: new GatewayError('PORTCULLIS_ERR_POLICY_INVALID_OUTPUT', `'${tool}' ${reason}`, {
+        rule,
+        tool,
+        path: bad.path,
+      }),
+    };
+  };
+
   return {
     enabled: true,
     tenants: Object.freeze([...tenants.keys()]),
@@ -617,9 +650,13 @@ export function compilePolicy(
       return withShadow(ALLOW, shadowed);
     },
 
-    outbound(frame, answering, ctx) {
+    outbound(frame, answering, ctx, target) {
       if (frame.kind === 'response' && answering !== undefined && answering in LISTS)
         return reviewList(frame, answering, ctx);
+      if (frame.kind === 'response' && answering === 'tools/call' && target !== undefined) {
+        const checked = checkOutput(frame, target, ctx);
+        if (checked) return checked;
+      }
       // Server→client requests: each kind is the tenant's to allow.
       if (tenantsOn && (frame.kind === 'request' || frame.kind === 'response')) {
         const found = grantOf(ctx);

@@ -85,6 +85,13 @@ export interface ServerTools {
    * said of the tool (undefined: it passed, or was never listed here).
    */
   checkCall(tool: string, args: unknown, verdict: Blocked | undefined): GatewayError | undefined;
+  /**
+   * A tool result's `structuredContent` against the manifest's output schema
+   * (spec: servers MUST conform to it; clients SHOULD validate): undefined
+   * when it conforms or there is nothing to check, else the JSON pointer of
+   * the first bad field and what is wrong.
+   */
+  checkResult(tool: string, result: unknown): { path: string; message: string } | undefined;
 }
 
 export interface ServerToolsConfig {
@@ -187,13 +194,18 @@ export function compileServerTools(server: string, config: ServerToolsConfig): S
   const byName = new Map<string, ManifestTool>(manifest?.tools.map((t) => [t.name, t]) ?? []);
   // Compiled once, at load: the hot path never compiles a schema.
   const validators = new Map<string, ValidateFunction | undefined>();
-  for (const tool of manifest?.tools ?? []) {
+  const outputValidators = new Map<string, ValidateFunction | undefined>();
+  const compileOrNothing = (schema: Readonly<Record<string, unknown>>) => {
     try {
-      validators.set(tool.name, compileSchema(tool.inputSchema));
+      return compileSchema(schema);
     } catch {
-      // A schema ajv cannot compile validates nothing; the manifest check reports it.
-      validators.set(tool.name, undefined);
+      // A schema ajv cannot compile validates nothing.
+      return undefined;
     }
+  };
+  for (const tool of manifest?.tools ?? []) {
+    validators.set(tool.name, compileOrNothing(tool.inputSchema));
+    if (tool.outputSchema) outputValidators.set(tool.name, compileOrNothing(tool.outputSchema));
   }
   const file = config.manifestFile ?? 'MANIFEST';
   const approveHint = (tool: string) =>
@@ -313,6 +325,25 @@ export function compileServerTools(server: string, config: ServerToolsConfig): S
         );
       }
       return undefined;
+    },
+
+    checkResult(tool, result) {
+      const validate = outputValidators.get(tool);
+      if (!validate || result === null || typeof result !== 'object') return undefined;
+      const r = result as Record<string, unknown>;
+      // An error result carries no structured content to check.
+      if (r.isError === true || r.resultType === 'input_required') return undefined;
+      if (r.structuredContent === undefined)
+        return {
+          path: '/structuredContent',
+          message: 'is missing, but the tool has an output schema',
+        };
+      if (validate(r.structuredContent)) return undefined;
+      const e = validate.errors?.[0];
+      return {
+        path: `/structuredContent${e ? errorPath(e).replace(/^\/$/, '') : ''}`,
+        message: e?.message ?? 'does not match the output schema',
+      };
     },
   };
 }

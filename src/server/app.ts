@@ -181,6 +181,7 @@ function identified(
   metrics: Metrics,
   memory?: ToolMemory,
   replyUpstream?: (message: string) => void,
+  targetsById?: Map<JsonRpcId, string>,
 ): Exchange {
   x.owner = ownerKey(req.principal);
   x.jti = req.token?.tokenId;
@@ -190,6 +191,7 @@ function identified(
   x.metrics = metrics;
   x.memory = memory;
   x.replyUpstream = replyUpstream;
+  x.targetsById = targetsById;
   return x;
 }
 
@@ -603,8 +605,12 @@ export function buildApp(deps: AppDeps): FastifyInstance {
       for (const f of frames) deps.onFrame(f, context);
     }
     const methodsById = new Map<JsonRpcId, string>();
-    for (const f of frames)
-      if (f.kind === 'request' && f.id !== undefined) methodsById.set(f.id, f.method as string);
+    let targetsById: Map<JsonRpcId, string> | undefined;
+    for (const f of frames) {
+      if (f.kind !== 'request' || f.id === undefined) continue;
+      methodsById.set(f.id, f.method as string);
+      if (f.target !== undefined) (targetsById ??= new Map()).set(f.id, f.target);
+    }
     const owner = ownerKey(req.principal);
     const sessionIdToBe = initialize ? newSessionId() : undefined;
     let headers: Record<string, string>;
@@ -637,6 +643,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
         deps.metrics,
         deps.toolMemory,
         era === 'legacy' && session ? replierFor(req, route, session) : undefined,
+        targetsById,
       ),
       {
         method: 'POST',

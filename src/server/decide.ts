@@ -75,6 +75,8 @@ export interface OutboundExchange extends DecisionSink {
   readonly principal: Principal;
   readonly era: 'legacy' | 'modern';
   readonly methodsById: ReadonlyMap<JsonRpcId, string>;
+  /** The tool, prompt or resource each pending request named, where it named one. */
+  readonly targetsById: ReadonlyMap<JsonRpcId, string> | undefined;
   readonly memory: ToolMemory | undefined;
   /**
    * Sends a message to the upstream in the client's place (a legacy session):
@@ -104,7 +106,9 @@ export function decideOutbound(x: OutboundExchange, frames: Frame[]): Frame[] {
       (f.kind === 'response' || f.kind === 'error') && f.id !== undefined
         ? x.methodsById.get(f.id)
         : undefined;
-    const decision = x.policy.outbound(f, answering, ctx);
+    const target =
+      answering !== undefined && f.id !== undefined ? x.targetsById?.get(f.id) : undefined;
+    const decision = x.policy.outbound(f, answering, ctx, target);
     if (decision.kind === 'allow' && !decision.shadowed && !decision.findings) {
       out?.push(f);
       continue;

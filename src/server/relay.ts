@@ -70,6 +70,7 @@ export class Exchange implements PendingCall, OutboundExchange {
   metrics: Metrics | undefined = undefined;
   memory: ToolMemory | undefined = undefined;
   replyUpstream: ((message: string) => void) | undefined = undefined;
+  targetsById: Map<JsonRpcId, string> | undefined = undefined;
 
   constructor(
     route: RelayRoute,
