@@ -277,6 +277,7 @@ test('defaults are filled in and the result is deeply frozen', () => {
         transport: 'streamable-http',
         requiredScopes: [],
         pinning: 'block',
+        outputValidation: 'warn',
         credential: {
           mode: 'none',
           header: 'authorization',

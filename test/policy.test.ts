@@ -460,3 +460,18 @@ test('outbound: structuredContent is checked against the manifest’s output sch
   assert.equal(warn.findings?.[0]?.effect, 'flagged');
   assert.equal(policyWith('off').outbound(result({}), 'tools/call', at, 'weather'), ALLOW);
 });
+
+test('outbound: a server’s instructions are cleaned of hidden characters like its descriptions', () => {
+  const policy = policyOf(undefined);
+  const init = answer(1, {
+    protocolVersion: '2025-11-25',
+    capabilities: {},
+    serverInfo: { name: 's', version: '1' },
+    instructions: `Use the tools.\u200b${String.fromCodePoint(0xe0049, 0xe0047)}\u001b[2K`,
+  });
+  const d = policy.outbound(init, 'initialize', ctx('local'));
+  assert.ok(d.kind === 'replace');
+  assert.equal((d.message.result as { instructions: string }).instructions, 'Use the tools.');
+  const clean = answer(2, { instructions: 'Plain.' });
+  assert.equal(policy.outbound(clean, 'server/discover', ctx('local')), ALLOW);
+});

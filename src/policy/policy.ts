@@ -36,6 +36,7 @@ import {
 } from './decision.js';
 import { compilePatterns, compileTemplates, MATCH_ALL, type Matcher } from './match.js';
 import type { Manifest } from './manifest.js';
+import { cleanText } from './text.js';
 import {
   cleanDefinition,
   compileServerTools,
@@ -653,6 +654,22 @@ export function compilePolicy(
     outbound(frame, answering, ctx, target) {
       if (frame.kind === 'response' && answering !== undefined && answering in LISTS)
         return reviewList(frame, answering, ctx);
+      // A server's instructions reach the agent as its descriptions do: cleaned the same way.
+      if (
+        frame.kind === 'response' &&
+        (answering === 'initialize' || answering === 'server/discover')
+      ) {
+        const result = frame.message.result as Record<string, unknown> | undefined;
+        const instructions = result?.instructions;
+        if (typeof instructions !== 'string') return ALLOW;
+        const clean = cleanText(instructions);
+        if (clean === instructions) return ALLOW;
+        return {
+          kind: 'replace',
+          rule: 'descriptions.cleaned',
+          message: { ...frame.message, result: { ...result, instructions: clean } },
+        };
+      }
       if (frame.kind === 'response' && answering === 'tools/call' && target !== undefined) {
         const checked = checkOutput(frame, target, ctx);
         if (checked) return checked;
