@@ -98,7 +98,8 @@ function document(tools: string[], extra: Record<string, unknown> = {}): Record<
     admin: { port: 0, publicMetrics: true },
     auth: { mode: 'jwt', jwt: { issuer: ISSUER, jwksFile } },
     servers: { http: { url: everything.url }, ...servers },
-    tenants: { acme: { servers: { http: { tools } } }, globex: { servers: {} } },
+    // The in-flight call below holds a sampling request open across a reload.
+    tenants: { acme: { servers: { http: { tools, sampling: true } } }, globex: { servers: {} } },
     ...rest,
   };
 }
