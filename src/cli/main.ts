@@ -108,6 +108,24 @@ Options (through the admin API of a running gateway):
   --admin-url URL        the admin listener (default http://127.0.0.1:9090)
   --admin-token-file F   its credential; default: the PORTCULLIS_ADMIN_TOKEN variable
 `,
+  'pins reset': `Usage: portcullis pins reset --server NAME --tool TOOL [options]
+                         forget a tool's pin (trust on first use, no manifest) on every replica:
+                         the definition it shows next is trusted, so a changed tool is approved
+
+Options (through the admin API of a running gateway):
+  --server NAME          the server, as named in the configuration
+  --tool TOOL            the tool
+  --admin-url URL        the admin listener (default http://127.0.0.1:9090)
+  --admin-token-file F   its credential; default: the PORTCULLIS_ADMIN_TOKEN variable
+`,
+  'pins list': `Usage: portcullis pins list [--server NAME] [options]
+                         print the pins trusted on first use (servers without a manifest)
+
+Options:
+  --server NAME          only this server's
+  --admin-url URL        the admin listener (default http://127.0.0.1:9090)
+  --admin-token-file F   its credential; default: the PORTCULLIS_ADMIN_TOKEN variable
+`,
   ...MANIFEST_HELP,
 } as const;
 
@@ -122,6 +140,7 @@ Usage:
   portcullis token mint [options]      print a short-lived access token signed with a local key
   portcullis revoke [options]          revoke a token, a subject or a session on a running gateway
   portcullis manifest pull|diff|approve  a server's tool manifest: write it, compare it, approve tools
+  portcullis pins reset|list           pins trusted on first use: approve a changed tool, list them
   portcullis COMMAND --help            that command's options
   portcullis --help | --version
 
@@ -450,6 +469,48 @@ async function revoke(args: string[]): Promise<void> {
   process.stdout.write(`${text}\n`);
 }
 
+/** `pins reset` and `pins list`: the admin API's /admin/pins routes. */
+async function pins(sub: 'reset' | 'list', args: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      server: { type: 'string' },
+      tool: { type: 'string' },
+      'admin-url': { type: 'string', default: 'http://127.0.0.1:9090' },
+      'admin-token-file': { type: 'string' },
+    },
+    strict: true,
+  });
+  if (sub === 'reset' && (values.server === undefined || values.tool === undefined))
+    fail('pins reset needs --server NAME and --tool TOOL');
+  if (sub === 'list' && values.tool !== undefined) fail('pins list takes --server only');
+  const token =
+    values['admin-token-file'] !== undefined
+      ? readFileSync(values['admin-token-file'], 'utf8').trim()
+      : process.env.PORTCULLIS_ADMIN_TOKEN;
+  if (!token)
+    fail('the admin credential is needed: --admin-token-file F or PORTCULLIS_ADMIN_TOKEN');
+  const base = `${values['admin-url'].replace(/\/$/, '')}/admin/pins`;
+  const url =
+    sub === 'reset'
+      ? `${base}/${encodeURIComponent(values.server as string)}/${encodeURIComponent(values.tool as string)}`
+      : values.server === undefined
+        ? base
+        : `${base}?server=${encodeURIComponent(values.server)}`;
+  let res: Response;
+  try {
+    res = await fetch(url, {
+      method: sub === 'reset' ? 'DELETE' : 'GET',
+      headers: { authorization: `Bearer ${token}` },
+    });
+  } catch (err) {
+    fail(`cannot reach the admin API at ${url}: ${(err as Error).message}`, 1);
+  }
+  const text = await res.text();
+  if (!res.ok) fail(`the admin API answered ${res.status}: ${text}`, 1);
+  process.stdout.write(`${text}\n`);
+}
+
 /** The configuration keys `start` sets from flags, and the flag that sets each. */
 const FLAG_OF_KEY: ReadonlyArray<readonly [key: string, flag: string]> = [
   ['listen.host', '--host'],
@@ -707,6 +768,11 @@ function helpFor(command: string | undefined, sub: string | undefined): string {
     keys: 'keys generate',
     token: 'token mint',
   };
+  if (command === 'pins') {
+    const one = `pins ${sub ?? ''}`;
+    if (one === 'pins reset' || one === 'pins list') return COMMAND_HELP[one];
+    return `${COMMAND_HELP['pins reset']}\n${COMMAND_HELP['pins list']}`;
+  }
   if (command === 'start' || command === 'revoke') return COMMAND_HELP[command];
   if (command === 'manifest') {
     const one = `manifest ${sub ?? ''}`;
@@ -759,6 +825,10 @@ export async function main(argv: string[]): Promise<void> {
       fail(
         `unknown manifest command '${rest[0] ?? ''}'; try: portcullis manifest pull|diff|approve`,
       );
+      break;
+    case 'pins':
+      if (rest[0] === 'reset' || rest[0] === 'list') return pins(rest[0], rest.slice(1));
+      fail(`unknown pins command '${rest[0] ?? ''}'; try: portcullis pins reset|list`);
       break;
     case 'config':
       if (rest[0] === 'check') return configCheck(rest.slice(1));

@@ -211,7 +211,7 @@ export function compileServerTools(server: string, config: ServerToolsConfig): S
   const approveHint = (tool: string) =>
     manifest
       ? `review it with \`portcullis manifest diff --config CONFIG --server ${server}\` and take it with \`portcullis manifest approve --manifest ${file} --config CONFIG --server ${server} --tool ${tool}\``
-      : `pull a manifest with \`portcullis manifest pull --config CONFIG --server ${server} --out FILE\`, approve it (\`portcullis manifest approve --manifest FILE --tool ${tool}\`) and set servers.${server}.manifest`;
+      : `trust its current definition on every replica with \`portcullis pins reset --server ${server} --tool ${tool}\`, or pull a manifest with \`portcullis manifest pull --config CONFIG --server ${server} --out FILE\`, approve it (\`portcullis manifest approve --manifest FILE --tool ${tool}\`) and set servers.${server}.manifest`;
   const manifestRule = `servers.${server}.manifest`;
   const pinRule = `servers.${server}.pinning`;
 

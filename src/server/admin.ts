@@ -7,6 +7,8 @@
  *
  *   GET  /admin/revocations   live revocations
  *   POST /admin/revocations   {kind: "jti"|"sub"|"session", id, tenant?, ttlMs?, reason?}
+ *   GET  /admin/pins[?server=S]         pins trusted on first use (servers without a manifest)
+ *   DELETE /admin/pins/:server/:tool    forget one, on every replica: its next definition is trusted
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import Fastify, {
@@ -24,6 +26,7 @@ import {
 } from '../auth/revocation.js';
 import { GatewayError } from '../errors/index.js';
 import type { Metrics } from '../telemetry/metrics.js';
+import type { PinEntry } from './pins.js';
 import { isLoopbackHost } from '../config/load.js';
 import { compileHostCheck } from './allowlist.js';
 
@@ -45,6 +48,12 @@ export interface AdminDeps {
   readonly sessionRevocationMs: number;
   /** Whether a gateway session is open (a revocation of it then ends it, through the listener). */
   readonly hasSession: (id: string) => boolean;
+  /** The pins trusted on first use, shared by every replica. */
+  readonly pins: {
+    list(server?: string): PinEntry[];
+    /** Resolves whether a pin was known; rejects when the store cannot record it. */
+    forget(server: string, tool: string): Promise<boolean>;
+  };
 }
 
 const KINDS = new Set(['jti', 'sub', 'session']);
@@ -191,6 +200,32 @@ export function buildAdmin(deps: AdminDeps): FastifyInstance {
     return reply
       .code(201)
       .send({ revocation, ...(ended === undefined ? {} : { sessionEnded: ended }) });
+  });
+
+  admin.get('/admin/pins', async (req) => {
+    const { server } = req.query as { server?: unknown };
+    return { pins: deps.pins.list(typeof server === 'string' ? server : undefined) };
+  });
+
+  admin.delete('/admin/pins/:server/:tool', async (req, reply) => {
+    const { server, tool } = req.params as { server: string; tool: string };
+    let known: boolean;
+    try {
+      known = await deps.pins.forget(server, tool);
+    } catch (err) {
+      log.error({ err: (err as Error).message }, 'could not forget a pin');
+      return adminError(
+        reply,
+        503,
+        `the shared store could not forget it: ${(err as Error).message}`,
+      );
+    }
+    if (!known) return adminError(reply, 404, `no pin for tool '${tool}' on server '${server}'`);
+    log.warn(
+      { event: 'pins.reset', server, tool },
+      `pin of ${tool} on ${server} forgotten: its next definition is trusted`,
+    );
+    return { forgotten: { server, tool } };
   });
   return admin;
 }

@@ -30,7 +30,7 @@ import { trackIdleSockets } from './idle-sockets.js';
 import type { Policy } from '../policy/policy.js';
 import { buildPolicy } from './policy-loader.js';
 import { LiveTools } from './decide.js';
-import { MemoryPinBook } from '../policy/tools.js';
+import { StorePinBook } from './pins.js';
 import { startReloader, type ReloadResult } from './reload.js';
 
 export interface Gateway {
@@ -63,6 +63,15 @@ export interface StartOptions {
    * one that lays its command-line flags over the file, as at start.
    */
   loadConfig?: (file: string) => Promise<Config>;
+}
+
+/** The servers that pin by a manifest file (the pin book is not asked for them). */
+function manifestServers(config: Config): ReadonlySet<string> {
+  return new Set(
+    Object.entries(config.servers)
+      .filter(([, server]) => server.manifest !== undefined)
+      .map(([name]) => name),
+  );
 }
 
 function baseUrl(app: FastifyInstance, tls: boolean): string {
@@ -113,7 +122,9 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
   const revocations = new Revocations(store, (err, what) =>
     log.warn({ err: (err as Error).message }, `store: ${what} failed`),
   );
-  await revocations.start();
+  // Trust on first use, shared: each replica answers from its mirror of the store's pins.
+  const pins = new StorePinBook(store, log);
+  await Promise.all([revocations.start(), pins.start()]);
   const storeTrusted = (): boolean => revocations.current;
   metrics.storeHealthy.set(storeTrusted() ? 1 : 0);
   store.onHealth(() => metrics.storeHealthy.set(storeTrusted() ? 1 : 0));
@@ -158,8 +169,17 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
       'no tenants configured: every authenticated principal may use every server',
     );
   }
-  // Trust on first use, this replica's memory.
-  const toolMemory = new LiveTools(new MemoryPinBook());
+  const toolMemory = new LiveTools(pins);
+  // A forgotten pin (`portcullis pins reset`) is an approval: a call this replica
+  // refused because the tool had changed goes through again, without waiting for
+  // the agent to list the tools here. Not with a manifest, which pins by itself.
+  let manifested = manifestServers(config);
+  const manifestedBy = new WeakMap<Policy, ReadonlySet<string>>();
+  pins.onForget((server, tool) => {
+    if (manifested.has(server)) return;
+    if (toolMemory.verdict(server, tool)?.code === 'PORTCULLIS_ERR_POLICY_TOOL_CHANGED')
+      toolMemory.remember(server, new Map([[tool, undefined]]));
+  });
 
   let authenticator: Authenticator | undefined;
   let resourceInfo: ResourceInfo | undefined;
@@ -310,6 +330,7 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
       tokenRevocationMs: config.auth.jwt.maxLifetimeMs + config.auth.jwt.clockSkewMs,
       sessionRevocationMs: config.sessions.idleTimeoutMs,
       hasSession: (id) => sessions.peek(id) !== undefined,
+      pins,
     });
     await admin.listen({ host: config.admin.host, port: config.admin.port });
     adminUrl = baseUrl(admin, false);
@@ -324,9 +345,14 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
           file: options.configFile,
           load: options.loadConfig ?? ((file) => loadConfigFile(file)),
           running: config,
-          build: buildPolicy,
+          build: (next) => {
+            const built = buildPolicy(next);
+            manifestedBy.set(built, manifestServers(next));
+            return built;
+          },
           apply: (next) => {
             policy = next;
+            manifested = manifestedBy.get(next) ?? manifested;
           },
           log,
           metrics,
@@ -357,6 +383,7 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
       await admin?.close();
       keys?.close();
       revocations.close();
+      await pins.close();
       await store.close();
       log.info('gateway stopped');
     })();
