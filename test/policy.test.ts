@@ -475,3 +475,47 @@ test('outbound: a server’s instructions are cleaned of hidden characters like 
   const clean = answer(2, { instructions: 'Plain.' });
   assert.equal(policy.outbound(clean, 'server/discover', ctx('local')), ALLOW);
 });
+
+test('rules: scoped and unscoped rules keep their order on every server and method (rules indexed at load)', () => {
+  const policy = policyOf({
+    acme: {
+      servers: { db: { tools: ['*'], prompts: ['*'] }, files: { tools: ['*'] } },
+      rules: [
+        { id: 'files-shadow', when: 'true', servers: ['files'], mode: 'shadow' },
+        { id: 'any-shadow', when: 'target == "t"', mode: 'shadow' },
+        { id: 'call-shadow', when: 'target == "t"', methods: ['tools/call'], mode: 'shadow' },
+        { id: 'files-call', when: 'target == "t"', servers: ['files'], methods: ['tools/call'] },
+        { id: 'prompt', when: 'target == "t"', methods: ['prompts/get'] },
+        { id: 'any', when: 'target == "t"' },
+        { id: 'call-after', when: 'target == "t"', methods: ['tools/call'] },
+        { id: 'bad-after', when: 'arguments.missing > 1', methods: ['tools/call'], targets: ['u'] },
+      ],
+    },
+  });
+  const on = (server: string) => ({ ...ctx('acme'), server });
+  const shadows = (d: { shadowed?: readonly { rule: string }[] }) => d.shadowed?.map((h) => h.rule);
+
+  // files: the server's own rule comes first; shadow hits are reported in rule order.
+  const onFiles = policy.inbound(call('t'), on('files'));
+  assert.ok(onFiles.kind === 'deny');
+  assert.equal(onFiles.rule, 'files-call');
+  assert.deepEqual(shadows(onFiles), ['files-shadow', 'any-shadow', 'call-shadow']);
+  // db: not a files rule; the first enforcing rule that holds is the unscoped one.
+  const onDb = policy.inbound(call('t'), on('db'));
+  assert.ok(onDb.kind === 'deny');
+  assert.equal(onDb.rule, 'any');
+  assert.deepEqual(shadows(onDb), ['any-shadow', 'call-shadow']);
+  // Another method: its own rule, then the unscoped ones; tools/call rules never apply.
+  const prompt = policy.inbound(request('prompts/get', { name: 't' }), on('db'));
+  assert.ok(prompt.kind === 'deny');
+  assert.equal(prompt.rule, 'prompt');
+  assert.deepEqual(shadows(prompt), ['any-shadow']);
+  // A method no rule names: only the unscoped rules.
+  const read = policy.inbound(request('resources/list'), on('db'));
+  assert.equal(read.kind, 'allow');
+  assert.equal(read.shadowed, undefined);
+  // A condition that cannot be evaluated still denies, in its place.
+  const bad = policy.inbound(call('u'), on('db'));
+  assert.ok(bad.kind === 'deny');
+  assert.equal(bad.rule, 'bad-after');
+});

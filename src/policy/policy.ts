@@ -123,6 +123,8 @@ interface CompiledTenant {
   readonly name: string;
   readonly servers: ReadonlyMap<string, CompiledGrant>;
   readonly rules: readonly CompiledRule[];
+  /** The rules that can apply on a server to a method, in order (see `indexRules`). */
+  readonly rulesFor: (server: string, method: string) => readonly CompiledRule[];
   readonly shadow: boolean;
 }
 
@@ -201,13 +203,52 @@ export function policyProblems(config: Pick<Config, 'servers' | 'tenants'>): Pol
   return problems;
 }
 
+/**
+ * The rules that can apply to a message, by server and method, each list in
+ * the tenant's order: built at load so that a message visits only those (the
+ * rest cannot apply: `applies` would refuse them on their server or method).
+ * Targets are still matched per message, by `applies`, on what is left.
+ */
+function indexRules(
+  rules: readonly CompiledRule[],
+  servers: Iterable<string>,
+): (server: string, method: string) => readonly CompiledRule[] {
+  const methods = new Set<string>();
+  for (const r of rules) for (const m of r.methods ?? []) methods.add(m);
+  const select = (server: string | undefined, method: string | undefined) =>
+    rules.filter(
+      (r) =>
+        (!r.servers || (server !== undefined && r.servers.has(server))) &&
+        (!r.methods || (method !== undefined && r.methods.has(method))),
+    );
+  const byServer = new Map<
+    string,
+    { byMethod: Map<string, CompiledRule[]>; other: CompiledRule[] }
+  >();
+  for (const server of servers) {
+    const byMethod = new Map([...methods].map((m) => [m, select(server, m)]));
+    byServer.set(server, { byMethod, other: select(server, undefined) });
+  }
+  // A server the tenant is not granted never gets here (route), but would get only unscoped rules.
+  const unknown = {
+    byMethod: new Map([...methods].map((m) => [m, select(undefined, m)])),
+    other: select(undefined, undefined),
+  };
+  return (server, method) => {
+    const at = byServer.get(server) ?? unknown;
+    return at.byMethod.get(method) ?? at.other;
+  };
+}
+
 function compileTenant(name: string, t: TenantConfig): CompiledTenant {
+  const rules = t.rules.map((r) => compileRule(r, compileCondition(r.when)));
   return {
     name,
     servers: new Map(
       Object.entries(t.servers).map(([server, g]) => [server, compileGrant(name, server, g)]),
     ),
-    rules: t.rules.map((r) => compileRule(r, compileCondition(r.when))),
+    rules,
+    rulesFor: indexRules(rules, Object.keys(t.servers)),
     shadow: t.mode === 'shadow',
   };
 }
@@ -619,7 +660,7 @@ export function compilePolicy(
       }
       if (!tenant || tenant.rules.length === 0) return withShadow(ALLOW, shadowed);
       let vars: ConditionVars | undefined;
-      for (const rule of tenant.rules) {
+      for (const rule of tenant.rulesFor(ctx.server, frame.method ?? '')) {
         if (!applies(rule, frame, ctx)) continue;
         vars ??= conditionVars(frame, ctx);
         const { value, error } = rule.condition.evaluateDetailed(vars);
