@@ -1072,9 +1072,10 @@ export interface ServerGrant {
   prompts?: string[];
   resources?: string[];
   resourceTemplates?: string[];
-  sampling: boolean;
-  elicitation: Array<'form' | 'url'>;
-  roots: boolean;
+  /** Defaults (false, [], false) are filled in by the schema; optional for code that builds grants. */
+  sampling?: boolean;
+  elicitation?: Array<'form' | 'url'>;
+  roots?: boolean;
 }
 
 export interface RuleConfig {
