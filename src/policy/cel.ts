@@ -25,7 +25,7 @@
  * because they are super-linear on hostile input (measured in bench/cel.ts):
  * - a plain JS object is converted with `Object.entries` on every field access, so a field read
  *   inside an iteration costs the size of the object each time: JSON objects and arrays are
- *   wrapped here lazily, once per evaluation (`Lifter`);
+ *   wrapped here lazily, once per message however many conditions read it (`Lifter`);
  * - `list + list` nests lazy concatenations, so iterating a `map()`/`filter()` result is
  *   quadratic and overflows the stack at ~8 000 elements: `_+_` on lists is replaced by an
  *   append that reuses the left list's storage when nothing else has extended it (`concat`).
@@ -516,6 +516,40 @@ function checkExpr(ctx: CheckContext, e: Expr, scope: ReadonlySet<string>): Kind
  * Compiles a policy condition. Throws ConditionError for a syntax error, an undeclared
  * variable, an unknown function, an invalid literal regex, or a result that is not a bool.
  */
+interface Bindings {
+  principal: CelMap;
+  server: string;
+  method: string;
+  target: string | null;
+  arguments: CelValue;
+  message: CelValue;
+}
+
+/**
+ * The CEL bindings of one message's variables, made once however many
+ * conditions read them: a message's rules share one set of lazy wrappers
+ * (the wrappers are read-only views of the message, so sharing is safe).
+ */
+const bindingsByVars = new WeakMap<ConditionVars, Bindings>();
+
+function bindingsOf(vars: ConditionVars): Bindings {
+  let bindings = bindingsByVars.get(vars);
+  if (bindings === undefined) {
+    const lifter = new Lifter();
+    bindings = {
+      // A principal is always an object, so its wrapper is a map.
+      principal: lifter.lift(vars.principal) as CelMap,
+      server: vars.server,
+      method: vars.method,
+      target: vars.target ?? null,
+      arguments: lifter.lift(vars.arguments ?? {}),
+      message: lifter.lift(vars.message),
+    };
+    bindingsByVars.set(vars, bindings);
+  }
+  return bindings;
+}
+
 export function compileCondition(source: string, options: CompileConditionOptions = {}): Condition {
   const maxSteps = options.maxSteps ?? DEFAULT_CONDITION_MAX_STEPS;
   if (!Number.isSafeInteger(maxSteps) || maxSteps < 1) {
@@ -549,17 +583,7 @@ export function compileCondition(source: string, options: CompileConditionOption
     const outer = currentMeter;
     currentMeter = meter;
     try {
-      const lifter = new Lifter();
-      const bindings = {
-        // A principal is always an object, so its wrapper is a map.
-        principal: lifter.lift(vars.principal) as CelMap,
-        server: vars.server,
-        method: vars.method,
-        target: vars.target ?? null,
-        arguments: lifter.lift(vars.arguments ?? {}),
-        message: lifter.lift(vars.message),
-      } satisfies Record<VariableName, CelValue>;
-      const result = program(bindings);
+      const result = program(bindingsOf(vars));
       if (meter.exceeded) return { value: false, error: meter.exceededMessage() };
       if (isCelError(result)) {
         const at = result.exprId === undefined ? undefined : positions[String(result.exprId)];
