@@ -516,7 +516,8 @@ function checkExpr(ctx: CheckContext, e: Expr, scope: ReadonlySet<string>): Kind
  * Compiles a policy condition. Throws ConditionError for a syntax error, an undeclared
  * variable, an unknown function, an invalid literal regex, or a result that is not a bool.
  */
-interface Bindings {
+/** The bindings of every declared variable (a name missing here is a type error). */
+interface Bindings extends Record<VariableName, CelValue> {
   principal: CelMap;
   server: string;
   method: string;
