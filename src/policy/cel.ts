@@ -35,6 +35,7 @@ import {
   celEnv,
   celFunc,
   celList,
+  celMethod,
   celMap,
   isCelError,
   isCelList,
@@ -173,11 +174,20 @@ const NON_BOOL_FUNCTIONS = new Set([
 
 class StepBudgetExceeded extends Error {}
 
+/**
+ * One per compiled condition, reset at the start of each of its evaluations (a condition
+ * cannot be re-entered: evaluation is synchronous and calls no condition), so evaluating
+ * allocates no meter.
+ */
 class Meter {
   remaining: number;
   exceeded = false;
   constructor(readonly maxSteps: number) {
     this.remaining = maxSteps;
+  }
+  reset(): void {
+    this.remaining = this.maxSteps;
+    this.exceeded = false;
   }
   tick(steps: number): void {
     this.remaining -= steps;
@@ -375,9 +385,61 @@ function compileRegex(pattern: string): RE2JS {
   return re;
 }
 
-// ---- the environment --------------------------------------------------------------------
+// ---- size(), without allocating ---------------------------------------------------------
+
+/** A UTF-16 high surrogate: where a string can hold a code point that takes two units. */
+const HIGH_SURROGATE = /[\uD800-\uDBFF]/;
+
+/**
+ * Code points in `s`, as the engine's `[...s].length` counts them (a surrogate pair is one, a
+ * lone surrogate is one) but without building an array of them on every call: most strings
+ * have no surrogate, and the count is their length.
+ */
+function codePointCount(s: string): number {
+  if (!HIGH_SURROGATE.test(s)) return s.length;
+  let n = s.length;
+  for (let i = 0; i < s.length - 1; i++) {
+    const c = s.charCodeAt(i);
+    if (c >= 0xd800 && c <= 0xdbff) {
+      const d = s.charCodeAt(i + 1);
+      if (d >= 0xdc00 && d <= 0xdfff) {
+        n--;
+        i++;
+      }
+    }
+  }
+  return n;
+}
 
 const DYN_LIST = listType(CelScalar.DYN);
+const DYN_MAP = mapType(CelScalar.DYN, CelScalar.DYN);
+
+/**
+ * `size()` in all its forms. Each replaces the engine's overload of the same signature (same
+ * results); `size(string)` counts without allocating, and the order puts what conditions size
+ * most (JSON objects and strings) first, since the engine tries overloads in order and types
+ * every argument afresh for each one it tries.
+ */
+const SIZE_FUNCS = [
+  celFunc('size', [DYN_MAP], CelScalar.INT, (m: CelMap) => BigInt(m.size)),
+  celFunc('size', [CelScalar.STRING], CelScalar.INT, (s: string) => BigInt(codePointCount(s))),
+  celFunc('size', [DYN_LIST], CelScalar.INT, (l: CelList) => BigInt(l.size)),
+  celFunc('size', [CelScalar.BYTES], CelScalar.INT, (b: Uint8Array) => BigInt(b.length)),
+  celMethod('size', DYN_MAP, [], CelScalar.INT, function (this: CelMap) {
+    return BigInt(this.size);
+  }),
+  celMethod('size', CelScalar.STRING, [], CelScalar.INT, function (this: string) {
+    return BigInt(codePointCount(this));
+  }),
+  celMethod('size', DYN_LIST, [], CelScalar.INT, function (this: CelList) {
+    return BigInt(this.size);
+  }),
+  celMethod('size', CelScalar.BYTES, [], CelScalar.INT, function (this: Uint8Array) {
+    return BigInt(this.length);
+  }),
+];
+
+// ---- the environment --------------------------------------------------------------------
 
 const ENV = celEnv({
   variables: {
@@ -388,7 +450,7 @@ const ENV = celEnv({
     arguments: CelScalar.DYN,
     message: CelScalar.DYN,
   },
-  funcs: [celFunc('_+_', [DYN_LIST, DYN_LIST], DYN_LIST, concat)],
+  funcs: [celFunc('_+_', [DYN_LIST, DYN_LIST], DYN_LIST, concat), ...SIZE_FUNCS],
   re2: { compile: compileRegex },
 });
 
@@ -579,8 +641,10 @@ export function compileCondition(source: string, options: CompileConditionOption
 
   const program = plan(ENV, parsed);
 
+  const meter = new Meter(maxSteps);
+
   function evaluateDetailed(vars: ConditionVars): ConditionResult {
-    const meter = new Meter(maxSteps);
+    meter.reset();
     const outer = currentMeter;
     currentMeter = meter;
     try {
