@@ -74,10 +74,13 @@ export interface ConditionVars {
   message: unknown;
 }
 
-/** The outcome of one evaluation: `value` is false whenever `error` is set. */
+/**
+ * The outcome of one evaluation: `value` is false whenever `error` is set. Results without an
+ * error are shared, frozen objects.
+ */
 export interface ConditionResult {
-  value: boolean;
-  error?: string;
+  readonly value: boolean;
+  readonly error?: string;
 }
 
 export interface Condition {
@@ -588,6 +591,10 @@ interface Bindings extends Record<VariableName, CelValue> {
   message: CelValue;
 }
 
+/** The results without an error, shared: evaluating allocates no result for them. */
+const TRUE_RESULT: ConditionResult = Object.freeze({ value: true });
+const FALSE_RESULT: ConditionResult = Object.freeze({ value: false });
+
 /**
  * The CEL bindings of one message's variables, made once however many
  * conditions read them: a message's rules share one set of lazy wrappers
@@ -661,7 +668,7 @@ export function compileCondition(source: string, options: CompileConditionOption
           error: `the expression evaluated to ${describe(result)}, not a bool`,
         };
       }
-      return { value: result };
+      return result ? TRUE_RESULT : FALSE_RESULT;
     } catch (err) {
       if (meter.exceeded) return { value: false, error: meter.exceededMessage() };
       return { value: false, error: `evaluation failed: ${errorMessage(err)}` };
