@@ -578,6 +578,34 @@ function checkExpr(ctx: CheckContext, e: Expr, scope: ReadonlySet<string>): Kind
 // ---- compile and evaluate ----------------------------------------------------------------
 
 /**
+ * `has(v.f)` when it is the first thing the condition evaluates: the leftmost operand of its
+ * top-level `&&` chain (or the whole condition), `v` a declared variable. The engine evaluates
+ * `&&` left to right and returns false at the first false operand, so when `v` is a map without
+ * `f` the result is `false`, without error, before anything has run or counted a step: it is
+ * answered here without running the program. Most `has(arguments.x) && ...` conditions
+ * stop there, and a full evaluation costs several times the test.
+ */
+function leadingPresenceTest(e: Expr): { variable: VariableName; field: string } | undefined {
+  let first = e;
+  while (
+    first.exprKind.case === 'callExpr' &&
+    first.exprKind.value.function === '_&&_' &&
+    first.exprKind.value.target === undefined &&
+    first.exprKind.value.args.length === 2
+  ) {
+    first = first.exprKind.value.args[0] as Expr;
+  }
+  const k = first.exprKind;
+  if (k.case !== 'selectExpr' || !k.value.testOnly) return undefined;
+  const operand = k.value.operand?.exprKind;
+  if (operand?.case !== 'identExpr') return undefined;
+  const name = operand.value.name;
+  return (VARIABLE_NAMES as readonly string[]).includes(name)
+    ? { variable: name as VariableName, field: k.value.field }
+    : undefined;
+}
+
+/**
  * Compiles a policy condition. Throws ConditionError for a syntax error, an undeclared
  * variable, an unknown function, an invalid literal regex, or a result that is not a bool.
  */
@@ -647,7 +675,7 @@ export function compileCondition(source: string, options: CompileConditionOption
   }
 
   const program = plan(ENV, parsed);
-
+  const guard = leadingPresenceTest(parsed.expr);
   const meter = new Meter(maxSteps);
 
   function evaluateDetailed(vars: ConditionVars): ConditionResult {
@@ -655,7 +683,13 @@ export function compileCondition(source: string, options: CompileConditionOption
     const outer = currentMeter;
     currentMeter = meter;
     try {
-      const result = program(bindingsOf(vars));
+      const bindings = bindingsOf(vars);
+      if (guard !== undefined) {
+        // The same test the engine would make first (`isSet`: a map's `has`).
+        const operand = bindings[guard.variable];
+        if (isCelMap(operand) && !operand.has(guard.field)) return FALSE_RESULT;
+      }
+      const result = program(bindings);
       if (meter.exceeded) return { value: false, error: meter.exceededMessage() };
       if (isCelError(result)) {
         const at = result.exprId === undefined ? undefined : positions[String(result.exprId)];
