@@ -268,3 +268,51 @@ test('a deep message does not throw out of evaluate', () => {
     value: true,
   });
 });
+
+test('size() of a string counts code points, as the engine does (pairs once, lone surrogates once)', () => {
+  for (const [s, n] of [
+    ['', 0],
+    ['x'.repeat(960), 960],
+    ['a\u{1F600}b', 3],
+    ['a\uD800\uD800b', 4],
+    ['\uDC00\uD800\uDC00x\uD800', 4],
+  ] as const) {
+    const v = vars({ arguments: { s } });
+    for (const source of [`size(arguments.s) == ${n}`, `arguments.s.size() == ${n}`]) {
+      assert.deepEqual(compileCondition(source).evaluateDetailed(v), { value: true }, source);
+    }
+  }
+  assert.deepEqual(
+    compileCondition('size(arguments) == 4 && size(b"ab") == 2').evaluateDetailed(vars()),
+    {
+      value: true,
+    },
+  );
+});
+
+test('a leading has() that is false answers false without evaluating the rest; true still runs it', () => {
+  const rows = Array.from({ length: 2_000 }, (_, i) => ({ v: i }));
+  const source =
+    'has(arguments.force) && arguments.rows.exists(a, arguments.rows.exists(b, a.v < 0.0))';
+  const c = compileCondition(source);
+  assert.deepEqual(c.evaluateDetailed(vars({ arguments: { rows } })), { value: false });
+  assert.match(
+    c.evaluateDetailed(vars({ arguments: { rows, force: true } })).error ?? '',
+    /budget/,
+  );
+  // not leading: what runs before it can still exceed the budget, and that is reported
+  const late = compileCondition(
+    'arguments.rows.exists(a, arguments.rows.exists(b, a.v < 0.0)) && has(arguments.force)',
+  );
+  assert.match(late.evaluateDetailed(vars({ arguments: { rows } })).error ?? '', /budget/);
+  // arguments that are not a map: the engine decides, as before
+  const onList = compileCondition('has(arguments.x) && true').evaluateDetailed(
+    vars({ arguments: [1] }),
+  );
+  assert.equal(onList.value, false);
+  // a present key whose value is null is not "set" to the engine either
+  assert.deepEqual(
+    compileCondition('has(arguments.x) && true').evaluateDetailed(vars({ arguments: { x: null } })),
+    compileCondition('has(arguments.x)').evaluateDetailed(vars({ arguments: { x: null } })),
+  );
+});

@@ -35,6 +35,7 @@ import {
   celEnv,
   celFunc,
   celList,
+  celMethod,
   celMap,
   isCelError,
   isCelList,
@@ -73,10 +74,13 @@ export interface ConditionVars {
   message: unknown;
 }
 
-/** The outcome of one evaluation: `value` is false whenever `error` is set. */
+/**
+ * The outcome of one evaluation: `value` is false whenever `error` is set. Results without an
+ * error are shared, frozen objects.
+ */
 export interface ConditionResult {
-  value: boolean;
-  error?: string;
+  readonly value: boolean;
+  readonly error?: string;
 }
 
 export interface Condition {
@@ -173,11 +177,20 @@ const NON_BOOL_FUNCTIONS = new Set([
 
 class StepBudgetExceeded extends Error {}
 
+/**
+ * One per compiled condition, reset at the start of each of its evaluations (a condition
+ * cannot be re-entered: evaluation is synchronous and calls no condition), so evaluating
+ * allocates no meter.
+ */
 class Meter {
   remaining: number;
   exceeded = false;
   constructor(readonly maxSteps: number) {
     this.remaining = maxSteps;
+  }
+  reset(): void {
+    this.remaining = this.maxSteps;
+    this.exceeded = false;
   }
   tick(steps: number): void {
     this.remaining -= steps;
@@ -375,9 +388,61 @@ function compileRegex(pattern: string): RE2JS {
   return re;
 }
 
-// ---- the environment --------------------------------------------------------------------
+// ---- size(), without allocating ---------------------------------------------------------
+
+/** A UTF-16 high surrogate: where a string can hold a code point that takes two units. */
+const HIGH_SURROGATE = /[\uD800-\uDBFF]/;
+
+/**
+ * Code points in `s`, as the engine's `[...s].length` counts them (a surrogate pair is one, a
+ * lone surrogate is one) but without building an array of them on every call: most strings
+ * have no surrogate, and the count is their length.
+ */
+function codePointCount(s: string): number {
+  if (!HIGH_SURROGATE.test(s)) return s.length;
+  let n = s.length;
+  for (let i = 0; i < s.length - 1; i++) {
+    const c = s.charCodeAt(i);
+    if (c >= 0xd800 && c <= 0xdbff) {
+      const d = s.charCodeAt(i + 1);
+      if (d >= 0xdc00 && d <= 0xdfff) {
+        n--;
+        i++;
+      }
+    }
+  }
+  return n;
+}
 
 const DYN_LIST = listType(CelScalar.DYN);
+const DYN_MAP = mapType(CelScalar.DYN, CelScalar.DYN);
+
+/**
+ * `size()` in all its forms. Each replaces the engine's overload of the same signature (same
+ * results); `size(string)` counts without allocating, and the order puts what conditions size
+ * most (JSON objects and strings) first, since the engine tries overloads in order and types
+ * every argument afresh for each one it tries.
+ */
+const SIZE_FUNCS = [
+  celFunc('size', [DYN_MAP], CelScalar.INT, (m: CelMap) => BigInt(m.size)),
+  celFunc('size', [CelScalar.STRING], CelScalar.INT, (s: string) => BigInt(codePointCount(s))),
+  celFunc('size', [DYN_LIST], CelScalar.INT, (l: CelList) => BigInt(l.size)),
+  celFunc('size', [CelScalar.BYTES], CelScalar.INT, (b: Uint8Array) => BigInt(b.length)),
+  celMethod('size', DYN_MAP, [], CelScalar.INT, function (this: CelMap) {
+    return BigInt(this.size);
+  }),
+  celMethod('size', CelScalar.STRING, [], CelScalar.INT, function (this: string) {
+    return BigInt(codePointCount(this));
+  }),
+  celMethod('size', DYN_LIST, [], CelScalar.INT, function (this: CelList) {
+    return BigInt(this.size);
+  }),
+  celMethod('size', CelScalar.BYTES, [], CelScalar.INT, function (this: Uint8Array) {
+    return BigInt(this.length);
+  }),
+];
+
+// ---- the environment --------------------------------------------------------------------
 
 const ENV = celEnv({
   variables: {
@@ -388,7 +453,7 @@ const ENV = celEnv({
     arguments: CelScalar.DYN,
     message: CelScalar.DYN,
   },
-  funcs: [celFunc('_+_', [DYN_LIST, DYN_LIST], DYN_LIST, concat)],
+  funcs: [celFunc('_+_', [DYN_LIST, DYN_LIST], DYN_LIST, concat), ...SIZE_FUNCS],
   re2: { compile: compileRegex },
 });
 
@@ -513,6 +578,34 @@ function checkExpr(ctx: CheckContext, e: Expr, scope: ReadonlySet<string>): Kind
 // ---- compile and evaluate ----------------------------------------------------------------
 
 /**
+ * `has(v.f)` when it is the first thing the condition evaluates: the leftmost operand of its
+ * top-level `&&` chain (or the whole condition), `v` a declared variable. The engine evaluates
+ * `&&` left to right and returns false at the first false operand, so when `v` is a map without
+ * `f` the result is `false`, without error, before anything has run or counted a step: it is
+ * answered here without running the program. Most `has(arguments.x) && ...` conditions
+ * stop there, and a full evaluation costs several times the test.
+ */
+function leadingPresenceTest(e: Expr): { variable: VariableName; field: string } | undefined {
+  let first = e;
+  while (
+    first.exprKind.case === 'callExpr' &&
+    first.exprKind.value.function === '_&&_' &&
+    first.exprKind.value.target === undefined &&
+    first.exprKind.value.args.length === 2
+  ) {
+    first = first.exprKind.value.args[0] as Expr;
+  }
+  const k = first.exprKind;
+  if (k.case !== 'selectExpr' || !k.value.testOnly) return undefined;
+  const operand = k.value.operand?.exprKind;
+  if (operand?.case !== 'identExpr') return undefined;
+  const name = operand.value.name;
+  return (VARIABLE_NAMES as readonly string[]).includes(name)
+    ? { variable: name as VariableName, field: k.value.field }
+    : undefined;
+}
+
+/**
  * Compiles a policy condition. Throws ConditionError for a syntax error, an undeclared
  * variable, an unknown function, an invalid literal regex, or a result that is not a bool.
  */
@@ -525,6 +618,10 @@ interface Bindings extends Record<VariableName, CelValue> {
   arguments: CelValue;
   message: CelValue;
 }
+
+/** The results without an error, shared: evaluating allocates no result for them. */
+const TRUE_RESULT: ConditionResult = Object.freeze({ value: true });
+const FALSE_RESULT: ConditionResult = Object.freeze({ value: false });
 
 /**
  * The CEL bindings of one message's variables, made once however many
@@ -578,13 +675,21 @@ export function compileCondition(source: string, options: CompileConditionOption
   }
 
   const program = plan(ENV, parsed);
+  const guard = leadingPresenceTest(parsed.expr);
+  const meter = new Meter(maxSteps);
 
   function evaluateDetailed(vars: ConditionVars): ConditionResult {
-    const meter = new Meter(maxSteps);
+    meter.reset();
     const outer = currentMeter;
     currentMeter = meter;
     try {
-      const result = program(bindingsOf(vars));
+      const bindings = bindingsOf(vars);
+      if (guard !== undefined) {
+        // The same test the engine would make first (`isSet`: a map's `has`).
+        const operand = bindings[guard.variable];
+        if (isCelMap(operand) && !operand.has(guard.field)) return FALSE_RESULT;
+      }
+      const result = program(bindings);
       if (meter.exceeded) return { value: false, error: meter.exceededMessage() };
       if (isCelError(result)) {
         const at = result.exprId === undefined ? undefined : positions[String(result.exprId)];
@@ -597,7 +702,7 @@ export function compileCondition(source: string, options: CompileConditionOption
           error: `the expression evaluated to ${describe(result)}, not a bool`,
         };
       }
-      return { value: result };
+      return result ? TRUE_RESULT : FALSE_RESULT;
     } catch (err) {
       if (meter.exceeded) return { value: false, error: meter.exceededMessage() };
       return { value: false, error: `evaluation failed: ${errorMessage(err)}` };
