@@ -24,6 +24,7 @@ import pino from 'pino';
 import { startGateway, type Gateway } from '../src/server/gateway.js';
 import { PIN_TTL_MS, StorePinBook, type PinEntry } from '../src/server/pins.js';
 import { MemoryStore } from '../src/store/memory.js';
+import { MAX_PINS_PER_SERVER } from '../src/policy/tools.js';
 import {
   ADD_DESCRIPTION,
   startRugPullServer,
@@ -333,5 +334,20 @@ test('two replicas trusting different definitions at once agree on the one the s
   assert.equal(first.trusted('rug', 'add'), 'sha256:aaaa');
   assert.equal(second.trusted('rug', 'add'), 'sha256:aaaa');
   assert.equal(await store.get(`pins:${JSON.stringify(['rug', 'add'])}`), 'sha256:aaaa');
+  await store.close();
+});
+
+test('a server that keeps inventing tool names fills the store with no more than its cap of pins', async () => {
+  const store = new MemoryStore();
+  const book = new StorePinBook(store, pino({ level: 'silent' }));
+  await book.start();
+  for (let i = 0; i < MAX_PINS_PER_SERVER; i++)
+    assert.equal(book.trust('rug', `t${i}`, 'sha256:aa'), true);
+  assert.equal(book.trust('rug', 'one-more', 'sha256:aa'), false);
+  assert.equal(book.trusted('rug', 'one-more'), undefined);
+  assert.equal(book.trust('other', 'first', 'sha256:aa'), true, 'another server has its own cap');
+  await book.close();
+  assert.equal(await store.get(`pins:${JSON.stringify(['rug', 'one-more'])}`), undefined);
+  assert.equal((await store.entries('pins:')).length, MAX_PINS_PER_SERVER + 1);
   await store.close();
 });

@@ -16,6 +16,7 @@ import { compilePolicy, type DecisionContext, type Policy } from '../src/policy/
 import { ALLOW } from '../src/policy/decision.js';
 import { compilePatterns, compileTemplates } from '../src/policy/match.js';
 import { buildManifest } from '../src/policy/manifest.js';
+import { compileServerTools, MAX_PINS_PER_SERVER, MemoryPinBook } from '../src/policy/tools.js';
 
 const SERVERS = { db: { url: 'http://127.0.0.1:1/mcp' }, files: { url: 'http://127.0.0.1:2/mcp' } };
 
@@ -518,4 +519,23 @@ test('rules: scoped and unscoped rules keep their order on every server and meth
   const bad = policy.inbound(call('u'), on('db'));
   assert.ok(bad.kind === 'deny');
   assert.equal(bad.rule, 'bad-after');
+});
+
+test('trust on first use is bounded: a server that keeps inventing tools gets no more pins than the cap', () => {
+  const tools = compileServerTools('db', { pinning: 'block' });
+  const pins = new MemoryPinBook();
+  const entries = Array.from({ length: MAX_PINS_PER_SERVER + 2 }, (_, i) => tool(`t${i}`));
+  const review = tools.reviewList(entries, pins);
+  assert.equal(review.blocked.length, 2);
+  assert.deepEqual(
+    review.blocked.map((b) => [b.tool, b.code]),
+    [
+      [`t${MAX_PINS_PER_SERVER}`, 'PORTCULLIS_ERR_POLICY_TOOL_HELD'],
+      [`t${MAX_PINS_PER_SERVER + 1}`, 'PORTCULLIS_ERR_POLICY_TOOL_HELD'],
+    ],
+  );
+  assert.equal(pins.trusted('db', `t${MAX_PINS_PER_SERVER}`), undefined);
+  assert.ok(pins.trusted('db', 't0'));
+  // Another server has a cap of its own.
+  assert.equal(pins.trust('files', 'x', 'sha256:00'), true);
 });

@@ -58,7 +58,7 @@ export interface ToolMemory {
 }
 
 const NO_MEMORY: ToolMemory = {
-  pins: { trusted: () => undefined, trust: () => undefined },
+  pins: { trusted: () => undefined, trust: () => true },
   verdict: () => undefined,
   remember: () => undefined,
 };

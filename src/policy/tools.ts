@@ -47,9 +47,16 @@ export type Pinning = 'block' | 'flag' | 'off';
 export interface PinBook {
   /** The pin a tool is trusted with; undefined when it was never seen. */
   trusted(server: string, tool: string): string | undefined;
-  /** Records the first pin seen for a tool. */
-  trust(server: string, tool: string, pin: string): void;
+  /**
+   * Records the first pin seen for a tool; false, recording nothing, when the
+   * server has MAX_PINS_PER_SERVER pins already (a server that keeps
+   * inventing tool names must not fill the store for everyone).
+   */
+  trust(server: string, tool: string, pin: string): boolean;
 }
+
+/** Pins one server may have without a manifest; a tool first seen beyond it is held. */
+export const MAX_PINS_PER_SERVER = 10_000;
 
 /** Why a tool is kept from agents. */
 export interface Blocked {
@@ -247,8 +254,12 @@ export function compileServerTools(server: string, config: ServerToolsConfig): S
     if (pinning === 'off') return undefined;
     const trusted = pins.trusted(server, name);
     if (trusted === undefined) {
-      pins.trust(server, name, pin);
-      return undefined;
+      if (pins.trust(server, name, pin)) return undefined;
+      return {
+        code: 'PORTCULLIS_ERR_POLICY_TOOL_HELD',
+        rule: pinRule,
+        reason: `is one tool too many to pin: the server already has ${MAX_PINS_PER_SERVER} tools first seen; give it a manifest`,
+      };
     }
     if (samePin(trusted, pin)) return undefined;
     const reason = 'its definition changed since it was first seen';
@@ -349,7 +360,7 @@ export function compileServerTools(server: string, config: ServerToolsConfig): S
 }
 
 /** A pin book for checks that must not record anything. */
-const NO_PINS: PinBook = { trusted: () => undefined, trust: () => undefined };
+const NO_PINS: PinBook = { trusted: () => undefined, trust: () => true };
 
 /** A pin book that lives as long as the gateway: trust on first use, this replica only. */
 export class MemoryPinBook implements PinBook {
@@ -357,7 +368,12 @@ export class MemoryPinBook implements PinBook {
   trusted(server: string, tool: string): string | undefined {
     return this.pins.get(JSON.stringify([server, tool]));
   }
-  trust(server: string, tool: string, pin: string): void {
+  private readonly counts = new Map<string, number>();
+  trust(server: string, tool: string, pin: string): boolean {
+    const count = this.counts.get(server) ?? 0;
+    if (count >= MAX_PINS_PER_SERVER) return false;
+    this.counts.set(server, count + 1);
     this.pins.set(JSON.stringify([server, tool]), pin);
+    return true;
   }
 }

@@ -11,7 +11,7 @@ import type { Frame } from '../mcp/frame.js';
 import type { Decision } from '../policy/decision.js';
 import type { DecisionContext, Policy, ToolMemory } from '../policy/policy.js';
 import type { Metrics } from '../telemetry/metrics.js';
-import type { Blocked, PinBook } from '../policy/tools.js';
+import { MAX_PINS_PER_SERVER, type Blocked, type PinBook } from '../policy/tools.js';
 
 export interface DecisionSink {
   readonly log: Logger;
@@ -136,6 +136,9 @@ export function decideOutbound(x: OutboundExchange, frames: Frame[]): Frame[] {
   return out ?? frames;
 }
 
+/** Refusals remembered per server, at most. */
+const MAX_REMEMBERED_VERDICTS = 2 * MAX_PINS_PER_SERVER;
+
 /** What the gateway remembers of servers' tools: pins first seen, and the last verdicts. */
 export class LiveTools implements ToolMemory {
   private readonly verdicts = new Map<string, Map<string, Blocked | undefined>>();
@@ -149,8 +152,14 @@ export class LiveTools implements ToolMemory {
     let known = this.verdicts.get(server);
     if (!known) this.verdicts.set(server, (known = new Map()));
     for (const [tool, verdict] of verdicts) {
-      if (verdict) known.set(tool, verdict);
-      else known.delete(tool);
+      if (!verdict) {
+        known.delete(tool);
+        continue;
+      }
+      // Bounded: a server inventing tool names fills no more than this; the oldest go first.
+      if (!known.has(tool) && known.size >= MAX_REMEMBERED_VERDICTS)
+        known.delete(known.keys().next().value as string);
+      known.set(tool, verdict);
     }
   }
 }

@@ -30,7 +30,7 @@
  */
 import type { Logger } from 'pino';
 import { compositeKey } from '../auth/principal.js';
-import type { PinBook } from '../policy/tools.js';
+import { MAX_PINS_PER_SERVER, type PinBook } from '../policy/tools.js';
 import type { Store } from '../store/index.js';
 
 const KEY_PREFIX = 'pins:';
@@ -88,6 +88,8 @@ export class StorePinBook implements PinBook {
   private mirror = new Map<string, string>();
   /** Pins trusted here that the store has not answered for yet (in flight, or the store was down). */
   private readonly pending = new Map<string, string>();
+  /** Servers whose pins reached MAX_PINS_PER_SERVER (logged once each). */
+  private readonly full = new Set<string>();
   /** Broadcasts received while a reload reads the store, applied again over what it read. */
   private replay: PinMessage[] | undefined;
   private loading: Promise<void> | undefined;
@@ -125,12 +127,26 @@ export class StorePinBook implements PinBook {
     return this.mirror.get(pinKey(server, tool));
   }
 
-  trust(server: string, tool: string, pin: string): void {
+  trust(server: string, tool: string, pin: string): boolean {
+    // Counted on first sight only (rare): a scan of the mirror, not a counter to keep in step.
+    const prefix = `${compositeKey(server).slice(0, -1)},`;
+    let count = 0;
+    for (const key of this.mirror.keys()) if (key.startsWith(prefix)) count++;
+    if (count >= MAX_PINS_PER_SERVER) {
+      if (!this.full.has(server)) {
+        this.full.add(server);
+        this.log.warn(
+          { event: 'pins.full', server, max: MAX_PINS_PER_SERVER },
+          `pins: server ${server} has ${MAX_PINS_PER_SERVER} tools first seen; new ones are held`,
+        );
+      }
+      return false;
+    }
     const key = pinKey(server, tool);
     this.mirror.set(key, pin);
     this.pending.set(key, pin);
-    if (this.closed) return;
-    this.track(this.offer(server, tool, pin));
+    if (!this.closed) this.track(this.offer(server, tool, pin));
+    return true;
   }
 
   /** Every pin this replica knows, of one server or of all, sorted by server and tool. */
