@@ -84,6 +84,8 @@ export interface OutboundExchange extends DecisionSink {
    * server's work ends instead of waiting for the client.
    */
   readonly replyUpstream: ((message: string) => void) | undefined;
+  /** Who, where and in which era, for the policy: made once per exchange, not per message. */
+  decisionContext(): DecisionContext;
 }
 
 /**
@@ -93,12 +95,7 @@ export interface OutboundExchange extends DecisionSink {
  * place, a dropped one left out, a denied answer turned into the error.
  */
 export function decideOutbound(x: OutboundExchange, frames: Frame[]): Frame[] {
-  const ctx: DecisionContext = {
-    principal: x.principal,
-    server: x.server,
-    era: x.era,
-    ...(x.memory ? { memory: x.memory } : {}),
-  };
+  const ctx = x.decisionContext();
   let out: Frame[] | undefined;
   for (let i = 0; i < frames.length; i++) {
     const f = frames[i] as Frame;

@@ -35,7 +35,12 @@ import type { Era, ToolHeaderRegistry } from '../mcp/era.js';
 import type { UpstreamCall, UpstreamResponse } from '../upstream/types.js';
 import type { ClientStream, PendingCall, StreamRegistry } from './streams.js';
 import { ANONYMOUS, type Principal } from '../auth/principal.js';
-import { POLICY_OFF, type Policy, type ToolMemory } from '../policy/policy.js';
+import {
+  POLICY_OFF,
+  type DecisionContext,
+  type Policy,
+  type ToolMemory,
+} from '../policy/policy.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import { decideOutbound, type OutboundExchange } from './decide.js';
 
@@ -71,6 +76,17 @@ export class Exchange implements PendingCall, OutboundExchange {
   memory: ToolMemory | undefined = undefined;
   replyUpstream: ((message: string) => void) | undefined = undefined;
   targetsById: Map<JsonRpcId, string> | undefined = undefined;
+  private context: DecisionContext | undefined = undefined;
+
+  decisionContext(): DecisionContext {
+    this.context ??= {
+      principal: this.principal,
+      server: this.server,
+      era: this.era,
+      ...(this.memory ? { memory: this.memory } : {}),
+    };
+    return this.context;
+  }
 
   constructor(
     route: RelayRoute,
