@@ -1,7 +1,8 @@
 /**
  * JSON-RPC framing: every message that crosses the gateway, in either
- * direction, becomes a typed Frame before anything else looks at it. Policy
- * and audit attach here; a message that cannot be framed never passes.
+ * direction, becomes a typed Frame before anything else looks at it: one
+ * classification for every transport, which the decision points and the
+ * exchange's observer read. A message that cannot be framed never passes.
  */
 import { GatewayError, type JsonRpcId } from '../errors/index.js';
 import { MAX_JSON_DEPTH, nestedDeeperThan } from './depth.js';
@@ -21,20 +22,6 @@ export interface Frame {
   /** The parsed message itself. */
   message: JsonRpcMessage;
 }
-
-/** Where a frame was seen; what policy and audit will need beside the message. */
-export interface FrameContext {
-  readonly server: string;
-  readonly era: 'legacy' | 'modern';
-  /** The gateway's session id (legacy era). */
-  readonly session: string | undefined;
-}
-
-/**
- * Called for every framed message in either direction, before it is
- * forwarded. The attachment point for policy and audit.
- */
-export type FrameObserver = (frame: Frame, context: FrameContext) => void;
 
 export type JsonRpcMessage = Record<string, unknown> & { jsonrpc: '2.0' };
 
@@ -57,6 +44,28 @@ function isId(value: unknown): value is string | number {
   return typeof value === 'string' || Number.isSafeInteger(value);
 }
 
+/**
+ * What a JSON-RPC message is, by the one rule every transport uses: a string
+ * `method` makes a request (with an id) or a notification (without one, or
+ * with id null, which the bridges take as a notification); no method, a
+ * response (`result`) or an error (`error` object). Undefined for what is
+ * none of them. `toFrame` classifies by this rule and validates beyond it.
+ */
+export function kindOf(message: {
+  readonly method?: unknown;
+  readonly id?: unknown;
+  readonly result?: unknown;
+  readonly error?: unknown;
+}): FrameKind | undefined {
+  if (typeof message.method === 'string') {
+    return message.id === undefined || message.id === null ? 'notification' : 'request';
+  }
+  if (message.method !== undefined) return undefined;
+  if ('result' in message) return 'response';
+  if (message.error !== null && typeof message.error === 'object') return 'error';
+  return undefined;
+}
+
 /** Frames one parsed JSON value; throws PORTCULLIS_ERR_JSONRPC_INVALID if it is not JSON-RPC 2.0. */
 export function toFrame(value: unknown, direction: Direction): Frame {
   if (value === null || typeof value !== 'object' || Array.isArray(value)) {
@@ -68,8 +77,10 @@ export function toFrame(value: unknown, direction: Direction): Frame {
   }
   const msg = message as JsonRpcMessage;
   const { method, id } = message;
-  if (typeof method === 'string') {
-    if (id === undefined) return { direction, kind: 'notification', method, message: msg };
+  const kind = kindOf(message);
+  if (kind === 'notification' || kind === 'request') {
+    const name = method as string;
+    if (id === undefined) return { direction, kind: 'notification', method: name, message: msg };
     if (!isId(id)) {
       throw new GatewayError('PORTCULLIS_ERR_JSONRPC_INVALID', 'id must be a string or an integer');
     }
@@ -77,8 +88,8 @@ export function toFrame(value: unknown, direction: Direction): Frame {
     if (params !== undefined && (params === null || typeof params !== 'object')) {
       throw new GatewayError('PORTCULLIS_ERR_JSONRPC_INVALID', 'params must be an object or array');
     }
-    const frame: Frame = { direction, kind: 'request', id, method, message: msg };
-    const key = NAME_PARAM[method];
+    const frame: Frame = { direction, kind: 'request', id, method: name, message: msg };
+    const key = NAME_PARAM[name];
     if (key) {
       const target = (params as Record<string, unknown> | undefined)?.[key];
       if (typeof target === 'string') frame.target = target;
@@ -91,10 +102,7 @@ export function toFrame(value: unknown, direction: Direction): Frame {
   if (id !== null && !isId(id)) {
     throw new GatewayError('PORTCULLIS_ERR_JSONRPC_INVALID', 'a response needs an id');
   }
-  if ('result' in message) return { direction, kind: 'response', id, message: msg };
-  if (message.error !== null && typeof message.error === 'object') {
-    return { direction, kind: 'error', id, message: msg };
-  }
+  if (kind !== undefined) return { direction, kind, id, message: msg };
   throw new GatewayError(
     'PORTCULLIS_ERR_JSONRPC_INVALID',
     'expected a request (method), a response (result) or an error',

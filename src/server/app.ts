@@ -22,9 +22,10 @@ import Fastify, {
 import type { Logger } from 'pino';
 import { readFileSync } from 'node:fs';
 import type { ServerResponse } from 'node:http';
+import { performance } from 'node:perf_hooks';
 import { GatewayError, type JsonRpcId } from '../errors/index.js';
 import type { Config } from '../config/schema.js';
-import { parseBody, requestIds, type Frame, type FrameObserver } from '../mcp/frame.js';
+import { parseBody, requestIds, type Frame } from '../mcp/frame.js';
 import {
   BATCHING_VERSION,
   detectEra,
@@ -45,7 +46,8 @@ import type { UpstreamCredential } from '../auth/credentials.js';
 import type { SigningKeys } from '../auth/keys.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import { authHooks, PRM_PATH, registerMetadataRoutes, type ResourceInfo } from './auth-http.js';
-import { Exchange, relayResponse, sendError, type RelayRoute } from './relay.js';
+import { relayResponse } from './relay.js';
+import { Exchange, type ExchangeObserver, type RelayRoute } from './exchange.js';
 import type { StreamIdentity, StreamRegistry } from './streams.js';
 import type { Lease, Quotas } from './quotas.js';
 import { POLICY_OFF, type Policy, type ToolMemory } from '../policy/policy.js';
@@ -66,7 +68,8 @@ export interface AppDeps {
   sessions: SessionStore;
   streams: StreamRegistry;
   isDraining: () => boolean;
-  onFrame?: FrameObserver | undefined;
+  /** Hears every message with its decision, and every exchange's end (audit attaches here). */
+  observer?: ExchangeObserver | undefined;
   metrics: Metrics;
   quotas: Quotas;
   /** The policy in force (it changes on reload); absent, none: everything is allowed. */
@@ -125,6 +128,8 @@ const UPSTREAM_ACCEPT = 'application/json, text/event-stream';
 declare module 'fastify' {
   interface FastifyRequest {
     principal: Principal;
+    /** The request's exchange: made first, the only writer of its response. */
+    exchange: Exchange;
     /** The verified access token (auth.mode jwt). */
     token: VerifiedToken | undefined;
   }
@@ -170,18 +175,16 @@ function upstreamHeaders(
 
 /**
  * Marks whom an exchange serves, so that revoking the subject, token or
- * session ends its stream, and the policy its answers are decided by (the
+ * session ends its stream, and the policy its messages are decided by (the
  * one in force when the request came: a reload mid-stream changes nothing
  * for it).
  */
-function identified(
+function identify(
   req: FastifyRequest,
   x: Exchange,
   policy: Policy,
   metrics: Metrics,
-  memory?: ToolMemory,
-  replyUpstream?: (message: string) => void,
-  targetsById?: Map<JsonRpcId, string>,
+  memory: ToolMemory | undefined,
 ): Exchange {
   x.owner = ownerKey(req.principal);
   x.jti = req.token?.tokenId;
@@ -190,8 +193,6 @@ function identified(
   x.policy = policy;
   x.metrics = metrics;
   x.memory = memory;
-  x.replyUpstream = replyUpstream;
-  x.targetsById = targetsById;
   return x;
 }
 
@@ -250,11 +251,15 @@ export function buildApp(deps: AppDeps): FastifyInstance {
   const originAllowed = compileOriginCheck(listen.host, listen.allowedOrigins);
 
   app.decorateRequest('principal', null as unknown as Principal);
+  app.decorateRequest('exchange', null as unknown as Exchange);
+  /** The request's exchange; one is made for a request that failed before the first hook. */
+  const exchangeOf = (req: FastifyRequest, reply: FastifyReply): Exchange =>
+    (req.exchange ??= new Exchange(reply, log, deps.observer));
   app.decorateRequest('token', undefined);
 
   const auth = deps.auth
     ? authHooks(deps.auth.authenticator, deps.auth.info, log, deps.metrics, (reply, err) =>
-        sendError(reply, err),
+        exchangeOf(reply.request, reply).fail(err),
       )
     : undefined;
   if (deps.auth) registerMetadataRoutes(app, deps.auth.info);
@@ -268,9 +273,11 @@ export function buildApp(deps: AppDeps): FastifyInstance {
   }
 
   app.removeAllContentTypeParsers();
-  app.addContentTypeParser('application/json', { parseAs: 'string' }, (_req, body, done) =>
-    done(null, body),
-  );
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, (req, body, done) => {
+    // Counted as received, whatever becomes of the request next.
+    req.exchange.body = body as string;
+    done(null, body);
+  });
 
   /**
    * The in-flight quota, taken once the caller is known and held until the
@@ -289,7 +296,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
         },
         'refused a request over a quota',
       );
-      return sendError(reply, err as GatewayError);
+      return req.exchange.fail(err as GatewayError);
     }
     (reply.raw as LeasedResponse)[LEASE] = lease;
     reply.raw.on('close', releaseLease);
@@ -298,23 +305,24 @@ export function buildApp(deps: AppDeps): FastifyInstance {
 
   app.addHook('onRequest', (req, reply, done) => {
     req.principal = ANONYMOUS;
+    const x = (req.exchange = new Exchange(reply, log, deps.observer));
     if (!hostAllowed(req.headers.host)) {
       log.warn(
         { host: req.headers.host, url: req.url },
         'refused a request for a host not on the allowlist',
       );
-      return sendError(reply, new GatewayError('PORTCULLIS_ERR_HTTP_FORBIDDEN_HOST'));
+      return x.fail(new GatewayError('PORTCULLIS_ERR_HTTP_FORBIDDEN_HOST'));
     }
     if (!originAllowed(req.headers.origin)) {
       log.warn(
         { origin: req.headers.origin, url: req.url },
         'refused a request from an origin not on the allowlist',
       );
-      return sendError(reply, new GatewayError('PORTCULLIS_ERR_HTTP_FORBIDDEN_ORIGIN'));
+      return x.fail(new GatewayError('PORTCULLIS_ERR_HTTP_FORBIDDEN_ORIGIN'));
     }
     if (deps.isDraining()) {
       reply.header('connection', 'close');
-      return sendError(reply, new GatewayError('PORTCULLIS_ERR_HTTP_SHUTTING_DOWN'));
+      return x.fail(new GatewayError('PORTCULLIS_ERR_HTTP_SHUTTING_DOWN'));
     }
     // An in-process request for a legacy SSE client: authenticated already, its result in the ticket.
     const ticket = req.headers[INTERNAL_TICKET_HEADER];
@@ -323,10 +331,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
       const identity = tickets.redeem(headerValue(ticket));
       if (identity === undefined) {
         log.warn({ url: req.url }, 'refused a request with a forged or reused internal ticket');
-        return sendError(
-          reply,
-          new GatewayError('PORTCULLIS_ERR_AUTH_INVALID_TOKEN', 'unknown ticket'),
-        );
+        return x.fail(new GatewayError('PORTCULLIS_ERR_AUTH_INVALID_TOKEN', 'unknown ticket'));
       }
       req.principal = identity.principal;
       req.token = identity.token;
@@ -362,11 +367,11 @@ export function buildApp(deps: AppDeps): FastifyInstance {
       req.log.error({ err }, 'unexpected error');
       gerr = new GatewayError('PORTCULLIS_ERR_INTERNAL');
     }
-    sendError(reply, gerr);
+    exchangeOf(req, reply).fail(gerr);
   });
 
-  app.setNotFoundHandler((_req, reply) =>
-    sendError(reply, new GatewayError('PORTCULLIS_ERR_HTTP_NOT_FOUND')),
+  app.setNotFoundHandler((req, reply) =>
+    exchangeOf(req, reply).fail(new GatewayError('PORTCULLIS_ERR_HTTP_NOT_FOUND')),
   );
 
   const policyNow = deps.policy ?? (() => POLICY_OFF);
@@ -388,6 +393,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     if (req.token && deps.auth) {
       deps.auth.authenticator().authorize(req.token, route.name, route.requiredScopes);
     }
+    req.exchange.toRoute(route);
     return route;
   };
 
@@ -454,9 +460,8 @@ export function buildApp(deps: AppDeps): FastifyInstance {
 
   /** Sends the request upstream and relays the answer; upstream failures answer every pending id. */
   const forward = async (
-    reply: FastifyReply,
-    route: Route,
     x: Exchange,
+    route: Route,
     req: UpstreamRequest,
     onAnswer?: (status: number, upstreamSessionId: string | undefined) => Session | undefined,
   ): Promise<void> => {
@@ -464,17 +469,18 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     // A revocation meanwhile is caught here, and from here on by the registry
     // (nothing is awaited between this check and the registration below).
     if (x.identity && deps.isRevoked?.(x.identity)) {
-      return sendError(
-        reply,
+      return x.fail(
         new GatewayError('PORTCULLIS_ERR_AUTH_TOKEN_REVOKED', 'revoked while the request was read'),
         [...x.pending],
       );
     }
     if (x.longLived) req.idleMs = 0;
+    x.upstreamSentAt = performance.now();
     const call = route.upstream.request(req);
     x.call = call;
-    const onClose = abortUnlessAnswered.bind(reply.raw, call);
-    reply.raw.once('close', onClose);
+    const res = x.response;
+    const onClose = abortUnlessAnswered.bind(res, call);
+    res.once('close', onClose);
     const ids = [...x.pending];
     // Until its answer begins, a revocation of whom it serves gives up on it.
     const pending = x.identity;
@@ -486,7 +492,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
         const session = onAnswer(up.statusCode, headerValue(up.headers['mcp-session-id']));
         if (session) {
           x.session = session;
-          x.responseHeaders = { ...x.responseHeaders, 'mcp-session-id': session.id };
+          x.responseHeaders = { 'mcp-session-id': session.id };
         }
       }
       if (up.statusCode === 404 && x.session) {
@@ -494,24 +500,25 @@ export function buildApp(deps: AppDeps): FastifyInstance {
         sessions.delete(x.session.id);
         log.info({ server: route.name, session: x.session.id }, 'upstream ended the session');
       }
-      await relayResponse(x, up, reply, streams);
+      await relayResponse(x, up, streams);
     } catch (err) {
       if (pending) streams.removeCall(pending);
-      if (x.revoked) return sendError(reply, x.revoked, ids);
-      if (call.aborted && reply.raw.destroyed) return;
+      if (x.revoked) return x.fail(x.revoked, ids);
+      if (call.aborted && res.destroyed) return;
       const gerr = toGatewayError(err, route.name);
       log.warn(
         { server: route.name, code: gerr.code, err: (err as Error).message },
         'upstream request failed',
       );
-      sendError(reply, gerr, ids);
+      x.fail(gerr, ids);
     } finally {
-      reply.raw.off('close', onClose);
+      res.off('close', onClose);
     }
   };
 
-  app.post<{ Params: { server: string } }>('/mcp/:server', async (req, reply) => {
+  app.post<{ Params: { server: string } }>('/mcp/:server', async (req) => {
     const route = routeFor(req);
+    const x = req.exchange;
     if (typeof req.body !== 'string')
       throw new GatewayError('PORTCULLIS_ERR_HTTP_UNSUPPORTED_MEDIA_TYPE');
     if (!acceptsBoth(req.headers.accept))
@@ -528,11 +535,11 @@ export function buildApp(deps: AppDeps): FastifyInstance {
         session?.protocolVersion === BATCHING_VERSION,
       ));
     } catch (err) {
-      if (err instanceof GatewayError) return sendError(reply, err);
+      if (err instanceof GatewayError) return x.fail(err);
       throw err;
     }
     const ids = requestIds(frames);
-    const fail = (err: GatewayError) => sendError(reply, err, ids);
+    const fail = (err: GatewayError) => x.fail(err, ids);
 
     const era = detectEra(frames, req.headers);
     const first = frames[0] as Frame;
@@ -584,26 +591,6 @@ export function buildApp(deps: AppDeps): FastifyInstance {
       }
     }
 
-    // The inbound decision point: a batch is decided whole (one denial refuses all of it).
-    const policy = policyNow();
-    if (policy.enabled) {
-      const ctx = {
-        principal: req.principal,
-        server: route.name,
-        era,
-        ...(deps.toolMemory ? { memory: deps.toolMemory } : {}),
-      };
-      for (const f of frames) {
-        const decision = policy.inbound(f, ctx);
-        if (decision.kind === 'allow' && !decision.shadowed) continue;
-        recordDecision(sink, decision, route.name, req.principal, f.method);
-        if (decision.kind === 'deny') return fail(decision.error);
-      }
-    }
-    if (deps.onFrame) {
-      const context = { server: route.name, era, session: session?.id };
-      for (const f of frames) deps.onFrame(f, context);
-    }
     const methodsById = new Map<JsonRpcId, string>();
     let targetsById: Map<JsonRpcId, string> | undefined;
     for (const f of frames) {
@@ -611,7 +598,39 @@ export function buildApp(deps: AppDeps): FastifyInstance {
       methodsById.set(f.id, f.method as string);
       if (f.target !== undefined) (targetsById ??= new Map()).set(f.id, f.target);
     }
-    const owner = ownerKey(req.principal);
+    const policy = policyNow();
+    identify(req, x, policy, deps.metrics, deps.toolMemory).begin(
+      era,
+      session,
+      new Set(ids),
+      methodsById,
+      targetsById,
+      era === 'modern' && first.method === 'subscriptions/listen',
+    );
+    if (era === 'legacy' && session) x.replyUpstream = replierFor(req, route, session);
+
+    // The inbound decision point: a batch is decided whole (one denial refuses all of it).
+    let shadowedBy: Map<Frame, string[]> | undefined;
+    if (policy.enabled) {
+      const ctx = x.decisionContext();
+      for (const f of frames) {
+        const decision = policy.inbound(f, ctx);
+        if (decision.kind === 'allow' && !decision.shadowed) continue;
+        recordDecision(sink, decision, route.name, req.principal, f.method);
+        if (decision.kind === 'deny') {
+          if (x.observer?.message) for (const g of frames) x.noteMessage(g, 'deny', decision.rule);
+          return fail(decision.error);
+        }
+        if (decision.shadowed && x.observer?.message)
+          (shadowedBy ??= new Map()).set(
+            f,
+            decision.shadowed.map((hit) => hit.rule),
+          );
+      }
+    }
+    if (x.observer?.message)
+      for (const f of frames) x.noteMessage(f, 'allow', undefined, shadowedBy?.get(f));
+    const owner = x.owner;
     const sessionIdToBe = initialize ? newSessionId() : undefined;
     let headers: Record<string, string>;
     try {
@@ -624,27 +643,8 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     headers.accept = UPSTREAM_ACCEPT;
 
     await forward(
-      reply,
+      x,
       route,
-      identified(
-        req,
-        new Exchange(
-          route,
-          era,
-          session,
-          new Set(ids),
-          methodsById,
-          session ? { 'mcp-session-id': session.id } : {},
-          era === 'modern' && first.method === 'subscriptions/listen',
-          log,
-          deps.onFrame,
-        ),
-        policy,
-        deps.metrics,
-        deps.toolMemory,
-        era === 'legacy' && session ? replierFor(req, route, session) : undefined,
-        targetsById,
-      ),
       {
         method: 'POST',
         headers,
@@ -680,7 +680,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     sessionLease?.release();
   });
 
-  app.get<{ Params: { server: string } }>('/mcp/:server', async (req, reply) => {
+  app.get<{ Params: { server: string } }>('/mcp/:server', async (req) => {
     const route = routeFor(req);
     const accept = req.headers.accept;
     if (!accept?.includes('text/event-stream'))
@@ -697,38 +697,28 @@ export function buildApp(deps: AppDeps): FastifyInstance {
       throw new GatewayError('PORTCULLIS_ERR_SESSION_MISSING');
     }
     if (!session) throw new GatewayError('PORTCULLIS_ERR_SESSION_UNKNOWN');
+    const x = identify(req, req.exchange, policyNow(), deps.metrics, deps.toolMemory).begin(
+      'legacy',
+      session,
+      new Set(),
+      new Map(),
+      undefined,
+      true,
+    );
+    x.replyUpstream = replierFor(req, route, session);
     const headers = await credentialHeaders(req, route, session, false);
     headers.accept = 'text/event-stream';
-    await forward(
-      reply,
-      route,
-      identified(
-        req,
-        new Exchange(
-          route,
-          'legacy',
-          session,
-          new Set(),
-          new Map(),
-          { 'mcp-session-id': session.id },
-          true,
-          log,
-          deps.onFrame,
-        ),
-        policyNow(),
-        deps.metrics,
-        deps.toolMemory,
-        replierFor(req, route, session),
-      ),
-      { method: 'GET', headers, affinity: ownerKey(req.principal) },
-    );
+    await forward(x, route, { method: 'GET', headers, affinity: x.owner });
   });
 
-  app.delete<{ Params: { server: string } }>('/mcp/:server', async (req, reply) => {
+  app.delete<{ Params: { server: string } }>('/mcp/:server', async (req) => {
     const route = routeFor(req);
     const { id: sessionId, session } = sessionFor(req, route);
     if (sessionId === undefined) throw new GatewayError('PORTCULLIS_ERR_SESSION_MISSING');
     if (!session) throw new GatewayError('PORTCULLIS_ERR_SESSION_UNKNOWN');
+    const x = identify(req, req.exchange, policyNow(), deps.metrics, deps.toolMemory);
+    // The answer carries no Mcp-Session-Id: the session is over.
+    x.session = session;
     // The upstream's credential is taken while the session lives: ending it revokes what it minted.
     const headers =
       session.upstreamId === undefined
@@ -737,12 +727,14 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     // DELETE ends both sides: the gateway's mapping goes whatever the upstream says.
     sessions.delete(session.id);
     log.info({ server: route.name, session: session.id }, 'session closed by the client');
-    if (headers === undefined) return reply.code(200).send();
+    if (headers === undefined) return x.sendEmpty(200);
     try {
+      x.upstreamSentAt = performance.now();
       const up = await route.upstream.request({ method: 'DELETE', headers }).response;
+      x.upstreamAnsweredAt = performance.now();
       await up.body.dump();
       // 405 means the upstream does not let clients end sessions; the gateway's side has ended anyway.
-      return reply.code(up.statusCode === 405 ? 200 : up.statusCode).send();
+      return x.sendEmpty(up.statusCode === 405 ? 200 : up.statusCode);
     } catch (err) {
       throw toGatewayError(err, route.name);
     }

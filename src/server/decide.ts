@@ -68,6 +68,18 @@ export function recordDecision(
   );
 }
 
+/**
+ * Frames whose decision the outbound point told the exchange's observer
+ * itself (a denial's error, a replacement, a shadowed allow), so the relay
+ * does not tell it again as a plain allow.
+ */
+const told = new WeakSet<Frame>();
+
+/** Whether the observer already heard of this frame from `decideOutbound`. */
+export function toldObserver(frame: Frame): boolean {
+  return told.has(frame);
+}
+
 /** What the outbound decision point needs of an exchange. */
 export interface OutboundExchange extends DecisionSink {
   readonly server: string;
@@ -86,6 +98,13 @@ export interface OutboundExchange extends DecisionSink {
   readonly replyUpstream: ((message: string) => void) | undefined;
   /** Who, where and in which era, for the policy: made once per exchange, not per message. */
   decisionContext(): DecisionContext;
+  /** Tells the exchange's observer what became of a message. */
+  noteMessage(
+    frame: Frame,
+    outcome: 'allow' | 'deny' | 'replace' | 'drop',
+    rule?: string,
+    shadowed?: readonly string[],
+  ): void;
 }
 
 /**
@@ -111,24 +130,33 @@ export function decideOutbound(x: OutboundExchange, frames: Frame[]): Frame[] {
       continue;
     }
     recordDecision(x, decision, x.server, x.principal, f.method ?? answering);
+    const shadowed = decision.shadowed?.map((hit) => hit.rule);
     if (decision.kind === 'allow') {
+      x.noteMessage(f, 'allow', undefined, shadowed);
+      told.add(f);
       out?.push(f);
       continue;
     }
+    x.noteMessage(f, decision.kind, decision.rule, shadowed);
     out ??= frames.slice(0, i);
-    if (decision.kind === 'replace') out.push({ ...f, message: decision.message });
+    let instead: Frame | undefined;
+    if (decision.kind === 'replace') instead = { ...f, message: decision.message };
     else if (decision.kind === 'deny' && f.kind === 'request') {
       // A request of the server's: the client never sees it; the server gets the refusal.
       if (f.id !== undefined && f.id !== null)
         x.replyUpstream?.(JSON.stringify(decision.error.toResponse(f.id)));
     } else if (decision.kind === 'deny' && f.id !== undefined && f.id !== null)
-      out.push({
+      instead = {
         direction: f.direction,
         kind: 'error',
         id: f.id,
         message: decision.error.toResponse(f.id),
-      });
+      };
     // drop (or a denied message nobody waits for): nothing goes on.
+    if (instead) {
+      told.add(instead);
+      out.push(instead);
+    }
   }
   return out ?? frames;
 }

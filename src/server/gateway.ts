@@ -15,7 +15,7 @@ import { loadConfigFile } from '../config/load.js';
 import type { Config } from '../config/schema.js';
 import { GatewayError } from '../errors/index.js';
 import { ToolHeaderRegistry } from '../mcp/era.js';
-import type { FrameObserver } from '../mcp/frame.js';
+import type { ExchangeObserver } from './exchange.js';
 import { MemorySessionStore, type Session } from '../mcp/sessions.js';
 import { openStore } from '../store/index.js';
 import { createMetrics } from '../telemetry/metrics.js';
@@ -51,8 +51,8 @@ export interface Gateway {
 
 export interface StartOptions {
   log?: Logger;
-  /** Sees every framed message in both directions (policy and audit attach here). */
-  onFrame?: FrameObserver;
+  /** Hears every message with its decision, and the end of every exchange (audit attaches here). */
+  observer?: ExchangeObserver;
   /**
    * The file `config` was loaded from. Given, the gateway reloads its policy
    * when the file (or a manifest it names) changes, and on `reload()`.
@@ -194,7 +194,7 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
     isDraining: () => draining,
     quotas,
     isRevoked: (who) => revocations.check(who.jti, who.owner, who.sessionId()) === 'revoked',
-    onFrame: options.onFrame,
+    observer: options.observer,
     metrics,
     signingKeys,
     auth:

@@ -32,15 +32,16 @@ import { randomBytes } from 'node:crypto';
 import type { IncomingHttpHeaders } from 'node:http';
 import type { Readable } from 'node:stream';
 import { createParser } from 'eventsource-parser';
-import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
 import type { VerifiedToken } from '../auth/jwt.js';
 import { ownerKey, type Principal } from '../auth/principal.js';
 import { GatewayError, type JsonRpcId } from '../errors/index.js';
 import { headerValue } from '../mcp/era.js';
 import { parseBody } from '../mcp/frame.js';
-import { encodeMessage, SSE_HEADERS } from '../mcp/sse.js';
+import { encodeMessage } from '../mcp/sse.js';
 import type { ClientStream, StreamIdentity, StreamRegistry } from './streams.js';
+import type { Exchange } from './exchange.js';
 import type { Quotas } from './quotas.js';
 
 /** The header an in-process request carries its ticket in; never accepted from outside without one. */
@@ -88,7 +89,7 @@ export interface LegacySseDeps {
   readonly quotas: Quotas;
   readonly isRevoked: ((identity: StreamIdentity) => boolean) | undefined;
   /** Throws the gateway's refusal if the caller may not use `server` (unknown server, scopes). */
-  readonly checkRoute: (req: FastifyRequest<{ Params: { server: string } }>) => void;
+  readonly checkRoute: (req: FastifyRequest<{ Params: { server: string } }>) => unknown;
 }
 
 /** The in-process answer of /mcp/<name>, streamed. */
@@ -117,16 +118,29 @@ class LegacyConnection implements ClientStream {
     readonly server: string,
     readonly owner: string,
     readonly host: string | undefined,
-    readonly res: FastifyReply['raw'],
+    /** The stream's own exchange: every byte to the client goes through it. */
+    readonly x: Exchange,
     jti: string | undefined,
   ) {
     this.identity = { owner, jti, sessionId: () => this.sessionId };
   }
 
-  send(message: unknown): void {
-    if (this.closed || this.res.writableEnded) return;
+  get open(): boolean {
+    return this.x.writable;
+  }
+
+  write(chunk: string): void {
     this.lastWriteAt = Date.now();
-    this.res.write(encodeMessage(message));
+    this.x.write(chunk);
+  }
+
+  end(chunk?: string): void {
+    this.x.end(chunk);
+  }
+
+  send(message: unknown): void {
+    if (this.closed || !this.open) return;
+    this.write(encodeMessage(message));
   }
 
   terminate(_retryHintMs: number, reason?: GatewayError): void {
@@ -135,7 +149,7 @@ class LegacyConnection implements ClientStream {
       for (const id of this.pending) this.send(reason.toResponse(id as JsonRpcId));
     }
     // Otherwise errors for what is still pending travel as the in-process streams end.
-    this.res.end();
+    this.end();
   }
 }
 
@@ -267,7 +281,7 @@ export function registerLegacySse(deps: LegacySseDeps): void {
     for (const r of conn.inflight) r.raw.res.destroy();
     conn.getStream?.raw.res.destroy();
     if (conn.sessionId !== undefined) endSession(conn, req);
-    if (!conn.res.writableEnded) conn.res.end();
+    if (conn.open) conn.end();
     log.info({ server: conn.server, connection: conn.id }, 'legacy SSE stream closed');
   };
 
@@ -283,7 +297,7 @@ export function registerLegacySse(deps: LegacySseDeps): void {
     conn.getStream = undefined;
   };
 
-  app.get<{ Params: { server: string } }>('/mcp/:server/sse', async (req, reply) => {
+  app.get<{ Params: { server: string } }>('/mcp/:server/sse', async (req) => {
     deps.checkRoute(req);
     if (!acceptsEventStream(req.headers.accept))
       throw new GatewayError('PORTCULLIS_ERR_HTTP_NOT_ACCEPTABLE_STREAM');
@@ -294,7 +308,7 @@ export function registerLegacySse(deps: LegacySseDeps): void {
       req.params.server,
       ownerKey(req.principal),
       req.headers.host,
-      reply.raw,
+      req.exchange,
       req.token?.tokenId,
     );
     // Revoked since the door (a revocation from here on ends it through the registry).
@@ -305,16 +319,15 @@ export function registerLegacySse(deps: LegacySseDeps): void {
       );
     }
     const lease = deps.quotas.acquire('legacyConnections', req.principal);
-    reply.hijack();
-    const res = reply.raw;
-    res.writeHead(200, SSE_HEADERS);
+    const x = req.exchange;
+    x.openStream(200, {});
     connections.set(id, conn);
     streams.add(conn);
     // spec/2024-11-05/basic/transports.mdx: the server MUST send an `endpoint` event first.
     const endpoint = `/mcp/${encodeURIComponent(req.params.server)}/messages?sessionId=${id}`;
-    res.write(`event: endpoint\ndata: ${endpoint}\n\n`);
+    conn.write(`event: endpoint\ndata: ${endpoint}\n\n`);
     log.info({ server: conn.server, connection: id }, 'legacy SSE stream opened');
-    res.once('close', () => {
+    x.onClose(() => {
       lease.release();
       closeConnection(conn, req);
     });
@@ -322,7 +335,7 @@ export function registerLegacySse(deps: LegacySseDeps): void {
 
   app.post<{ Params: { server: string }; Querystring: { sessionId?: string } }>(
     '/mcp/:server/messages',
-    async (req, reply) => {
+    async (req) => {
       deps.checkRoute(req);
       const conn = connections.get(headerValue(req.query.sessionId) ?? '');
       // Rule 1: someone else's connection is as unknown as a closed one.
@@ -346,7 +359,7 @@ export function registerLegacySse(deps: LegacySseDeps): void {
           conn.pending.add(m.id);
       }
       // The answer travels on the stream; the POST is only acknowledged.
-      void reply.code(202).send('Accepted');
+      req.exchange.sendText(202, 'Accepted');
 
       let res: InjectedResponse;
       try {

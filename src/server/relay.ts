@@ -23,105 +23,16 @@
  *    the upstream's `idleMs`: comment lines (`: ping`) and empty events keep
  *    a connection open but say nothing, and do not count.
  */
-import type { FastifyReply } from 'fastify';
-import type { Logger } from 'pino';
 import { createParser } from 'eventsource-parser';
+import { performance } from 'node:perf_hooks';
 import { GatewayError, type JsonRpcId } from '../errors/index.js';
 import { MAX_JSON_DEPTH, nestedDeeperThan, responseIds } from '../mcp/depth.js';
-import { toFrame, type Frame, type FrameObserver } from '../mcp/frame.js';
-import { encodeEvent, encodeMessage, encodeRetry, SSE_HEADERS } from '../mcp/sse.js';
-import type { Session } from '../mcp/sessions.js';
-import type { Era, ToolHeaderRegistry } from '../mcp/era.js';
-import type { UpstreamCall, UpstreamResponse } from '../upstream/types.js';
-import type { ClientStream, PendingCall, StreamRegistry } from './streams.js';
-import { ANONYMOUS, type Principal } from '../auth/principal.js';
-import {
-  POLICY_OFF,
-  type DecisionContext,
-  type Policy,
-  type ToolMemory,
-} from '../policy/policy.js';
-import type { Metrics } from '../telemetry/metrics.js';
-import { decideOutbound, type OutboundExchange } from './decide.js';
-
-/** What a relay needs to know of the route it relays for. */
-export interface RelayRoute {
-  readonly name: string;
-  readonly toolHeaders: ToolHeaderRegistry;
-  readonly maxResponseBytes: number;
-}
-
-/**
- * One client request on its way through the gateway. A class, built once per
- * request with one shape: copying a wide object literal per request
- * (`{ ...x, more }`) made more of each request survive young-generation
- * collections (measured: bench/README.md, "What makes the numbers move").
- */
-export class Exchange implements PendingCall, OutboundExchange {
-  readonly server: string;
-  readonly toolHeaders: ToolHeaderRegistry;
-  readonly maxResponseBytes: number;
-  /** The upstream request, once sent; aborted when the relay gives up on it. */
-  call: UpstreamCall | undefined = undefined;
-  /** Whom the exchange serves (itself, once identified): a revocation of them ends it. */
-  identity: PendingCall | undefined = undefined;
-  owner = '';
-  jti: string | undefined = undefined;
-  /** Set when a revocation gave up on the call before its answer began. */
-  revoked: GatewayError | undefined = undefined;
-  /** Whom the exchange serves, and the policy in force when its request came (identified()). */
-  principal: Principal = ANONYMOUS;
-  policy: Policy = POLICY_OFF;
-  metrics: Metrics | undefined = undefined;
-  memory: ToolMemory | undefined = undefined;
-  replyUpstream: ((message: string) => void) | undefined = undefined;
-  targetsById: Map<JsonRpcId, string> | undefined = undefined;
-  private context: DecisionContext | undefined = undefined;
-
-  decisionContext(): DecisionContext {
-    this.context ??= {
-      principal: this.principal,
-      server: this.server,
-      era: this.era,
-      ...(this.memory ? { memory: this.memory } : {}),
-    };
-    return this.context;
-  }
-
-  constructor(
-    route: RelayRoute,
-    readonly era: Era,
-    /** The legacy session; set by the initialize answer for a new one. */
-    public session: Session | undefined,
-    /** Ids of the client's requests that still need an answer. */
-    readonly pending: Set<JsonRpcId>,
-    /** Method of each pending request, to recognise the answers the gateway learns from. */
-    readonly methodsById: ReadonlyMap<JsonRpcId, string>,
-    /** Extra response headers (the gateway's own Mcp-Session-Id). */
-    public responseHeaders: Record<string, string>,
-    /** GET streams and modern `subscriptions/listen` streams: long-lived, nothing pending. */
-    readonly longLived: boolean,
-    readonly log: Logger,
-    readonly onFrame: FrameObserver | undefined,
-  ) {
-    this.server = route.name;
-    this.toolHeaders = route.toolHeaders;
-    this.maxResponseBytes = route.maxResponseBytes;
-  }
-
-  abort(): void {
-    this.call?.abort();
-  }
-
-  sessionId(): string | undefined {
-    return this.session?.id;
-  }
-
-  cancel(reason: GatewayError): void {
-    this.revoked = reason;
-    this.call?.abort();
-  }
-}
+import { toFrame, type Frame } from '../mcp/frame.js';
+import { encodeEvent, encodeMessage, encodeRetry } from '../mcp/sse.js';
+import type { UpstreamResponse } from '../upstream/types.js';
+import type { ClientStream, StreamRegistry } from './streams.js';
+import { decideOutbound, toldObserver } from './decide.js';
+import { errorPayload, type Exchange } from './exchange.js';
 
 /** What the gateway itself learns from answers passing through. */
 function observe(x: Exchange, frame: Frame): void {
@@ -184,37 +95,13 @@ function encodeAdmitted(frames: readonly Frame[], batch: boolean): string {
 }
 
 function settle(x: Exchange, frames: readonly Frame[]): void {
-  if (x.onFrame) {
-    const context = { server: x.server, era: x.era, session: x.session?.id };
-    for (const f of frames) x.onFrame(f, context);
-  }
+  if (x.observer?.message) for (const f of frames) if (!toldObserver(f)) x.noteMessage(f, 'allow');
   for (const f of frames) {
     if ((f.kind === 'response' || f.kind === 'error') && f.id !== undefined) {
       observe(x, f);
       x.pending.delete(f.id);
     }
   }
-}
-
-/** A JSON-RPC error body for every pending request (one object, or an array for a batch). */
-export function errorPayload(err: GatewayError, ids: readonly JsonRpcId[]): unknown {
-  if (ids.length <= 1) return err.toResponse(ids[0] ?? null);
-  return ids.map((id) => err.toResponse(id));
-}
-
-export function sendError(
-  reply: FastifyReply,
-  err: GatewayError,
-  ids: readonly JsonRpcId[] = [],
-): void {
-  if (reply.raw.headersSent) return;
-  if (typeof err.data.retryAfterSeconds === 'number') {
-    void reply.header('retry-after', String(err.data.retryAfterSeconds));
-  }
-  void reply
-    .code(err.status)
-    .header('content-type', 'application/json')
-    .send(JSON.stringify(errorPayload(err, ids)));
 }
 
 function tooDeep(x: Exchange): GatewayError {
@@ -238,12 +125,12 @@ const PASSED_CLIENT_ERRORS = new Set([400, 404, 405, 406, 409, 413, 415, 422, 42
 export async function relayResponse(
   x: Exchange,
   up: UpstreamResponse,
-  reply: FastifyReply,
   streams: StreamRegistry,
 ): Promise<void> {
+  x.upstreamAnsweredAt = performance.now();
   const contentType = String(up.headers['content-type'] ?? '');
-  if (up.statusCode >= 300) return relayErrorStatus(x, up, reply, contentType);
-  if (contentType.startsWith('text/event-stream')) return relayStream(x, up, reply, streams);
+  if (up.statusCode >= 300) return relayErrorStatus(x, up, contentType);
+  if (contentType.startsWith('text/event-stream')) return relayStream(x, up, streams);
   if (up.statusCode === 202 || up.statusCode === 204 || !contentType) {
     await up.body.dump();
     if (x.pending.size > 0 && up.statusCode !== 204) {
@@ -255,7 +142,7 @@ export async function relayResponse(
         },
       );
     }
-    void reply.code(up.statusCode).headers(x.responseHeaders).send();
+    x.sendEmpty(up.statusCode);
     return;
   }
   if (!contentType.startsWith('application/json')) {
@@ -308,20 +195,12 @@ export async function relayResponse(
     raw = Buffer.from(encodeAdmitted(kept, batch));
   }
   settle(x, frames);
-  // The hot path: written straight to the socket, past Fastify's reply hooks (none are registered).
-  reply.hijack();
-  reply.raw.writeHead(up.statusCode, {
-    ...x.responseHeaders,
-    'content-type': 'application/json',
-    'content-length': raw.length,
-  });
-  reply.raw.end(raw);
+  x.sendJson(up.statusCode, raw);
 }
 
 async function relayErrorStatus(
   x: Exchange,
   up: UpstreamResponse,
-  reply: FastifyReply,
   contentType: string,
 ): Promise<void> {
   const status = up.statusCode;
@@ -342,11 +221,11 @@ async function relayErrorStatus(
           throw new Error('an answer to a request that was never sent');
         const decided = x.policy.enabled ? decideOutbound(x, frames) : frames;
         if (decided.length === 0) throw new Error('nothing of it may be relayed');
-        void reply
-          .code(status)
-          .headers(x.responseHeaders)
-          .header('content-type', 'application/json')
-          .send(decided === frames ? raw : encodeAdmitted(decided, Array.isArray(value)));
+        settle(x, decided);
+        x.sendJsonStatus(
+          status,
+          decided === frames ? raw : encodeAdmitted(decided, Array.isArray(value)),
+        );
         return;
       } catch {
         // fall through to a gateway-made body
@@ -366,11 +245,8 @@ async function relayErrorStatus(
               upstreamStatus: status,
             },
           );
-    void reply
-      .code(status)
-      .headers(x.responseHeaders)
-      .header('content-type', 'application/json')
-      .send(JSON.stringify(errorPayload(err, [...x.pending])));
+    x.errorCode = err.code;
+    x.sendJsonStatus(status, JSON.stringify(errorPayload(err, [...x.pending])));
     return;
   }
   throw new GatewayError(
@@ -383,16 +259,8 @@ async function relayErrorStatus(
   );
 }
 
-function relayStream(
-  x: Exchange,
-  up: UpstreamResponse,
-  reply: FastifyReply,
-  streams: StreamRegistry,
-): Promise<void> {
-  reply.hijack();
-  const res = reply.raw;
-  res.writeHead(up.statusCode, { ...SSE_HEADERS, ...x.responseHeaders });
-  res.flushHeaders();
+function relayStream(x: Exchange, up: UpstreamResponse, streams: StreamRegistry): Promise<void> {
+  x.openStream(up.statusCode);
   if (x.session) x.session.streams++;
 
   const body = up.body;
@@ -408,10 +276,10 @@ function relayStream(
   };
   const write = (chunk: string): void => {
     stream.lastWriteAt = Date.now();
-    if (!res.write(chunk) && !paused) {
+    if (!x.write(chunk) && !paused) {
       paused = true;
       body.pause();
-      res.once('drain', resume);
+      x.onDrain(resume);
     }
   };
 
@@ -431,15 +299,19 @@ function relayStream(
     clearTimeout(idle);
     if (x.session) x.session.streams--;
     streams.remove(stream);
-    if (!res.writableEnded && !res.destroyed) {
-      if (err) for (const id of x.pending) res.write(encodeMessage(err.toResponse(id)));
-      res.end(retryHintMs !== undefined ? encodeRetry(retryHintMs) : undefined);
+    if (x.writable) {
+      if (err) for (const id of x.pending) x.write(encodeMessage(err.toResponse(id)));
+      x.end(retryHintMs !== undefined ? encodeRetry(retryHintMs) : undefined);
     }
     x.pending.clear();
   };
 
   const stream: ClientStream = {
-    res,
+    get open() {
+      return x.writable;
+    },
+    write,
+    end: (chunk) => x.end(chunk),
     pending: x.pending,
     lastWriteAt: Date.now(),
     identity: x.identity,
@@ -544,7 +416,7 @@ function relayStream(
   }
 
   return new Promise<void>((resolve) => {
-    res.once('close', () => {
+    x.onClose(() => {
       // The client went away (or the stream was finished): stop the upstream side.
       if (!finished) {
         finished = true;

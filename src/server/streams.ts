@@ -4,7 +4,6 @@
  */
 import type { GatewayError } from '../errors/index.js';
 import { HEARTBEAT, encodeRetry } from '../mcp/sse.js';
-import type { ServerResponse } from 'node:http';
 
 /** Whom a stream serves, so that revoking them can end it. */
 export interface StreamIdentity {
@@ -17,7 +16,12 @@ export interface StreamIdentity {
 }
 
 export interface ClientStream {
-  readonly res: ServerResponse;
+  /** Whether the client's side can still be written to. */
+  readonly open: boolean;
+  /** Writes to the client (through its exchange: what is written is counted). */
+  write(chunk: string): void;
+  /** Ends the stream, after `chunk` if any. */
+  end(chunk?: string): void;
   /** Requests still waiting for their response on this stream. */
   readonly pending: ReadonlySet<unknown>;
   lastWriteAt: number;
@@ -72,16 +76,14 @@ export class StreamRegistry {
   }
 
   private closeIdle(stream: ClientStream): void {
-    if (!stream.res.writableEnded) {
-      stream.res.end(encodeRetry(this.retryHintMs));
-    }
+    if (stream.open) stream.end(encodeRetry(this.retryHintMs));
   }
 
   private beat(): void {
     const now = Date.now();
     for (const s of this.streams) {
-      if (now - s.lastWriteAt >= this.heartbeatMs && !s.res.writableEnded) {
-        s.res.write(HEARTBEAT);
+      if (now - s.lastWriteAt >= this.heartbeatMs && s.open) {
+        s.write(HEARTBEAT);
         s.lastWriteAt = now;
       }
     }

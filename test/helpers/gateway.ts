@@ -3,7 +3,8 @@
  * ports, logs silent unless PORTCULLIS_TEST_LOG names a level.
  */
 import pino from 'pino';
-import type { Frame, FrameContext } from '../../src/mcp/frame.js';
+import type { Frame } from '../../src/mcp/frame.js';
+import type { MessageOutcome } from '../../src/server/exchange.js';
 import { buildConfig } from '../../src/config/load.js';
 import type { Config } from '../../src/config/schema.js';
 import { startGateway, type Gateway } from '../../src/server/gateway.js';
@@ -19,11 +20,14 @@ export interface SeenFrame {
   server: string;
   session: string | undefined;
   message: Frame['message'];
+  /** What the gateway's decision points made of it. */
+  outcome: MessageOutcome;
+  rule: string | undefined;
 }
 
 /**
  * The frames a gateway saw, in order, and a way to wait for one: the
- * gateway's frame hook pushes here, so a test awaits the frame itself
+ * gateway's exchange observer pushes here, so a test awaits the frame itself
  * instead of sleeping and looking.
  */
 export class SeenFrames extends Array<SeenFrame> {
@@ -101,17 +105,21 @@ export async function startTestGateway(
     log,
     ...(frames
       ? {
-          onFrame: (f: Frame, c: FrameContext) =>
-            frames.push({
-              direction: f.direction,
-              kind: f.kind,
-              id: f.id,
-              method: f.method,
-              target: f.target,
-              server: c.server,
-              session: c.session,
-              message: f.message,
-            }),
+          observer: {
+            message: (x, f, outcome, rule) =>
+              frames.push({
+                direction: f.direction,
+                kind: f.kind,
+                id: f.id,
+                method: f.method,
+                target: f.target,
+                server: x.server,
+                session: x.session?.id,
+                message: f.message,
+                outcome,
+                rule,
+              }),
+          },
         }
       : {}),
   });
