@@ -43,6 +43,7 @@ import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import { GatewayError, isGatewayError, type JsonRpcId } from '../errors/index.js';
 import { saidOf, type JsonRpcMessage, type MessageChannel } from './channel.js';
+import { kindOf } from '../mcp/frame.js';
 import {
   UpstreamAbort,
   UpstreamBody,
@@ -96,11 +97,11 @@ function keyOf(id: unknown): Key {
 }
 
 function isRequest(m: JsonRpcMessage): boolean {
-  return typeof m.method === 'string' && m.id !== undefined && m.id !== null;
+  return kindOf(m) === 'request';
 }
 
 function isNotification(m: JsonRpcMessage): boolean {
-  return typeof m.method === 'string' && (m.id === undefined || m.id === null);
+  return kindOf(m) === 'notification';
 }
 
 function progressTokenOf(m: JsonRpcMessage): unknown {
@@ -737,8 +738,8 @@ export class ChannelUpstream implements Upstream {
 
   /** Routes one message from the server to the stream that should carry it. */
   private fromServer(conduit: Conduit, message: JsonRpcMessage): void {
-    const isResponse = message.method === undefined && message.id !== undefined;
-    if (isResponse) {
+    const kind = kindOf(message);
+    if ((kind === 'response' || kind === 'error') && message.id !== undefined) {
       const key = keyOf(message.id);
       const entry = conduit.inflight.get(key);
       if (entry === undefined) {

@@ -26,6 +26,7 @@ import { Agent, type Dispatcher } from 'undici';
 import type { UpstreamTimeouts } from '../config/schema.js';
 import { GatewayError } from '../errors/index.js';
 import { nestedDeeperThan } from '../mcp/depth.js';
+import { kindOf } from '../mcp/frame.js';
 import {
   ChannelClosedError,
   ChannelListeners,
@@ -256,8 +257,7 @@ export class SseChannel extends ChannelListeners implements MessageChannel {
       { server: this.options.server, status, method: message.method },
       'the SSE server refused a message',
     );
-    if (typeof message.method !== 'string' || message.id === undefined || message.id === null)
-      return;
+    if (kindOf(message) !== 'request') return;
     const err = new GatewayError(
       'PORTCULLIS_ERR_UPSTREAM_BAD_RESPONSE',
       `server '${this.options.server}' refused the request (${status})`,
