@@ -112,6 +112,9 @@ test('hidden characters are removed from what agents see; instructions in a desc
   const held = await refusal(client.callTool({ name: 'add_numbers', arguments: { a: 1, b: 1 } }));
   assert.equal((held.data as { code: string }).code, 'PORTCULLIS_ERR_POLICY_TOOL_HELD');
   assert.match((held.data as { rule: string }).rule, /^poison\./);
+  // Without a manifest only a manifest approves it: resetting a pin would not.
+  assert.match(held.message, /portcullis manifest pull --config CONFIG --server rug/);
+  assert.doesNotMatch(held.message, /pins reset/);
   const hidden = await refusal(client.callTool({ name: 'quiet', arguments: {} }));
   assert.equal((hidden.data as { rule: string }).rule, 'poison.hidden-text');
   assert.equal(up.calls.get('add_numbers'), undefined);

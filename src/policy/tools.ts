@@ -215,10 +215,15 @@ export function compileServerTools(server: string, config: ServerToolsConfig): S
     if (tool.outputSchema) outputValidators.set(tool.name, compileOrNothing(tool.outputSchema));
   }
   const file = config.manifestFile ?? 'MANIFEST';
-  const approveHint = (tool: string) =>
+  const pullHint = (tool: string) =>
+    `pull a manifest with \`portcullis manifest pull --config CONFIG --server ${server} --out FILE\`, approve it (\`portcullis manifest approve --manifest FILE --tool ${tool}\`) and set servers.${server}.manifest`;
+  const approveHint = (tool: string, code: Blocked['code']) =>
     manifest
       ? `review it with \`portcullis manifest diff --config CONFIG --server ${server}\` and take it with \`portcullis manifest approve --manifest ${file} --config CONFIG --server ${server} --tool ${tool}\``
-      : `trust its current definition on every replica with \`portcullis pins reset --server ${server} --tool ${tool}\`, or pull a manifest with \`portcullis manifest pull --config CONFIG --server ${server} --out FILE\`, approve it (\`portcullis manifest approve --manifest FILE --tool ${tool}\`) and set servers.${server}.manifest`;
+      : code === 'PORTCULLIS_ERR_POLICY_TOOL_CHANGED'
+        ? `trust its current definition on every replica with \`portcullis pins reset --server ${server} --tool ${tool}\`, or ${pullHint(tool)}`
+        : // A held description is held whatever the pins say: only a manifest approves it.
+          pullHint(tool);
   const manifestRule = `servers.${server}.manifest`;
   const pinRule = `servers.${server}.pinning`;
 
@@ -320,10 +325,14 @@ export function compileServerTools(server: string, config: ServerToolsConfig): S
       if (verdict) {
         if (verdict.code === 'PORTCULLIS_ERR_POLICY_TOOL_NOT_FOUND')
           return new GatewayError(verdict.code, tool, { rule: verdict.rule });
-        return new GatewayError(verdict.code, `'${tool}' ${verdict.reason}; ${approveHint(tool)}`, {
-          rule: verdict.rule,
-          tool,
-        });
+        return new GatewayError(
+          verdict.code,
+          `'${tool}' ${verdict.reason}; ${approveHint(tool, verdict.code)}`,
+          {
+            rule: verdict.rule,
+            tool,
+          },
+        );
       }
       const validate = validators.get(tool);
       if (validate && !validate(args ?? {})) {
