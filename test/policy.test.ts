@@ -396,6 +396,40 @@ test('outbound: what a server may ask the client for is the grant’s: sampling,
   assert.equal(d.rule, 'tenants.acme.servers.db.roots');
 });
 
+test('inbound, 2026-07-28: inputResponses answering what the grant would not let a server ask are refused', () => {
+  const policy = policyOf({
+    acme: { servers: { db: { tools: ['*'], sampling: true, elicitation: ['form'] } } },
+    closed: { servers: { db: { tools: ['*'] } } },
+  });
+  const retry = (inputResponses: Record<string, unknown>) =>
+    toFrame(
+      {
+        jsonrpc: '2.0',
+        id: 7,
+        method: 'tools/call',
+        params: { name: 'query', arguments: {}, inputResponses },
+      },
+      'client-to-server',
+    );
+  const modern = (tenant: string) => ctx(tenant, 'db', 'modern');
+  const sampled = { role: 'assistant', content: { type: 'text', text: 'Paris' }, model: 'm' };
+  const elicited = { action: 'accept', content: { name: 'a' } };
+  const roots = { roots: [{ uri: 'file:///srv' }] };
+  assert.equal(policy.inbound(retry({ a: sampled, b: elicited }), modern('acme')), ALLOW);
+  const d = policy.inbound(retry({ a: sampled, where: roots }), modern('acme'));
+  assert.ok(d.kind === 'deny');
+  assert.equal(d.rule, 'tenants.acme.servers.db.roots');
+  assert.equal(d.error.code, 'PORTCULLIS_ERR_POLICY_CLIENT_REQUEST_DENIED');
+  // Granted none of the three: no entry passes, whatever its shape.
+  for (const entry of [sampled, elicited, roots, { anything: 1 }]) {
+    const refused = policy.inbound(retry({ x: entry }), modern('closed'));
+    assert.ok(refused.kind === 'deny', JSON.stringify(entry));
+    assert.equal(refused.rule, 'tenants.closed.servers.db.inputResponses');
+  }
+  // The legacy era has no inputResponses: a param of that name is the server's business.
+  assert.equal(policy.inbound(retry({ x: roots }), ctx('closed')), ALLOW);
+});
+
 test('docs/policy.md: the complete example is a valid configuration and decides as the text says', async () => {
   const docs = await readFile(new URL('../docs/policy.md', import.meta.url), 'utf8');
   const section = docs.slice(docs.indexOf('## A complete example'));

@@ -384,6 +384,30 @@ function inputRequestRule(grant: CompiledGrant, message: JsonRpcMessage): string
   return undefined;
 }
 
+/**
+ * The first of a 2026-07-28 retry's `inputResponses` the grant would not have
+ * let the server ask for: its rule. The era is stateless, so the gateway
+ * cannot know what was asked; it judges each response by its shape (a
+ * ListRootsResult has `roots`, an ElicitResult `action`, a CreateMessageResult
+ * `model` or `role`). A tenant granted none of the three sends none: any
+ * entry, whatever its shape, is refused, so a client cannot hand a server an
+ * answer to a question the policy would never have let through.
+ */
+function inputResponseRule(grant: CompiledGrant, requestParams: unknown): string | undefined {
+  const responses = (requestParams as { inputResponses?: unknown } | undefined)?.inputResponses;
+  if (responses === null || typeof responses !== 'object') return undefined;
+  const none = !grant.sampling && !grant.roots && grant.elicitation.size === 0;
+  for (const response of Object.values(responses as Record<string, unknown>)) {
+    if (none) return `${grant.rule}.inputResponses`;
+    if (response === null || typeof response !== 'object') continue;
+    const r = response as Record<string, unknown>;
+    if ('roots' in r && !grant.roots) return `${grant.rule}.roots`;
+    if ('action' in r && grant.elicitation.size === 0) return `${grant.rule}.elicitation`;
+    if (('model' in r || 'role' in r) && !grant.sampling) return `${grant.rule}.sampling`;
+  }
+  return undefined;
+}
+
 const clientRequestDenied = (rule: string, what: string): GatewayError =>
   new GatewayError('PORTCULLIS_ERR_POLICY_CLIENT_REQUEST_DENIED', what, { rule });
 
@@ -645,6 +669,17 @@ export function compilePolicy(
           const rule = error.data.rule as string;
           if (!tenant.shadow) return { kind: 'deny', rule, error };
           (shadowed ??= []).push({ rule, would: 'deny', reason: error.message });
+        }
+        if (ctx.era === 'modern') {
+          const rule = inputResponseRule(found.grant, params(frame));
+          if (rule !== undefined) {
+            const error = clientRequestDenied(
+              rule,
+              'the request answers a question this tenant does not let servers ask (inputResponses)',
+            );
+            if (!tenant.shadow) return { kind: 'deny', rule, error };
+            (shadowed ??= []).push({ rule, would: 'deny', reason: error.message });
+          }
         }
       }
       if (frame.method === 'tools/call') {
