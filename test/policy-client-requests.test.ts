@@ -142,3 +142,44 @@ test('2026-07-28: an InputRequiredResult asking for what is not granted reaches 
     'the open tenant gets the input request',
   );
 });
+
+test('2026-07-28: a retry carrying inputResponses is decided by the same grants, before the server sees it', async () => {
+  const retry = (tenant: string, tool: string, inputResponses: Record<string, unknown>) => {
+    const body = modernCall(tool, {}, 8, { sampling: {}, roots: {} }) as {
+      params: Record<string, unknown>;
+    };
+    body.params.inputResponses = inputResponses;
+    return post(gw.gw.urlFor('modern'), body, {
+      ...modernHeaders(tool),
+      authorization: `Bearer ${tokens[tenant] as string}`,
+    }).then(
+      (r) =>
+        r.json() as Promise<{
+          result?: { content?: Array<{ text: string }> };
+          error?: { code: number; data: { code: string; rule: string } };
+        }>,
+    );
+  };
+  const sampled = { role: 'assistant', content: { type: 'text', text: 'Paris' }, model: 'test' };
+  const roots = { roots: [{ uri: 'file:///srv', name: 'srv' }] };
+
+  // Granted sampling: the server takes the answer and finishes.
+  const done = await retry('open', 'test_input_required_result_sampling', {
+    capital_question: sampled,
+  });
+  assert.equal(done.result?.content?.[0]?.text, 'The model said: Paris');
+
+  // Not granted roots: refused at the gateway, so the tool never lists them.
+  const noRoots = await retry('open', 'test_input_required_result_list_roots', {
+    client_roots: roots,
+  });
+  assert.equal(noRoots.error?.data.code, 'PORTCULLIS_ERR_POLICY_CLIENT_REQUEST_DENIED');
+  assert.equal(noRoots.error?.data.rule, 'tenants.open.servers.modern.roots');
+
+  // Granted nothing a server may ask: no inputResponses pass at all.
+  const closed = await retry('closed', 'test_input_required_result_sampling', {
+    capital_question: sampled,
+  });
+  assert.equal(closed.error?.code, -32601);
+  assert.equal(closed.error?.data.rule, 'tenants.closed.servers.modern.inputResponses');
+});
