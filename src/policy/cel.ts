@@ -18,6 +18,11 @@
  *   and it has a type checker, which @bufbuild/cel 0.6 does not export. What the checker would
  *   catch is done here by walking the AST (`checkExpr`).
  *
+ * Two evaluators. When the whole expression is in the subset of src/policy/cel-fast.ts, it is
+ * compiled there into closures over the message's JSON values (about a tenth of the engine's
+ * cost per condition); otherwise, and for any evaluation the fast path hands back, the engine
+ * runs it. The engine is the reference: test/policy-cel-fast.test.ts holds the two equal.
+ *
  * Bounded work. Neither engine has a runtime cost limit, so the budget is counted here, in the
  * only places where work grows with the message: every element or key an iteration draws from
  * message data, and every element copied by list concatenation (what `map`/`filter` build).
@@ -49,6 +54,13 @@ import {
   type CelValue,
 } from '@bufbuild/cel';
 import { RE2JS } from '@bufbuild/re2';
+import {
+  CelFault,
+  compileFast,
+  describeFastValue,
+  FastBail,
+  type FastProgram,
+} from './cel-fast.js';
 
 /** Iteration steps (elements or keys drawn from message data, elements copied) per evaluation. */
 export const DEFAULT_CONDITION_MAX_STEPS = 100_000;
@@ -94,6 +106,28 @@ export interface Condition {
 export interface CompileConditionOptions {
   /** Iteration budget per evaluation; default DEFAULT_CONDITION_MAX_STEPS. */
   maxSteps?: number;
+  /**
+   * @internal For tests. `auto` (the default): the fast path (src/policy/cel-fast.ts) when the
+   * whole expression is in its subset, the engine otherwise. `reference`: the engine only, the
+   * semantics the fast path is compared with. `fast`: the fast path only; compiling throws
+   * outside its subset, and an evaluation it would hand to the engine is false with an error
+   * starting with FAST_PATH_FELL_BACK.
+   */
+  engine?: 'auto' | 'reference' | 'fast';
+}
+
+/** @internal The error prefix of an evaluation the fast path would hand to the engine. */
+export const FAST_PATH_FELL_BACK = 'the fast path fell back to the engine';
+
+/** Conditions that run on the fast path. */
+const fastConditions = new WeakSet<Condition>();
+
+/**
+ * @internal Which evaluator a compiled condition uses: `fast` (closures over the JSON values,
+ * src/policy/cel-fast.ts) or `reference` (the engine).
+ */
+export function conditionEngine(condition: Condition): 'fast' | 'reference' {
+  return fastConditions.has(condition) ? 'fast' : 'reference';
 }
 
 /** A condition that cannot be compiled. `line`/`column` are 1-based when known. */
@@ -677,8 +711,61 @@ export function compileCondition(source: string, options: CompileConditionOption
   const program = plan(ENV, parsed);
   const guard = leadingPresenceTest(parsed.expr);
   const meter = new Meter(maxSteps);
+  const mode = options.engine ?? 'auto';
+  const fast: FastProgram | undefined =
+    mode === 'reference'
+      ? undefined
+      : compileFast(parsed.expr, DECLARED, {
+          tick: (steps) => meter.tick(steps),
+          regex: compileRegex,
+          codePoints: codePointCount,
+        });
+  if (mode === 'fast' && fast === undefined) {
+    throw new ConditionError(source, 'the expression is outside the fast path subset');
+  }
 
-  function evaluateDetailed(vars: ConditionVars): ConditionResult {
+  // Where an error happened, worked out once per expression: a condition that errors on some
+  // message shape errors on every message of that shape.
+  const whereById = new Map<bigint, string>();
+  function where(exprId: bigint | undefined): string {
+    if (exprId === undefined) return '';
+    let text = whereById.get(exprId);
+    if (text === undefined) {
+      const at = positions[String(exprId)];
+      text = at === undefined ? '' : ` (${describePosition(source, at)})`;
+      whereById.set(exprId, text);
+    }
+    return text;
+  }
+
+  /**
+   * The fast path. Whatever it does not mirror exactly, it hands to the engine: a FastBail,
+   * or any exception that is neither a CEL error nor the budget (a stack overflow on a deep
+   * message, say), which the engine may treat otherwise.
+   */
+  function evaluateFast(run: FastProgram, vars: ConditionVars): ConditionResult {
+    meter.reset();
+    let result: unknown;
+    try {
+      result = run(vars);
+    } catch (err) {
+      if (meter.exceeded) return { value: false, error: meter.exceededMessage() };
+      if (err instanceof CelFault) return { value: false, error: err.message + where(err.exprId) };
+      if (mode === 'fast') {
+        const why = err instanceof FastBail ? err.reason : errorMessage(err);
+        return { value: false, error: `${FAST_PATH_FELL_BACK}: ${why}` };
+      }
+      return evaluateOnEngine(vars);
+    }
+    if (result === true) return TRUE_RESULT;
+    if (result === false) return FALSE_RESULT;
+    return {
+      value: false,
+      error: `the expression evaluated to ${describeFastValue(result)}, not a bool`,
+    };
+  }
+
+  function evaluateOnEngine(vars: ConditionVars): ConditionResult {
     meter.reset();
     const outer = currentMeter;
     currentMeter = meter;
@@ -691,11 +778,7 @@ export function compileCondition(source: string, options: CompileConditionOption
       }
       const result = program(bindings);
       if (meter.exceeded) return { value: false, error: meter.exceededMessage() };
-      if (isCelError(result)) {
-        const at = result.exprId === undefined ? undefined : positions[String(result.exprId)];
-        const where = at === undefined ? '' : ` (${describePosition(source, at)})`;
-        return { value: false, error: result.message + where };
-      }
+      if (isCelError(result)) return { value: false, error: result.message + where(result.exprId) };
       if (typeof result !== 'boolean') {
         return {
           value: false,
@@ -711,11 +794,17 @@ export function compileCondition(source: string, options: CompileConditionOption
     }
   }
 
-  return Object.freeze({
+  const evaluateDetailed =
+    fast === undefined
+      ? evaluateOnEngine
+      : (vars: ConditionVars): ConditionResult => evaluateFast(fast, vars);
+  const condition: Condition = Object.freeze({
     source,
     evaluateDetailed,
     evaluate: (vars: ConditionVars): boolean => evaluateDetailed(vars).value,
   });
+  if (fast !== undefined) fastConditions.add(condition);
+  return condition;
 }
 
 // ---- messages ------------------------------------------------------------------------------
