@@ -54,6 +54,7 @@ import {
   type CelValue,
 } from '@bufbuild/cel';
 import { RE2JS } from '@bufbuild/re2';
+import { mayMatch, requiredLiterals, type RequiredLiterals } from './regex-prefilter.js';
 import {
   CelFault,
   compileFast,
@@ -411,12 +412,30 @@ function concat(a: CelList, b: CelList): CelList {
 
 // ---- regexes: RE2, compiled once per pattern ---------------------------------------------
 
-const regexCache = new Map<string, RE2JS>();
+/**
+ * A compiled pattern, searched only when the text holds one of the strings
+ * every match must contain (src/policy/regex-prefilter.ts): most texts match
+ * no deny pattern, and proving that with a folded `includes` is 20-50 times
+ * cheaper than an RE2 search.
+ */
+class Regex {
+  constructor(
+    private readonly re: RE2JS,
+    private readonly required: RequiredLiterals | undefined,
+  ) {}
 
-function compileRegex(pattern: string): RE2JS {
+  test(text: string): boolean {
+    if (this.required !== undefined && !mayMatch(this.required, text)) return false;
+    return this.re.test(text);
+  }
+}
+
+const regexCache = new Map<string, Regex>();
+
+function compileRegex(pattern: string): Regex {
   let re = regexCache.get(pattern);
   if (re === undefined) {
-    re = RE2JS.compile(pattern);
+    re = new Regex(RE2JS.compile(pattern), requiredLiterals(pattern));
     if (regexCache.size < REGEX_CACHE_MAX_ENTRIES) regexCache.set(pattern, re);
   }
   return re;
