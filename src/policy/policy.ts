@@ -123,8 +123,15 @@ interface CompiledTenant {
   readonly name: string;
   readonly servers: ReadonlyMap<string, CompiledGrant>;
   readonly rules: readonly CompiledRule[];
-  /** The rules that can apply on a server to a method, in order (see `indexRules`). */
-  readonly rulesFor: (server: string, method: string) => readonly CompiledRule[];
+  /**
+   * The rules that apply on a server to a method and target (the tool, prompt or resource;
+   * undefined when the message names none), in order (see `indexRules`).
+   */
+  readonly rulesFor: (
+    server: string,
+    method: string,
+    target: string | undefined,
+  ) => readonly CompiledRule[];
   readonly shadow: boolean;
 }
 
@@ -212,7 +219,7 @@ export function policyProblems(config: Pick<Config, 'servers' | 'tenants'>): Pol
 function indexRules(
   rules: readonly CompiledRule[],
   servers: Iterable<string>,
-): (server: string, method: string) => readonly CompiledRule[] {
+): CompiledTenant['rulesFor'] {
   const methods = new Set<string>();
   for (const r of rules) for (const m of r.methods ?? []) methods.add(m);
   const select = (server: string | undefined, method: string | undefined) =>
@@ -234,11 +241,39 @@ function indexRules(
     byMethod: new Map([...methods].map((m) => [m, select(undefined, m)])),
     other: select(undefined, undefined),
   };
-  return (server, method) => {
+  /**
+   * Per (server, method) list, the rules left once their `targets` are matched, by target:
+   * matching every rule's globs on every call cost more than the conditions that then apply.
+   * Bounded: a list's cache holds at most TARGETS_CACHED targets and is emptied when full (a
+   * client naming ever new targets pays the matching, as it would without the cache).
+   */
+  const byTarget = new Map<readonly CompiledRule[], Map<string, readonly CompiledRule[]>>();
+  const untargeted = new Map<readonly CompiledRule[], readonly CompiledRule[]>();
+  return (server, method, target) => {
     const at = byServer.get(server) ?? unknown;
-    return at.byMethod.get(method) ?? at.other;
+    const list = at.byMethod.get(method) ?? at.other;
+    if (target === undefined) {
+      let kept = untargeted.get(list);
+      if (kept === undefined) {
+        kept = list.filter((r) => r.targets === MATCH_ALL);
+        untargeted.set(list, kept);
+      }
+      return kept;
+    }
+    let cache = byTarget.get(list);
+    if (cache === undefined) byTarget.set(list, (cache = new Map()));
+    let kept = cache.get(target);
+    if (kept === undefined) {
+      kept = list.filter((r) => r.targets(target));
+      if (cache.size >= TARGETS_CACHED) cache.clear();
+      cache.set(target, kept);
+    }
+    return kept;
   };
 }
+
+/** Targets whose applying rules one (server, method) list remembers. */
+const TARGETS_CACHED = 4_096;
 
 function compileTenant(name: string, t: TenantConfig): CompiledTenant {
   const rules = t.rules.map((r) => compileRule(r, compileCondition(r.when)));
@@ -428,13 +463,6 @@ function conditionVars(frame: Frame, ctx: DecisionContext): ConditionVars {
     ...(args === undefined ? {} : { arguments: args }),
     message: frame.message,
   };
-}
-
-function applies(rule: CompiledRule, frame: Frame, ctx: DecisionContext): boolean {
-  if (rule.servers && !rule.servers.has(ctx.server)) return false;
-  if (rule.methods && !rule.methods.has(frame.method ?? '')) return false;
-  if (frame.target !== undefined) return rule.targets(frame.target);
-  return rule.targets === MATCH_ALL;
 }
 
 /** Which list a result carries for a list method, and how an entry is named in the grant. */
@@ -695,8 +723,7 @@ export function compilePolicy(
       }
       if (!tenant || tenant.rules.length === 0) return withShadow(ALLOW, shadowed);
       let vars: ConditionVars | undefined;
-      for (const rule of tenant.rulesFor(ctx.server, frame.method ?? '')) {
-        if (!applies(rule, frame, ctx)) continue;
+      for (const rule of tenant.rulesFor(ctx.server, frame.method ?? '', frame.target)) {
         vars ??= conditionVars(frame, ctx);
         const { value, error } = rule.condition.evaluateDetailed(vars);
         // A deny rule whose condition cannot be evaluated denies: fail closed.
