@@ -573,3 +573,25 @@ test('trust on first use is bounded: a server that keeps inventing tools gets no
   // Another server has a cap of its own.
   assert.equal(pins.trust('files', 'x', 'sha256:00'), true);
 });
+
+test('rules scoped by targets: the right rules for every target, past the per-target memory’s bound', () => {
+  const policy = policyOf({
+    acme: {
+      servers: { db: { tools: ['*'] } },
+      rules: [
+        { id: 'no-drop-on-q', targets: ['q_*'], when: 'arguments.sql == "drop"' },
+        { id: 'no-x-anywhere', when: 'has(arguments.x)' },
+      ],
+    },
+  });
+  // More distinct targets than one list remembers (4,096): decisions are the same before and after it is emptied.
+  for (let round = 0; round < 2; round++) {
+    for (let i = 0; i < 5_000; i++) {
+      const scoped = policy.inbound(call(`q_${i}`, { sql: 'drop' }), ctx('acme'));
+      assert.ok(scoped.kind === 'deny' && scoped.rule === 'no-drop-on-q', `q_${i}`);
+      assert.equal(policy.inbound(call(`r_${i}`, { sql: 'drop' }), ctx('acme')), ALLOW, `r_${i}`);
+      const any = policy.inbound(call(`r_${i}`, { x: 1 }), ctx('acme'));
+      assert.ok(any.kind === 'deny' && any.rule === 'no-x-anywhere', `r_${i} x`);
+    }
+  }
+});
