@@ -163,8 +163,11 @@ function noOverload(id: bigint, fn: string, target: unknown, args: readonly unkn
   );
 }
 
+/** Object.keys(m).length without the array: own enumerable string keys, as for-in with hasOwn sees them. */
 function ownKeyCount(m: Record<string, unknown>): number {
-  return Object.keys(m).length;
+  let n = 0;
+  for (const k in m) if (Object.hasOwn(m, k)) n++;
+  return n;
 }
 
 /** A number and a bigint are equal when they are mathematically (JS `==` on the pair). */

@@ -47,7 +47,12 @@ export function compilePatterns(patterns: readonly string[] | undefined): Matche
     else exact.add(p);
   }
   if (globs.length === 0) return (value) => exact.has(value);
-  return (value) => exact.has(value) || globs.some((g) => g(value));
+  return (value) => {
+    if (exact.has(value)) return true;
+    // A loop, not globs.some(g => g(value)): no closure per call.
+    for (const g of globs) if (g(value)) return true;
+    return false;
+  };
 }
 
 /** What an expression may expand to: characters it may not contain. */

@@ -117,6 +117,9 @@ interface CompiledGrant {
   readonly roots: boolean;
   /** The rule id prefix of this grant: `tenants.<tenant>.servers.<server>`. */
   readonly rule: string;
+  /** The rules a resource or a template not granted names (made once, not per message). */
+  readonly resourcesRule: string;
+  readonly templatesRule: string;
 }
 
 interface CompiledTenant {
@@ -159,6 +162,8 @@ function compileGrant(tenant: string, server: string, grant: ServerGrant): Compi
     elicitation: new Set(grant.elicitation ?? []),
     roots: grant.roots === true,
     rule: `tenants.${tenant}.servers.${server}`,
+    resourcesRule: `tenants.${tenant}.servers.${server}.resources`,
+    templatesRule: `tenants.${tenant}.servers.${server}.resourceTemplates`,
   };
 }
 
@@ -316,9 +321,18 @@ interface GrantCheck {
   readonly error: () => GatewayError;
 }
 
+/** What a granted check is: one shared object, so the common case allocates nothing. */
+const GRANTED: GrantCheck = Object.freeze({
+  granted: true,
+  error: () => {
+    throw new Error('a granted check has no error');
+  },
+});
+
 function promptCheck(grant: CompiledGrant, name: string): GrantCheck {
+  if (grant.prompts(name)) return GRANTED;
   return {
-    granted: grant.prompts(name),
+    granted: false,
     error: () =>
       notGranted('PORTCULLIS_ERR_POLICY_PROMPT_NOT_FOUND', name, `${grant.rule}.prompts`),
   };
@@ -326,11 +340,12 @@ function promptCheck(grant: CompiledGrant, name: string): GrantCheck {
 
 /** A resource not granted is missing, as the era says a missing resource is. */
 function resourceCheck(granted: boolean, uri: string, era: Era, rule: string): GrantCheck {
+  if (granted) return GRANTED;
   const code =
     era === 'modern'
       ? 'PORTCULLIS_ERR_POLICY_RESOURCE_NOT_FOUND'
       : 'PORTCULLIS_ERR_POLICY_RESOURCE_NOT_FOUND_2025';
-  return { granted, error: () => notGranted(code, uri, rule) };
+  return { granted: false, error: () => notGranted(code, uri, rule) };
 }
 
 /**
@@ -341,8 +356,9 @@ function grantCheck(frame: Frame, grant: CompiledGrant, era: Era): GrantCheck | 
   const target = frame.target ?? '';
   switch (frame.method) {
     case 'tools/call':
+      if (grant.tools(target)) return GRANTED;
       return {
-        granted: grant.tools(target),
+        granted: false,
         error: () =>
           notGranted('PORTCULLIS_ERR_POLICY_TOOL_NOT_FOUND', target, `${grant.rule}.tools`),
       };
@@ -355,7 +371,7 @@ function grantCheck(frame: Frame, grant: CompiledGrant, era: Era): GrantCheck | 
         grant.resources(target) || grant.templateUris(target),
         target,
         era,
-        `${grant.rule}.resources`,
+        grant.resourcesRule,
       );
     case 'completion/complete': {
       // spec: the ref is a prompt (ref/prompt, name) or a resource template (ref/resource, uri).
@@ -367,7 +383,7 @@ function grantCheck(frame: Frame, grant: CompiledGrant, era: Era): GrantCheck | 
         grant.templates(uri) || grant.resources(uri),
         uri,
         era,
-        `${grant.rule}.resourceTemplates`,
+        grant.templatesRule,
       );
     }
     default:
@@ -446,21 +462,35 @@ function inputResponseRule(grant: CompiledGrant, requestParams: unknown): string
 const clientRequestDenied = (rule: string, what: string): GatewayError =>
   new GatewayError('PORTCULLIS_ERR_POLICY_CLIENT_REQUEST_DENIED', what, { rule });
 
+/** What conditions see of a principal, made once per principal (a principal is immutable). */
+const principalVarsOf = new WeakMap<Principal, ConditionVars['principal']>();
+
+function principalVars(principal: Principal): ConditionVars['principal'] {
+  let vars = principalVarsOf.get(principal);
+  if (vars === undefined) {
+    vars = {
+      tenant: principal.tenant,
+      subject: principal.subject,
+      // Absent, not undefined: `has(principal.client)` must be false without one.
+      ...(principal.clientId === undefined ? {} : { client: principal.clientId }),
+      scopes: principal.scopes,
+    };
+    principalVarsOf.set(principal, vars);
+  }
+  return vars;
+}
+
+/** One shape for every message (an absent target or arguments is undefined: CEL sees null, {}). */
 function conditionVars(frame: Frame, ctx: DecisionContext): ConditionVars {
   const p = params(frame);
   const args =
     frame.method === 'tools/call' || frame.method === 'prompts/get' ? p?.arguments : undefined;
   return {
-    principal: {
-      tenant: ctx.principal.tenant,
-      subject: ctx.principal.subject,
-      ...(ctx.principal.clientId === undefined ? {} : { client: ctx.principal.clientId }),
-      scopes: ctx.principal.scopes,
-    },
+    principal: principalVars(ctx.principal),
     server: ctx.server,
     method: frame.method ?? '',
-    ...(frame.target === undefined ? {} : { target: frame.target }),
-    ...(args === undefined ? {} : { arguments: args }),
+    target: frame.target,
+    arguments: args,
     message: frame.message,
   };
 }

@@ -201,7 +201,7 @@ export class Exchange implements PendingCall, OutboundExchange {
       principal: this.principal,
       server: this.server,
       era: this.era,
-      ...(this.memory ? { memory: this.memory } : {}),
+      memory: this.memory,
     };
     return this.context;
   }
