@@ -133,6 +133,10 @@ export class Exchange implements PendingCall, OutboundExchange {
   call: UpstreamCall | undefined = undefined;
   /** Set when a revocation gave up on the call before its answer began. */
   revoked: GatewayError | undefined = undefined;
+  /** The stream registry's links while the call waits for its answer (streams.ts). */
+  prevCall: PendingCall | undefined = undefined;
+  nextCall: PendingCall | undefined = undefined;
+  tracked = false;
 
   // ---- timings (performance.now(), ms; 0 until it happened) and bytes -----------------------
   readonly startedAt: number;

@@ -37,11 +37,24 @@ export interface ClientStream {
 export interface PendingCall extends StreamIdentity {
   /** Gives up on the upstream call; the client is answered with `reason`. */
   cancel(reason: GatewayError): void;
+  /** The registry's links to its neighbours while it is tracked; set by the registry only. */
+  prevCall: PendingCall | undefined;
+  nextCall: PendingCall | undefined;
+  tracked: boolean;
 }
 
 export class StreamRegistry {
   private readonly streams = new Set<ClientStream>();
-  private readonly calls = new Set<PendingCall>();
+  /**
+   * Calls whose answer has not begun, as a list threaded through the calls
+   * themselves, each unlinked (its links cleared) when its answer begins. Not a
+   * Set: a hash table that every request enters and leaves is rebuilt again and
+   * again, and a discarded table that has reached the old generation still
+   * points at the calls it held, so each of them, and its whole request, was
+   * kept through young-generation collections until the next full one
+   * (measured: bench/RESULTS-policy.md, "The pipeline").
+   */
+  private firstCall: PendingCall | undefined = undefined;
   private readonly ticker: NodeJS.Timeout;
   private draining = false;
   private idleWaiters: Array<() => void> = [];
@@ -111,11 +124,29 @@ export class StreamRegistry {
 
   /** Tracks a call until its answer begins (then its stream, if any, is added). */
   addCall(call: PendingCall): void {
-    this.calls.add(call);
+    if (call.tracked) return;
+    call.tracked = true;
+    call.prevCall = undefined;
+    call.nextCall = this.firstCall;
+    if (this.firstCall) this.firstCall.prevCall = call;
+    this.firstCall = call;
   }
 
   removeCall(call: PendingCall): void {
-    this.calls.delete(call);
+    if (!call.tracked) return;
+    call.tracked = false;
+    if (call.prevCall) call.prevCall.nextCall = call.nextCall;
+    else this.firstCall = call.nextCall;
+    if (call.nextCall) call.nextCall.prevCall = call.prevCall;
+    call.prevCall = undefined;
+    call.nextCall = undefined;
+  }
+
+  /** The calls tracked now (a copy: cancelling one unlinks it). */
+  private pendingCalls(): PendingCall[] {
+    const out: PendingCall[] = [];
+    for (let c = this.firstCall; c !== undefined; c = c.nextCall) out.push(c);
+    return out;
   }
 
   /**
@@ -124,9 +155,9 @@ export class StreamRegistry {
    */
   terminateWhere(match: (identity: StreamIdentity) => boolean, reason: GatewayError): number {
     let ended = 0;
-    for (const c of [...this.calls]) {
+    for (const c of this.pendingCalls()) {
       if (match(c)) {
-        this.calls.delete(c);
+        this.removeCall(c);
         c.cancel(reason);
         ended++;
       }
