@@ -111,6 +111,9 @@ class LegacyConnection implements ClientStream {
   readonly inflight = new Set<InjectedResponse>();
   getStream: InjectedResponse | undefined;
   closed = false;
+  prevStream: ClientStream | undefined = undefined;
+  nextStream: ClientStream | undefined = undefined;
+  listed = false;
   readonly identity: StreamIdentity;
 
   constructor(

@@ -315,6 +315,9 @@ function relayStream(x: Exchange, up: UpstreamResponse, streams: StreamRegistry)
     pending: x.pending,
     lastWriteAt: Date.now(),
     identity: x.identity,
+    prevStream: undefined,
+    nextStream: undefined,
+    listed: false,
     terminate: (retryHintMs, reason) => {
       const err =
         reason ??

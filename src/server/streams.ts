@@ -31,6 +31,10 @@ export interface ClientStream {
    * shutdown error), then the retry hint.
    */
   terminate(retryHintMs: number, reason?: GatewayError): void;
+  /** The registry's links to its neighbours while it is registered; set by the registry only. */
+  prevStream: ClientStream | undefined;
+  nextStream: ClientStream | undefined;
+  listed: boolean;
 }
 
 /** A request sent upstream whose answer has not begun (no stream to cut yet), and whom it serves. */
@@ -44,7 +48,9 @@ export interface PendingCall extends StreamIdentity {
 }
 
 export class StreamRegistry {
-  private readonly streams = new Set<ClientStream>();
+  /** Open streams, threaded through the streams themselves (not a Set: see `firstCall`). */
+  private firstStream: ClientStream | undefined = undefined;
+  private streamCount = 0;
   /**
    * Calls whose answer has not begun, as a list threaded through the calls
    * themselves, each unlinked (its links cleared) when its answer begins. Not a
@@ -69,18 +75,33 @@ export class StreamRegistry {
   }
 
   get size(): number {
-    return this.streams.size;
+    return this.streamCount;
   }
 
   add(stream: ClientStream): void {
-    this.streams.add(stream);
+    if (!stream.listed) {
+      stream.listed = true;
+      stream.prevStream = undefined;
+      stream.nextStream = this.firstStream;
+      if (this.firstStream) this.firstStream.prevStream = stream;
+      this.firstStream = stream;
+      this.streamCount++;
+    }
     // A stream opened while draining that waits for nothing (a GET stream) closes at once.
     if (this.draining && stream.pending.size === 0) this.closeIdle(stream);
   }
 
   remove(stream: ClientStream): void {
-    this.streams.delete(stream);
-    if (this.streams.size === 0) this.settle();
+    if (stream.listed) {
+      stream.listed = false;
+      if (stream.prevStream) stream.prevStream.nextStream = stream.nextStream;
+      else this.firstStream = stream.nextStream;
+      if (stream.nextStream) stream.nextStream.prevStream = stream.prevStream;
+      stream.prevStream = undefined;
+      stream.nextStream = undefined;
+      this.streamCount--;
+    }
+    if (this.streamCount === 0) this.settle();
   }
 
   /** Called by a stream whose last pending request was answered. */
@@ -94,7 +115,7 @@ export class StreamRegistry {
 
   private beat(): void {
     const now = Date.now();
-    for (const s of this.streams) {
+    for (let s = this.firstStream; s !== undefined; s = s.nextStream) {
       if (now - s.lastWriteAt >= this.heartbeatMs && s.open) {
         s.write(HEARTBEAT);
         s.lastWriteAt = now;
@@ -109,13 +130,13 @@ export class StreamRegistry {
    */
   async drain(timeoutMs: number): Promise<void> {
     this.draining = true;
-    for (const s of this.streams) if (s.pending.size === 0) this.closeIdle(s);
-    if (this.streams.size === 0) return;
+    for (const s of this.openStreams()) if (s.pending.size === 0) this.closeIdle(s);
+    if (this.streamCount === 0) return;
     let timer: NodeJS.Timeout | undefined;
     await new Promise<void>((resolve) => {
       this.idleWaiters.push(resolve);
       timer = setTimeout(() => {
-        for (const s of [...this.streams]) s.terminate(this.retryHintMs);
+        for (const s of this.openStreams()) s.terminate(this.retryHintMs);
         resolve();
       }, timeoutMs);
     });
@@ -142,6 +163,13 @@ export class StreamRegistry {
     call.nextCall = undefined;
   }
 
+  /** The streams open now (a copy: ending one unlinks it). */
+  private openStreams(): ClientStream[] {
+    const out: ClientStream[] = [];
+    for (let s = this.firstStream; s !== undefined; s = s.nextStream) out.push(s);
+    return out;
+  }
+
   /** The calls tracked now (a copy: cancelling one unlinks it). */
   private pendingCalls(): PendingCall[] {
     const out: PendingCall[] = [];
@@ -162,7 +190,7 @@ export class StreamRegistry {
         ended++;
       }
     }
-    for (const s of [...this.streams]) {
+    for (const s of this.openStreams()) {
       if (s.identity !== undefined && match(s.identity)) {
         s.terminate(this.retryHintMs, reason);
         ended++;
