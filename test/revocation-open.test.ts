@@ -226,7 +226,23 @@ test('revoking a token id closes the streams opened with it', async () => {
 });
 
 test('a request whose body comes after its subject was revoked is refused, not let through', async () => {
-  const token = await keyed.token('t4', 'slowpoke');
+  // The door's check can still be running when the verification count moves; then the
+  // revocation is caught at the door (id null), which is not what this test is about. Such a
+  // try is made again with a new subject, a few times at most.
+  for (let attempt = 1; attempt <= 5; attempt++) {
+    const text = await bodyAfterRevocation(`slowpoke-${attempt}`);
+    assert.match(text, /^HTTP\/1\.1 401/);
+    assert.match(text, /PORTCULLIS_ERR_AUTH_TOKEN_REVOKED/);
+    if (/"id":null/.test(text)) continue;
+    assert.match(text, /"id":8/);
+    return;
+  }
+  assert.fail('every try was refused at the door: the body-after-revocation path never ran');
+});
+
+/** Sends the head of a call for `subject`, revokes the subject, then sends the body; the answer. */
+async function bodyAfterRevocation(subject: string): Promise<string> {
+  const token = await keyed.token('t4', subject);
   const body = JSON.stringify(modernCall('whoami', {}, 8));
   const { hostname, port } = new URL(gw.url);
   const socket = connect(Number(port), hostname);
@@ -252,10 +268,7 @@ test('a request whose body comes after its subject was revoked is refused, not l
     async () => (await verifications()) > verified,
     'the token to be verified at the door',
   );
-  await revoke({ kind: 'sub', id: 'slowpoke', tenant: 't4' });
+  await revoke({ kind: 'sub', id: subject, tenant: 't4' });
   socket.write(body);
-  const text = await answer;
-  assert.match(text, /^HTTP\/1\.1 401/);
-  assert.match(text, /PORTCULLIS_ERR_AUTH_TOKEN_REVOKED/);
-  assert.match(text, /"id":8/);
-});
+  return answer;
+}
