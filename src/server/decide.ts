@@ -11,6 +11,7 @@ import type { Frame } from '../mcp/frame.js';
 import type { Decision } from '../policy/decision.js';
 import type { DecisionContext, Policy, ToolMemory } from '../policy/policy.js';
 import type { Metrics } from '../telemetry/metrics.js';
+import type { MessageOutcome } from './exchange.js';
 import { MAX_PINS_PER_SERVER, type Blocked, type PinBook } from '../policy/tools.js';
 
 export interface DecisionSink {
@@ -101,7 +102,7 @@ export interface OutboundExchange extends DecisionSink {
   /** Tells the exchange's observer what became of a message. */
   noteMessage(
     frame: Frame,
-    outcome: 'allow' | 'deny' | 'replace' | 'drop',
+    outcome: MessageOutcome,
     rule?: string,
     shadowed?: readonly string[],
   ): void;

@@ -36,7 +36,7 @@ import {
 import type { Metrics } from '../telemetry/metrics.js';
 import type { UpstreamCall } from '../upstream/types.js';
 import type { OutboundExchange } from './decide.js';
-import type { PendingCall } from './streams.js';
+import { newLinks, type ListLinks, type PendingCall } from './streams.js';
 
 /** What became of one message at a decision point. */
 export type MessageOutcome = 'allow' | 'deny' | 'replace' | 'drop';
@@ -66,10 +66,6 @@ export interface RelayRoute {
   readonly maxResponseBytes: number;
 }
 
-const NO_TOOL_HEADERS: ToolHeaderRegistry = {
-  learn: () => undefined,
-  schema: () => undefined,
-} as unknown as ToolHeaderRegistry;
 const NO_METHODS: ReadonlyMap<JsonRpcId, string> = new Map();
 /**
  * Until `begin`, nothing is pending: one shared empty set (only a begun
@@ -100,7 +96,8 @@ function endOfExchange(this: ServerResponse): void {
 export class Exchange implements PendingCall, OutboundExchange {
   // ---- where: set by `toRoute` and `begin` -------------------------------------------------
   server = '';
-  toolHeaders: ToolHeaderRegistry = NO_TOOL_HEADERS;
+  /** The route's registry of tool parameter headers (none before the route is known). */
+  toolHeaders: ToolHeaderRegistry | undefined = undefined;
   maxResponseBytes = 0;
   era: Era = 'legacy';
   /** The legacy session; set by the initialize answer for a new one. */
@@ -133,10 +130,8 @@ export class Exchange implements PendingCall, OutboundExchange {
   call: UpstreamCall | undefined = undefined;
   /** Set when a revocation gave up on the call before its answer began. */
   revoked: GatewayError | undefined = undefined;
-  /** The stream registry's links while the call waits for its answer (streams.ts). */
-  prevCall: PendingCall | undefined = undefined;
-  nextCall: PendingCall | undefined = undefined;
-  tracked = false;
+  /** Its place among the registry's calls while it waits for its answer (streams.ts). */
+  readonly callLinks: ListLinks<PendingCall> = newLinks();
 
   // ---- timings (performance.now(), ms; 0 until it happened) and bytes -----------------------
   readonly startedAt: number;
@@ -234,11 +229,6 @@ export class Exchange implements PendingCall, OutboundExchange {
   }
 
   // ---- writing to the client: the only place in server/ that does -------------------------
-
-  /** Whether nothing has been sent yet (a gateway error can still be the answer). */
-  get unanswered(): boolean {
-    return !this.res.headersSent;
-  }
 
   /** Whether the client's side can still be written to. */
   get writable(): boolean {

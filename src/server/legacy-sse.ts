@@ -40,7 +40,13 @@ import { GatewayError, type JsonRpcId } from '../errors/index.js';
 import { headerValue } from '../mcp/era.js';
 import { parseBody } from '../mcp/frame.js';
 import { encodeMessage } from '../mcp/sse.js';
-import type { ClientStream, StreamIdentity, StreamRegistry } from './streams.js';
+import {
+  newLinks,
+  type ClientStream,
+  type ListLinks,
+  type StreamIdentity,
+  type StreamRegistry,
+} from './streams.js';
 import type { Exchange } from './exchange.js';
 import type { Quotas } from './quotas.js';
 
@@ -111,9 +117,7 @@ class LegacyConnection implements ClientStream {
   readonly inflight = new Set<InjectedResponse>();
   getStream: InjectedResponse | undefined;
   closed = false;
-  prevStream: ClientStream | undefined = undefined;
-  nextStream: ClientStream | undefined = undefined;
-  listed = false;
+  readonly streamLinks: ListLinks<ClientStream> = newLinks();
   readonly identity: StreamIdentity;
 
   constructor(

@@ -30,7 +30,7 @@ import { MAX_JSON_DEPTH, nestedDeeperThan, responseIds } from '../mcp/depth.js';
 import { toFrame, type Frame } from '../mcp/frame.js';
 import { encodeEvent, encodeMessage, encodeRetry } from '../mcp/sse.js';
 import type { UpstreamResponse } from '../upstream/types.js';
-import type { ClientStream, StreamRegistry } from './streams.js';
+import { newLinks, type ClientStream, type StreamRegistry } from './streams.js';
 import { decideOutbound, toldObserver } from './decide.js';
 import { errorPayload, type Exchange } from './exchange.js';
 
@@ -43,7 +43,7 @@ function observe(x: Exchange, frame: Frame): void {
   if (method === 'initialize' && x.session && typeof result?.protocolVersion === 'string') {
     x.session.protocolVersion = result.protocolVersion;
   } else if (method === 'tools/list') {
-    x.toolHeaders.learn(result);
+    x.toolHeaders?.learn(result);
   }
 }
 
@@ -315,9 +315,7 @@ function relayStream(x: Exchange, up: UpstreamResponse, streams: StreamRegistry)
     pending: x.pending,
     lastWriteAt: Date.now(),
     identity: x.identity,
-    prevStream: undefined,
-    nextStream: undefined,
-    listed: false,
+    streamLinks: newLinks(),
     terminate: (retryHintMs, reason) => {
       const err =
         reason ??

@@ -31,36 +31,78 @@ export interface ClientStream {
    * shutdown error), then the retry hint.
    */
   terminate(retryHintMs: number, reason?: GatewayError): void;
-  /** The registry's links to its neighbours while it is registered; set by the registry only. */
-  prevStream: ClientStream | undefined;
-  nextStream: ClientStream | undefined;
-  listed: boolean;
+  /** Its place among the registry's open streams; the registry's only. */
+  readonly streamLinks: ListLinks<ClientStream>;
 }
 
 /** A request sent upstream whose answer has not begun (no stream to cut yet), and whom it serves. */
 export interface PendingCall extends StreamIdentity {
   /** Gives up on the upstream call; the client is answered with `reason`. */
   cancel(reason: GatewayError): void;
-  /** The registry's links to its neighbours while it is tracked; set by the registry only. */
-  prevCall: PendingCall | undefined;
-  nextCall: PendingCall | undefined;
-  tracked: boolean;
+  /** Its place among the registry's pending calls; the registry's only. */
+  readonly callLinks: ListLinks<PendingCall>;
+}
+
+/** An item's place on a `ThreadedList`, cleared when it leaves. */
+export interface ListLinks<T> {
+  prev: T | undefined;
+  next: T | undefined;
+  listed: boolean;
+}
+
+export function newLinks<T>(): ListLinks<T> {
+  return { prev: undefined, next: undefined, listed: false };
+}
+
+/**
+ * A list threaded through its items, each unlinked (its links cleared) when it
+ * leaves. Not a Set: a hash table that every request enters and leaves is
+ * rebuilt again and again, and a discarded table that has reached the old
+ * generation still points at what it held, so each of those items, and its
+ * whole request, was kept through young-generation collections until the next
+ * full one (measured: bench/RESULTS-policy.md, "The pipeline").
+ */
+class ThreadedList<T> {
+  private head: T | undefined = undefined;
+  size = 0;
+
+  constructor(private readonly linksOf: (item: T) => ListLinks<T>) {}
+
+  add(item: T): void {
+    const links = this.linksOf(item);
+    if (links.listed) return;
+    links.listed = true;
+    links.prev = undefined;
+    links.next = this.head;
+    if (this.head !== undefined) this.linksOf(this.head).prev = item;
+    this.head = item;
+    this.size++;
+  }
+
+  remove(item: T): void {
+    const links = this.linksOf(item);
+    if (!links.listed) return;
+    links.listed = false;
+    if (links.prev !== undefined) this.linksOf(links.prev).next = links.next;
+    else this.head = links.next;
+    if (links.next !== undefined) this.linksOf(links.next).prev = links.prev;
+    links.prev = undefined;
+    links.next = undefined;
+    this.size--;
+  }
+
+  /** The items now, newest first (a copy: what is done to one may unlink it). */
+  items(): T[] {
+    const out: T[] = [];
+    for (let item = this.head; item !== undefined; item = this.linksOf(item).next) out.push(item);
+    return out;
+  }
 }
 
 export class StreamRegistry {
-  /** Open streams, threaded through the streams themselves (not a Set: see `firstCall`). */
-  private firstStream: ClientStream | undefined = undefined;
-  private streamCount = 0;
-  /**
-   * Calls whose answer has not begun, as a list threaded through the calls
-   * themselves, each unlinked (its links cleared) when its answer begins. Not a
-   * Set: a hash table that every request enters and leaves is rebuilt again and
-   * again, and a discarded table that has reached the old generation still
-   * points at the calls it held, so each of them, and its whole request, was
-   * kept through young-generation collections until the next full one
-   * (measured: bench/RESULTS-policy.md, "The pipeline").
-   */
-  private firstCall: PendingCall | undefined = undefined;
+  private readonly streams = new ThreadedList<ClientStream>((s) => s.streamLinks);
+  /** Calls whose answer has not begun. */
+  private readonly calls = new ThreadedList<PendingCall>((c) => c.callLinks);
   private readonly ticker: NodeJS.Timeout;
   private draining = false;
   private idleWaiters: Array<() => void> = [];
@@ -75,33 +117,18 @@ export class StreamRegistry {
   }
 
   get size(): number {
-    return this.streamCount;
+    return this.streams.size;
   }
 
   add(stream: ClientStream): void {
-    if (!stream.listed) {
-      stream.listed = true;
-      stream.prevStream = undefined;
-      stream.nextStream = this.firstStream;
-      if (this.firstStream) this.firstStream.prevStream = stream;
-      this.firstStream = stream;
-      this.streamCount++;
-    }
+    this.streams.add(stream);
     // A stream opened while draining that waits for nothing (a GET stream) closes at once.
     if (this.draining && stream.pending.size === 0) this.closeIdle(stream);
   }
 
   remove(stream: ClientStream): void {
-    if (stream.listed) {
-      stream.listed = false;
-      if (stream.prevStream) stream.prevStream.nextStream = stream.nextStream;
-      else this.firstStream = stream.nextStream;
-      if (stream.nextStream) stream.nextStream.prevStream = stream.prevStream;
-      stream.prevStream = undefined;
-      stream.nextStream = undefined;
-      this.streamCount--;
-    }
-    if (this.streamCount === 0) this.settle();
+    this.streams.remove(stream);
+    if (this.streams.size === 0) this.settle();
   }
 
   /** Called by a stream whose last pending request was answered. */
@@ -115,7 +142,7 @@ export class StreamRegistry {
 
   private beat(): void {
     const now = Date.now();
-    for (let s = this.firstStream; s !== undefined; s = s.nextStream) {
+    for (const s of this.streams.items()) {
       if (now - s.lastWriteAt >= this.heartbeatMs && s.open) {
         s.write(HEARTBEAT);
         s.lastWriteAt = now;
@@ -130,13 +157,13 @@ export class StreamRegistry {
    */
   async drain(timeoutMs: number): Promise<void> {
     this.draining = true;
-    for (const s of this.openStreams()) if (s.pending.size === 0) this.closeIdle(s);
-    if (this.streamCount === 0) return;
+    for (const s of this.streams.items()) if (s.pending.size === 0) this.closeIdle(s);
+    if (this.streams.size === 0) return;
     let timer: NodeJS.Timeout | undefined;
     await new Promise<void>((resolve) => {
       this.idleWaiters.push(resolve);
       timer = setTimeout(() => {
-        for (const s of this.openStreams()) s.terminate(this.retryHintMs);
+        for (const s of this.streams.items()) s.terminate(this.retryHintMs);
         resolve();
       }, timeoutMs);
     });
@@ -145,36 +172,11 @@ export class StreamRegistry {
 
   /** Tracks a call until its answer begins (then its stream, if any, is added). */
   addCall(call: PendingCall): void {
-    if (call.tracked) return;
-    call.tracked = true;
-    call.prevCall = undefined;
-    call.nextCall = this.firstCall;
-    if (this.firstCall) this.firstCall.prevCall = call;
-    this.firstCall = call;
+    this.calls.add(call);
   }
 
   removeCall(call: PendingCall): void {
-    if (!call.tracked) return;
-    call.tracked = false;
-    if (call.prevCall) call.prevCall.nextCall = call.nextCall;
-    else this.firstCall = call.nextCall;
-    if (call.nextCall) call.nextCall.prevCall = call.prevCall;
-    call.prevCall = undefined;
-    call.nextCall = undefined;
-  }
-
-  /** The streams open now (a copy: ending one unlinks it). */
-  private openStreams(): ClientStream[] {
-    const out: ClientStream[] = [];
-    for (let s = this.firstStream; s !== undefined; s = s.nextStream) out.push(s);
-    return out;
-  }
-
-  /** The calls tracked now (a copy: cancelling one unlinks it). */
-  private pendingCalls(): PendingCall[] {
-    const out: PendingCall[] = [];
-    for (let c = this.firstCall; c !== undefined; c = c.nextCall) out.push(c);
-    return out;
+    this.calls.remove(call);
   }
 
   /**
@@ -183,14 +185,14 @@ export class StreamRegistry {
    */
   terminateWhere(match: (identity: StreamIdentity) => boolean, reason: GatewayError): number {
     let ended = 0;
-    for (const c of this.pendingCalls()) {
+    for (const c of this.calls.items()) {
       if (match(c)) {
-        this.removeCall(c);
+        this.calls.remove(c);
         c.cancel(reason);
         ended++;
       }
     }
-    for (const s of this.openStreams()) {
+    for (const s of this.streams.items()) {
       if (s.identity !== undefined && match(s.identity)) {
         s.terminate(this.retryHintMs, reason);
         ended++;
