@@ -606,13 +606,17 @@ export function compilePolicy(
   const unknownServer = () =>
     new GatewayError('PORTCULLIS_ERR_ROUTE_UNKNOWN_SERVER', undefined, {});
 
+  /** Each tenant's grant on each server with the tenant, paired once here, not per message. */
+  const grants = new Map(
+    [...tenants].map(([name, tenant]) => [
+      name,
+      new Map([...tenant.servers].map(([server, grant]) => [server, { tenant, grant }])),
+    ]),
+  );
   const grantOf = (
     ctx: DecisionContext,
-  ): { tenant: CompiledTenant; grant: CompiledGrant } | undefined => {
-    const tenant = tenants.get(ctx.principal.tenant);
-    const grant = tenant?.servers.get(ctx.server);
-    return tenant && grant ? { tenant, grant } : undefined;
-  };
+  ): { tenant: CompiledTenant; grant: CompiledGrant } | undefined =>
+    grants.get(ctx.principal.tenant)?.get(ctx.server);
 
   /** A list answer after the tenant's grants, the tool review and cleaning. */
   const reviewList = (frame: Frame, answering: string, ctx: DecisionContext): Decision => {
