@@ -254,17 +254,22 @@ function indexRules(
    */
   const byTarget = new Map<readonly CompiledRule[], Map<string, readonly CompiledRule[]>>();
   const untargeted = new Map<readonly CompiledRule[], readonly CompiledRule[]>();
+  /** The rules of a list that name no targets (what applies to a message that names none). */
+  const untargetedOf = (list: readonly CompiledRule[]): readonly CompiledRule[] => {
+    let kept = untargeted.get(list);
+    if (kept === undefined) {
+      kept = list.filter((r) => r.targets === MATCH_ALL);
+      untargeted.set(list, kept);
+    }
+    return kept;
+  };
   return (server, method, target) => {
     const at = byServer.get(server) ?? unknown;
     const list = at.byMethod.get(method) ?? at.other;
-    if (target === undefined) {
-      let kept = untargeted.get(list);
-      if (kept === undefined) {
-        kept = list.filter((r) => r.targets === MATCH_ALL);
-        untargeted.set(list, kept);
-      }
-      return kept;
-    }
+    const whole = untargetedOf(list);
+    if (target === undefined) return whole;
+    // No rule of the list names targets: it applies whole to every target, nothing to remember.
+    if (whole.length === list.length) return list;
     let cache = byTarget.get(list);
     if (cache === undefined) byTarget.set(list, (cache = new Map()));
     let kept = cache.get(target);
