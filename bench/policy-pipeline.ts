@@ -269,14 +269,24 @@ async function main(): Promise<void> {
   const rps = (id: TargetId) => median((byTarget.get(id) ?? []).map((m) => m.requestsPerSec));
   const ratio = (a: TargetId, b: TargetId) =>
     targets.includes(a) && targets.includes(b) ? (rps(a) / rps(b)).toFixed(3) : 'n/a';
+  const paired = (a: TargetId, b: TargetId): number[] =>
+    (byTarget.get(a) ?? []).map(
+      (m, i) => m.requestsPerSec / ((byTarget.get(b) ?? [])[i]?.requestsPerSec ?? NaN),
+    );
   const roundRatios = (a: TargetId, b: TargetId) =>
     targets.includes(a) && targets.includes(b)
-      ? (byTarget.get(a) ?? [])
-          .map((m, i) =>
-            (m.requestsPerSec / ((byTarget.get(b) ?? [])[i]?.requestsPerSec ?? NaN)).toFixed(2),
-          )
+      ? paired(a, b)
+          .map((r) => r.toFixed(2))
           .join(', ')
       : 'n/a';
+  /** The median of the rounds' ratios, with the quartiles around it. */
+  const pairedMedian = (a: TargetId, b: TargetId) => {
+    if (!targets.includes(a) || !targets.includes(b)) return 'n/a';
+    const rs = paired(a, b).sort((x, y) => x - y);
+    const q = (p: number) =>
+      rs[Math.min(rs.length - 1, Math.floor(p * (rs.length - 1) + 0.5))] ?? NaN;
+    return `${median(rs).toFixed(3)} (${q(0.25).toFixed(2)}–${q(0.75).toFixed(2)})`;
+  };
   const label: Record<TargetId, string> = {
     base: `before the exchange refactor (${baseDir ? git(baseDir, 'log', '-1', '--format=%h') : '?'})`,
     off: 'this commit, policy off (no tenants, no manifest)',
@@ -305,11 +315,11 @@ async function main(): Promise<void> {
     '| --- | ---: | --- | ---: | ---: | ---: | ---: | --- |',
     ...targets.map(row),
     '',
-    '| ratio (medians) | value | per round |',
-    '| --- | ---: | --- |',
-    `| policy on / policy off (target ≥ 0.9) | ${ratio('on', 'off')} | ${roundRatios('on', 'off')} |`,
-    `| after / before the exchange refactor, no policy configured (off / base) | ${ratio('off', 'base')} | ${roundRatios('off', 'base')} |`,
-    `| policy on / before the refactor (on / base) | ${ratio('on', 'base')} | ${roundRatios('on', 'base')} |`,
+    '| ratio | of the medians | median of the rounds (quartiles) | per round |',
+    '| --- | ---: | ---: | --- |',
+    `| policy on / policy off (target ≥ 0.9) | ${ratio('on', 'off')} | ${pairedMedian('on', 'off')} | ${roundRatios('on', 'off')} |`,
+    `| after / before the exchange refactor, no policy configured (off / base) | ${ratio('off', 'base')} | ${pairedMedian('off', 'base')} | ${roundRatios('off', 'base')} |`,
+    `| policy on / before the refactor (on / base) | ${ratio('on', 'base')} | ${pairedMedian('on', 'base')} | ${roundRatios('on', 'base')} |`,
     '',
   ].join('\n');
   console.log(section);

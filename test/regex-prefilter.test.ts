@@ -10,18 +10,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { RE2JS } from '@bufbuild/re2';
 import { mayMatch, requiredLiterals } from '../src/policy/regex-prefilter.js';
-
-/** A small deterministic PRNG (mulberry32): the same cases on every run. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { prng } from './helpers/prng.js';
 
 test('what the policy patterns require is read as expected, and what is not understood is left alone', () => {
   const cases: Array<[string, { fold: boolean; anyOf: string[] } | undefined]> = [

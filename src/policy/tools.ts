@@ -39,6 +39,7 @@ import {
   type ManifestTool,
   type ToolDefinition,
 } from './manifest.js';
+import { useLengthKeywords } from './schema-length.js';
 import { cleanText, nameFindings, poisonFindings, definitionTexts } from './text.js';
 
 export type Pinning = 'block' | 'flag' | 'off';
@@ -129,10 +130,10 @@ let ajv07: Ajv | undefined;
 function compileSchema(schema: Readonly<Record<string, unknown>>): ValidateFunction {
   const declared = typeof schema.$schema === 'string' ? schema.$schema : '';
   if (/draft-0[4-7]/.test(declared)) {
-    ajv07 ??= new Ajv(AJV_OPTIONS);
+    ajv07 ??= useLengthKeywords(new Ajv(AJV_OPTIONS));
     return ajv07.compile(schema);
   }
-  ajv2020 ??= new Ajv2020(AJV_OPTIONS);
+  ajv2020 ??= useLengthKeywords(new Ajv2020(AJV_OPTIONS));
   // A 2020-12 validator refuses a foreign $schema it does not know; the draft is implied.
   const { $schema: _ignored, ...rest } = schema;
   return ajv2020.compile(rest);
