@@ -10,6 +10,7 @@ import { Ajv2020 } from 'ajv/dist/2020.js';
 import type { ErrorObject } from 'ajv';
 import { isPair, isScalar, isSeq, parseDocument, visit, type Document } from 'yaml';
 import { policyProblems } from '../policy/policy.js';
+import { guardProblems } from '../policy/guards/index.js';
 import {
   configSchema,
   CREDENTIAL_DEFAULTED_KEYS,
@@ -36,7 +37,7 @@ export class ConfigError extends Error {
   }
 }
 
-const ajv = new Ajv2020({ allErrors: true, useDefaults: true, strict: true });
+const ajv = new Ajv2020({ allErrors: true, useDefaults: true, strict: true, discriminator: true });
 const validate = ajv.compile(configSchema);
 
 /**
@@ -229,6 +230,7 @@ function crossChecks(config: Config): ConfigProblem[] {
   problems.push(...authChecks(config));
   // Grants and rules naming what does not exist, conditions that do not compile.
   problems.push(...policyProblems(config));
+  problems.push(...guardProblems(config.servers));
   if (
     config.admin.enabled &&
     !isLoopbackHost(config.admin.host) &&

@@ -351,6 +351,163 @@ const serverGrantSchema = {
   },
 } as const;
 
+/** Limits on what a guard's options may hold (they are compiled at load). */
+const MAX_GUARD_LIST_ENTRIES = 1_000;
+const MAX_GUARD_PATTERN_CHARS = 4_096;
+const MAX_GUARDS_PER_TOOL = 64;
+
+const nameList = (description: string) => ({
+  type: 'array',
+  maxItems: MAX_GUARD_LIST_ENTRIES,
+  items: { type: 'string', minLength: 1, maxLength: 256 },
+  description,
+});
+
+/** What every guard has; its kind's options are added to it. */
+const guardCommon = {
+  argument: {
+    type: 'string',
+    minLength: 1,
+    maxLength: 1024,
+    description:
+      'The argument checked: a property name (`sql`) or a JSON pointer into the arguments (`/filters/0/value`). An absent argument is not checked; an array is checked element by element (except by `size`).',
+  },
+  mode: {
+    enum: ['enforce', 'shadow'],
+    default: 'enforce',
+    description: '"shadow": report what the guard would refuse, and refuse nothing.',
+  },
+  id: {
+    type: 'string',
+    pattern: RULE_ID_PATTERN,
+    description:
+      'The rule id errors, logs and metrics name (default: servers.<server>.tools.<tool>.guards.<index>).',
+  },
+} as const;
+
+const guardOf = (kind: string, properties: Record<string, unknown>, required: string[] = []) => ({
+  type: 'object',
+  additionalProperties: false,
+  required: ['kind', 'argument', ...required],
+  properties: { kind: { const: kind }, ...guardCommon, ...properties },
+});
+
+const guardSchema = {
+  type: 'object',
+  required: ['kind'],
+  properties: { kind: { enum: ['sql', 'shell', 'path', 'url', 'size', 'pattern'] } },
+  discriminator: { propertyName: 'kind' },
+  oneOf: [
+    guardOf('sql', {
+      dialect: {
+        enum: ['postgresql', 'mysql'],
+        default: 'postgresql',
+        description:
+          'The grammar: PostgreSQL (libpg-query, the real parser) or MySQL (node-sql-parser).',
+      },
+      readOnly: {
+        type: 'boolean',
+        description:
+          'Exactly one statement, a plain query, calling no dangerous function (default: true unless `statements` is given).',
+      },
+      statements: nameList(
+        'Statement kinds allowed when not readOnly (select, insert, update, delete, …).',
+      ),
+      tables: nameList('Only these tables (`users`, `public.users`) may be named.'),
+      functions: nameList('More functions to refuse, beside the built-in list.'),
+      allowFunctions: nameList('Functions taken off the built-in list of dangerous ones.'),
+      maxStatements: {
+        type: 'integer',
+        minimum: 1,
+        maximum: 100,
+        description: 'How many statements one argument may hold when not readOnly (default 1).',
+      },
+      maxLength: {
+        type: 'integer',
+        minimum: 1,
+        maximum: 1048576,
+        default: 65536,
+        description: 'Longer SQL is refused unparsed (characters).',
+      },
+    }),
+    guardOf('shell', {
+      programs: nameList('Only these programs may be the command (argv[0]).'),
+    }),
+    guardOf(
+      'path',
+      {
+        root: {
+          type: 'string',
+          minLength: 1,
+          maxLength: 4096,
+          description: 'The absolute directory the path must stay inside.',
+        },
+        resolveSymlinks: {
+          type: 'boolean',
+          default: false,
+          description:
+            'Resolve symlinks on this host (the root is local): a link inside the root that points out of it is refused.',
+        },
+      },
+      ['root'],
+    ),
+    guardOf('url', {
+      schemes: nameList('Schemes allowed (default: http, https).'),
+      hosts: nameList('Only these hosts (`api.example.com`, `*.example.com` for subdomains).'),
+      resolve: {
+        type: 'boolean',
+        default: true,
+        description: 'Resolve the host and check every address it resolves to.',
+      },
+      allowPrivate: {
+        type: 'boolean',
+        default: false,
+        description:
+          'Allow private, loopback, link-local and metadata addresses (for internal tools only: this turns the SSRF check off).',
+      },
+    }),
+    guardOf('size', {
+      maxLength: { type: 'integer', minimum: 0, description: "A string's length in characters." },
+      maxItems: { type: 'integer', minimum: 0, description: "An array's length." },
+      maxBytes: { type: 'integer', minimum: 0, description: "The UTF-8 size of the value's JSON." },
+    }),
+    guardOf('pattern', {
+      deny: {
+        type: 'array',
+        maxItems: MAX_GUARD_LIST_ENTRIES,
+        items: { type: 'string', minLength: 1, maxLength: MAX_GUARD_PATTERN_CHARS },
+        description: 'RE2 patterns: the value is refused when any is found in it.',
+      },
+      allow: {
+        type: 'string',
+        minLength: 1,
+        maxLength: MAX_GUARD_PATTERN_CHARS,
+        description: 'An RE2 pattern the whole value must match.',
+      },
+    }),
+  ],
+} as const;
+
+const toolsSchema = {
+  type: 'object',
+  propertyNames: { minLength: 1, maxLength: 256 },
+  additionalProperties: {
+    type: 'object',
+    additionalProperties: false,
+    required: ['guards'],
+    properties: {
+      guards: {
+        type: 'array',
+        maxItems: MAX_GUARDS_PER_TOOL,
+        items: guardSchema,
+        description: 'Checks on the arguments of each call of this tool, in order.',
+      },
+    },
+  },
+  description:
+    'Per tool: guards on its arguments (sql, shell, path, url, size, pattern). A refusal answers -32602 naming the guard and the argument; nothing reaches the server.',
+} as const;
+
 const ruleSchema = {
   type: 'object',
   additionalProperties: false,
@@ -860,6 +1017,7 @@ export const configSchema = {
             description:
               'A tool manifest (`portcullis manifest pull`), relative to the working directory: agents can call only the tools it lists, as approved.',
           },
+          tools: toolsSchema,
           outputValidation: {
             enum: ['block', 'warn', 'off'],
             default: 'warn',
@@ -987,7 +1145,39 @@ export interface ServerConfig {
   manifest?: string;
   pinning: 'block' | 'flag' | 'off';
   outputValidation: 'block' | 'warn' | 'off';
+  tools?: Record<string, { guards: GuardConfig[] }>;
 }
+
+interface GuardBase {
+  argument: string;
+  mode: 'enforce' | 'shadow';
+  id?: string;
+}
+
+/** One guard on a tool argument (`servers.<name>.tools.<tool>.guards[]`). */
+export type GuardConfig =
+  | (GuardBase & {
+      kind: 'sql';
+      dialect: 'postgresql' | 'mysql';
+      readOnly?: boolean;
+      statements?: string[];
+      tables?: string[];
+      functions?: string[];
+      allowFunctions?: string[];
+      maxStatements?: number;
+      maxLength: number;
+    })
+  | (GuardBase & { kind: 'shell'; programs?: string[] })
+  | (GuardBase & { kind: 'path'; root: string; resolveSymlinks: boolean })
+  | (GuardBase & {
+      kind: 'url';
+      schemes?: string[];
+      hosts?: string[];
+      resolve: boolean;
+      allowPrivate: boolean;
+    })
+  | (GuardBase & { kind: 'size'; maxLength?: number; maxItems?: number; maxBytes?: number })
+  | (GuardBase & { kind: 'pattern'; deny?: string[]; allow?: string });
 
 export interface JwtConfig {
   issuer?: string;

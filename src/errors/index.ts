@@ -281,6 +281,12 @@ const SPECS = {
     rpc: JSONRPC_INVALID_PARAMS,
     message: "Invalid arguments: they do not match the tool's input schema (error.data.path)",
   },
+  PORTCULLIS_ERR_POLICY_GUARD: {
+    status: 200,
+    rpc: JSONRPC_INVALID_PARAMS,
+    message:
+      "Refused by a guard on the tool's arguments (error.data.rule names the guard, error.data.path the argument); nothing reached the server",
+  },
   PORTCULLIS_ERR_POLICY_CLIENT_REQUEST_DENIED: {
     status: 200,
     rpc: JSONRPC_METHOD_NOT_FOUND,

@@ -59,6 +59,15 @@ export interface Drop {
   readonly shadowed?: readonly ShadowHit[];
 }
 
+/**
+ * An inbound decision that waits on the host: only a tool whose guards ask
+ * it (DNS for `url`, the file system for `path` with symlinks resolved).
+ */
+export interface Pending {
+  readonly kind: 'pending';
+  readonly decision: Promise<Allow | Deny>;
+}
+
 export type Decision = Allow | Deny | Replace | Drop;
 
 /** The decision of the hot path: one frozen object, never allocated per message. */

@@ -32,11 +32,13 @@ import {
   type Decision,
   type Deny,
   type Finding,
+  type Pending,
   type ShadowHit,
 } from './decision.js';
 import { compilePatterns, compileTemplates, MATCH_ALL, type Matcher } from './match.js';
 import type { Manifest } from './manifest.js';
 import { cleanText } from './text.js';
+import { compileGuards, type GuardHit, type GuardOutcome } from './guards/index.js';
 import {
   cleanDefinition,
   compileServerTools,
@@ -46,6 +48,11 @@ import {
 } from './tools.js';
 
 export type Era = 'legacy' | 'modern';
+
+/** A guard's refusal as the agent reads it: which guard, which argument, why. */
+function guardSentence(hit: GuardHit): string {
+  return `guard '${hit.rule}' (${hit.guard}) refused ${hit.path}: ${hit.reason}`;
+}
 
 /**
  * What the gateway remembers of each server's tools between messages: the
@@ -77,8 +84,12 @@ export interface Policy {
   /** The names of the configured tenants (for the start banner). */
   readonly tenants: readonly string[];
   route(principal: Principal, server: string): Decision;
-  /** Inbound decisions only allow or deny: a client's message is never rewritten. */
-  inbound(frame: Frame, ctx: DecisionContext): Allow | Deny;
+  /**
+   * Inbound decisions only allow or deny: a client's message is never rewritten.
+   * Pending only when a guard of the called tool asks the host (DNS, the file
+   * system); every other decision is made without waiting.
+   */
+  inbound(frame: Frame, ctx: DecisionContext): Allow | Deny | Pending;
   /** `target`: the tool, prompt or resource of the request an answer answers, when it named one. */
   outbound(
     frame: Frame,
@@ -608,6 +619,7 @@ export function compilePolicy(
       ];
     }),
   );
+  const guards = compileGuards(config.servers);
   const unknownServer = () =>
     new GatewayError('PORTCULLIS_ERR_ROUTE_UNKNOWN_SERVER', undefined, {});
 
@@ -703,6 +715,65 @@ export function compilePolicy(
     };
   };
 
+  /** The tenant's rules, in order: the first enforcing rule whose condition holds denies. */
+  const decideByRules = (
+    frame: Frame,
+    ctx: DecisionContext,
+    tenant: CompiledTenant | undefined,
+    shadowed: ShadowHit[] | undefined,
+  ): Allow | Deny => {
+    if (!tenant || tenant.rules.length === 0) return withShadow(ALLOW, shadowed);
+    let vars: ConditionVars | undefined;
+    for (const rule of tenant.rulesFor(ctx.server, frame.method ?? '', frame.target)) {
+      vars ??= conditionVars(frame, ctx);
+      const { value, error } = rule.condition.evaluateDetailed(vars);
+      // A deny rule whose condition cannot be evaluated denies: fail closed.
+      if (!value && error === undefined) continue;
+      const reason =
+        error === undefined
+          ? (rule.message ?? 'denied by policy')
+          : `its condition failed (${error})`;
+      if (rule.shadow) {
+        (shadowed ??= []).push({ rule: rule.id, would: 'deny', reason });
+        continue;
+      }
+      return withShadow(
+        {
+          kind: 'deny',
+          rule: rule.id,
+          error: new GatewayError('PORTCULLIS_ERR_POLICY_DENIED', `rule '${rule.id}': ${reason}`, {
+            rule: rule.id,
+          }),
+        },
+        shadowed,
+      );
+    }
+    return withShadow(ALLOW, shadowed);
+  };
+
+  /** A tool's guards have judged its arguments: refuse, or go on to the rules. */
+  const afterGuards = (
+    outcome: GuardOutcome | undefined,
+    frame: Frame,
+    ctx: DecisionContext,
+    tenant: CompiledTenant | undefined,
+    shadowed: ShadowHit[] | undefined,
+  ): Allow | Deny => {
+    for (const hit of outcome?.shadowed ?? [])
+      (shadowed ??= []).push({ rule: hit.rule, would: 'deny', reason: guardSentence(hit) });
+    const hit = outcome?.denied;
+    if (hit) {
+      const error = new GatewayError('PORTCULLIS_ERR_POLICY_GUARD', guardSentence(hit), {
+        rule: hit.rule,
+        guard: hit.guard,
+        path: hit.path,
+        tool: frame.target ?? '',
+      });
+      return withShadow({ kind: 'deny', rule: hit.rule, error }, shadowed);
+    }
+    return decideByRules(frame, ctx, tenant, shadowed);
+  };
+
   return {
     enabled: true,
     tenants: Object.freeze([...tenants.keys()]),
@@ -751,46 +822,27 @@ export function compilePolicy(
       }
       if (frame.method === 'tools/call') {
         const name = frame.target ?? '';
+        const args = params(frame)?.arguments;
         const refusal = tools
           .get(ctx.server)
-          ?.checkCall(name, params(frame)?.arguments, ctx.memory?.verdict(ctx.server, name));
+          ?.checkCall(name, args, ctx.memory?.verdict(ctx.server, name));
         if (refusal)
           return withShadow(
             { kind: 'deny', rule: refusal.data.rule as string, error: refusal },
             shadowed,
           );
-      }
-      if (!tenant || tenant.rules.length === 0) return withShadow(ALLOW, shadowed);
-      let vars: ConditionVars | undefined;
-      for (const rule of tenant.rulesFor(ctx.server, frame.method ?? '', frame.target)) {
-        vars ??= conditionVars(frame, ctx);
-        const { value, error } = rule.condition.evaluateDetailed(vars);
-        // A deny rule whose condition cannot be evaluated denies: fail closed.
-        if (!value && error === undefined) continue;
-        const reason =
-          error === undefined
-            ? (rule.message ?? 'denied by policy')
-            : `its condition failed (${error})`;
-        if (rule.shadow) {
-          (shadowed ??= []).push({ rule: rule.id, would: 'deny', reason });
-          continue;
+        const toolGuards = guards.get(ctx.server)?.get(name);
+        if (toolGuards) {
+          const outcome = toolGuards.check(args);
+          if (outcome instanceof Promise)
+            return {
+              kind: 'pending',
+              decision: outcome.then((o) => afterGuards(o, frame, ctx, tenant, shadowed)),
+            };
+          return afterGuards(outcome, frame, ctx, tenant, shadowed);
         }
-        return withShadow(
-          {
-            kind: 'deny',
-            rule: rule.id,
-            error: new GatewayError(
-              'PORTCULLIS_ERR_POLICY_DENIED',
-              `rule '${rule.id}': ${reason}`,
-              {
-                rule: rule.id,
-              },
-            ),
-          },
-          shadowed,
-        );
       }
-      return withShadow(ALLOW, shadowed);
+      return decideByRules(frame, ctx, tenant, shadowed);
     },
 
     outbound(frame, answering, ctx, target) {

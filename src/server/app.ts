@@ -614,7 +614,9 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     if (policy.enabled) {
       const ctx = x.decisionContext();
       for (const f of frames) {
-        const decision = policy.inbound(f, ctx);
+        const decided = policy.inbound(f, ctx);
+        // A promise only for a tool whose guards ask the host (DNS, the file system).
+        const decision = decided.kind === 'pending' ? await decided.decision : decided;
         if (decision.kind === 'allow' && !decision.shadowed) continue;
         recordDecision(sink, decision, route.name, req.principal, f.method);
         if (decision.kind === 'deny') {
