@@ -278,6 +278,7 @@ test('defaults are filled in and the result is deeply frozen', () => {
         requiredScopes: [],
         pinning: 'block',
         outputValidation: 'warn',
+        elicitationUrls: { allowPrivate: false },
         credential: {
           mode: 'none',
           header: 'authorization',

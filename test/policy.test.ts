@@ -377,7 +377,7 @@ test('outbound: what a server may ask the client for is the grant’s: sampling,
   );
   for (const [frame, rule] of [
     [
-      ask('elicitation/create', { mode: 'url', url: 'https://x' }),
+      ask('elicitation/create', { mode: 'url', url: 'https://x.example/connect' }),
       'tenants.acme.servers.db.elicitation',
     ],
     [ask('roots/list'), 'tenants.acme.servers.db.roots'],
@@ -594,4 +594,82 @@ test('rules scoped by targets: the right rules for every target, past the per-ta
       assert.ok(any.kind === 'deny' && any.rule === 'no-x-anywhere', `r_${i} x`);
     }
   }
+});
+
+test('outbound: a URL-mode elicitation URL is checked in every shape a server can send it, tenants or not', () => {
+  const open = compilePolicy(
+    buildConfig({ auth: { mode: 'none' }, servers: { db: { url: 'http://127.0.0.1:1/mcp' } } }),
+  );
+  const custom = compilePolicy(
+    buildConfig({
+      auth: { mode: 'none' },
+      servers: {
+        db: {
+          url: 'http://127.0.0.1:1/mcp',
+          elicitationUrls: {
+            schemes: ['http', 'https'],
+            allowPrivate: true,
+            hosts: ['localhost', '*.example.com'],
+          },
+        },
+      },
+    }),
+  );
+  const elicit = (url: unknown) => ({ mode: 'url', message: 'Connect', elicitationId: 'e1', url });
+  const shapes = (url: unknown): Frame[] => [
+    toFrame(
+      { jsonrpc: '2.0', id: 'srv-1', method: 'elicitation/create', params: elicit(url) },
+      'server-to-client',
+    ),
+    answer(5, {
+      resultType: 'input_required',
+      inputRequests: { connect: { method: 'elicitation/create', params: elicit(url) } },
+    }),
+    toFrame(
+      {
+        jsonrpc: '2.0',
+        id: 6,
+        error: { code: -32042, message: 'Connect first', data: { elicitations: [elicit(url)] } },
+      },
+      'server-to-client',
+    ),
+  ];
+  const modern = ctx('default', 'db', 'modern');
+  for (const frame of shapes('https://auth.example.com/connect?elicitationId=e1'))
+    assert.equal(open.outbound(frame, 'tools/call', modern), ALLOW, frame.kind);
+  const refused: Array<[unknown, RegExp]> = [
+    ['http://auth.example.com/connect', /scheme 'http' is not allowed/],
+    ['https://localhost:8080/admin/delete', /local host name/],
+    ['https://169.254.169.254/latest/meta-data/', /link-local|metadata/],
+    ['https://user:pass@auth.example.com/', /credentials/],
+    ['https://2130706433/', /non-canonical/],
+    ['javascript:alert(1)', /scheme/],
+    [42, /not a string/],
+  ];
+  for (const [url, reason] of refused)
+    for (const frame of shapes(url)) {
+      const d = open.outbound(frame, 'tools/call', modern);
+      assert.ok(d.kind === 'deny', `${String(url)} in a ${frame.kind}`);
+      assert.equal(d.rule, 'servers.db.elicitationUrls');
+      assert.equal(d.error.code, 'PORTCULLIS_ERR_POLICY_CLIENT_REQUEST_DENIED');
+      assert.match(d.error.message, reason, String(url));
+    }
+  // Form mode carries no URL; other servers' settings are their own.
+  const form = toFrame(
+    {
+      jsonrpc: '2.0',
+      id: 'srv-2',
+      method: 'elicitation/create',
+      params: { message: 'x', requestedSchema: { type: 'object' } },
+    },
+    'server-to-client',
+  );
+  assert.equal(open.outbound(form, undefined, ctx('default')), ALLOW);
+  for (const frame of shapes('http://localhost:3000/login'))
+    assert.equal(custom.outbound(frame, 'tools/call', modern), ALLOW, frame.kind);
+  for (const frame of shapes('https://evil.example.net/'))
+    assert.match(
+      (custom.outbound(frame, 'tools/call', modern) as { error: Error }).error.message,
+      /not in the allowlist/,
+    );
 });

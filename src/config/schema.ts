@@ -1018,6 +1018,25 @@ export const configSchema = {
               'A tool manifest (`portcullis manifest pull`), relative to the working directory: agents can call only the tools it lists, as approved.',
           },
           tools: toolsSchema,
+          elicitationUrls: {
+            type: 'object',
+            additionalProperties: false,
+            default: {},
+            properties: {
+              schemes: nameList('Schemes a URL-mode elicitation may use (default: https).'),
+              hosts: nameList(
+                'Only these hosts (`auth.example.com`, `*.example.com` for subdomains).',
+              ),
+              allowPrivate: {
+                type: 'boolean',
+                default: false,
+                description:
+                  "Allow loopback, private and local hosts (a development server's own login page).",
+              },
+            },
+            description:
+              "The URL of every URL-mode elicitation this server asks for (elicitation/create, an InputRequiredResult's request, a -32042 error's elicitations) is checked before the client sees it: the scheme, no userinfo, a canonical host, no private or metadata address.",
+          },
           outputValidation: {
             enum: ['block', 'warn', 'off'],
             default: 'warn',
@@ -1146,6 +1165,7 @@ export interface ServerConfig {
   pinning: 'block' | 'flag' | 'off';
   outputValidation: 'block' | 'warn' | 'off';
   tools?: Record<string, { guards: GuardConfig[] }>;
+  elicitationUrls: { schemes?: string[]; hosts?: string[]; allowPrivate: boolean };
 }
 
 interface GuardBase {

@@ -39,6 +39,8 @@ import { compilePatterns, compileTemplates, MATCH_ALL, type Matcher } from './ma
 import type { Manifest } from './manifest.js';
 import { cleanText } from './text.js';
 import { compileGuards, type GuardHit, type GuardOutcome } from './guards/index.js';
+import { compileUrlCheck } from './guards/url.js';
+import type { GuardCheck } from './guards/types.js';
 import {
   cleanDefinition,
   compileServerTools,
@@ -599,6 +601,55 @@ function cleanedEntries(entries: readonly unknown[]): unknown[] | undefined {
   return out;
 }
 
+/** Schemes a URL-mode elicitation may use unless the server's `elicitationUrls` says otherwise. */
+export const DEFAULT_ELICITATION_URL_SCHEMES: readonly string[] = ['https'];
+
+/** The URL of a URL-mode elicitation request's params (spec: form is the mode when none is given). */
+function elicitationUrl(params: unknown): { url: unknown } | undefined {
+  if (params === null || typeof params !== 'object') return undefined;
+  const p = params as Record<string, unknown>;
+  return p.mode === 'url' ? { url: p.url } : undefined;
+}
+
+/**
+ * Every URL-mode elicitation a server→client message carries, wherever the
+ * eras put it: an `elicitation/create` request (2025-11-25), the requests of
+ * a 2026-07-28 `InputRequiredResult`, and the `elicitations` of a
+ * URLElicitationRequiredError (-32042). The first refused URL's reason.
+ */
+function elicitationUrlRefusal(frame: Frame, check: GuardCheck): string | undefined {
+  const judge = (found: { url: unknown } | undefined): string | undefined =>
+    found === undefined ? undefined : check(found.url);
+  const m = frame.message as Record<string, unknown>;
+  if (frame.kind === 'request')
+    return frame.method === 'elicitation/create' ? judge(elicitationUrl(m.params)) : undefined;
+  if (frame.kind === 'response') {
+    const result = m.result as Record<string, unknown> | null | undefined;
+    const requests = result?.resultType === 'input_required' ? result.inputRequests : undefined;
+    if (requests === null || typeof requests !== 'object') return undefined;
+    for (const request of Object.values(requests as Record<string, unknown>)) {
+      if (stringAt(request, 'method') !== 'elicitation/create') continue;
+      const refused = judge(elicitationUrl((request as { params?: unknown }).params));
+      if (refused) return refused;
+    }
+    return undefined;
+  }
+  if (frame.kind === 'error') {
+    const error = m.error as { code?: unknown; data?: unknown } | undefined;
+    if (error?.code !== URL_ELICITATION_REQUIRED) return undefined;
+    const list = (error.data as { elicitations?: unknown } | null | undefined)?.elicitations;
+    if (!Array.isArray(list)) return undefined;
+    for (const e of list) {
+      const refused = judge(elicitationUrl(e));
+      if (refused) return refused;
+    }
+  }
+  return undefined;
+}
+
+/** spec 2025-11-25 client/elicitation: URLElicitationRequiredError. */
+const URL_ELICITATION_REQUIRED = -32042;
+
 export function compilePolicy(
   config: Pick<Config, 'servers' | 'tenants'>,
   manifests: ReadonlyMap<string, LoadedManifest> = new Map(),
@@ -620,6 +671,20 @@ export function compilePolicy(
     }),
   );
   const guards = compileGuards(config.servers);
+  // Every server's, configured or not: the defaults hold where `elicitationUrls` is absent.
+  const elicitationChecks = new Map(
+    Object.entries(config.servers).map(([name, server]) => {
+      const o = server.elicitationUrls ?? { allowPrivate: false };
+      return [
+        name,
+        compileUrlCheck({
+          schemes: o.schemes ?? DEFAULT_ELICITATION_URL_SCHEMES,
+          allowPrivate: o.allowPrivate,
+          ...(o.hosts ? { hosts: o.hosts } : {}),
+        }),
+      ];
+    }),
+  );
   const unknownServer = () =>
     new GatewayError('PORTCULLIS_ERR_ROUTE_UNKNOWN_SERVER', undefined, {});
 
@@ -867,6 +932,17 @@ export function compilePolicy(
       if (frame.kind === 'response' && answering === 'tools/call' && target !== undefined) {
         const checked = checkOutput(frame, target, ctx);
         if (checked) return checked;
+      }
+      // A URL the user is to open must not lead to the user's own network or
+      // carry credentials: checked before the tenant's grant, for every server.
+      if (frame.kind !== 'notification') {
+        const check = elicitationChecks.get(ctx.server);
+        const refused = check && elicitationUrlRefusal(frame, check);
+        if (refused) {
+          const rule = `servers.${ctx.server}.elicitationUrls`;
+          const what = `the server asks the user to open a URL the gateway refuses: ${refused}`;
+          return { kind: 'deny', rule, error: clientRequestDenied(rule, what) };
+        }
       }
       // Server→client requests: each kind is the tenant's to allow.
       if (tenantsOn && (frame.kind === 'request' || frame.kind === 'response')) {

@@ -61,7 +61,7 @@
  */
 import { lookup as dnsLookup } from 'node:dns/promises';
 import ipaddr from 'ipaddr.js';
-import { GuardOptionError, type AsyncGuardCheck } from './types.js';
+import { GuardOptionError, type AsyncGuardCheck, type GuardCheck } from './types.js';
 
 /** Longest URL judged (characters): longer ones are refused, not truncated. */
 export const MAX_URL_CHARS = 2_048;
@@ -143,10 +143,37 @@ export function compileUrlGuard(
   const timeoutMs = deps.lookupTimeoutMs ?? DEFAULT_LOOKUP_TIMEOUT_MS;
   if (!Number.isFinite(timeoutMs) || timeoutMs <= 0)
     throw new GuardOptionError('a url guard: lookupTimeoutMs must be a positive number');
-  const refuses = (verdict: AddressVerdict | undefined): verdict is AddressVerdict =>
-    verdict !== undefined && !(allowPrivate && verdict.kind === 'private');
+  const judge = compileUrlJudgement({ schemes, hosts, allowPrivate });
 
   return async (value) => {
+    const verdict = judge(value);
+    if (typeof verdict !== 'object') return verdict;
+    if (!resolve) return undefined;
+    const { name } = verdict;
+    const answer = await lookupWithin(lookup, name, timeoutMs);
+    if (typeof answer === 'string') return answer;
+    for (const address of answer) {
+      const found = classifyAddress(address);
+      if (found !== undefined && !(allowPrivate && found.kind === 'private'))
+        return `'${excerpt(name)}' resolves to ${found.reason}`;
+    }
+    return undefined;
+  };
+}
+
+/**
+ * Steps 1 to 10, which need no lookup: a reason, undefined for an IP literal
+ * that passes, or the host name to resolve for step 11.
+ */
+function compileUrlJudgement(options: {
+  schemes: ReadonlySet<string>;
+  hosts: HostList | undefined;
+  allowPrivate: boolean;
+}): (value: unknown) => string | undefined | { name: string } {
+  const { schemes, hosts, allowPrivate } = options;
+  const refuses = (verdict: AddressVerdict | undefined): verdict is AddressVerdict =>
+    verdict !== undefined && !(allowPrivate && verdict.kind === 'private');
+  return (value) => {
     const host = judgeText(value, schemes);
     if (typeof host === 'object') return host.reason;
 
@@ -163,15 +190,25 @@ export function compileUrlGuard(
     if (refuses(byName)) return `the host is ${byName.reason}`;
     if (hosts !== undefined && !hosts.admits(name))
       return `host '${excerpt(name)}' is not in the allowlist`;
-    if (!resolve) return undefined;
+    return { name };
+  };
+}
 
-    const answer = await lookupWithin(lookup, name, timeoutMs);
-    if (typeof answer === 'string') return answer;
-    for (const address of answer) {
-      const verdict = classifyAddress(address);
-      if (refuses(verdict)) return `'${excerpt(name)}' resolves to ${verdict.reason}`;
-    }
-    return undefined;
+/**
+ * The checks that need no lookup (steps 1 to 10), synchronous: for a URL
+ * the gateway does not fetch and whose host it cannot resolve as the one
+ * who will (a URL-mode elicitation's `url`, opened in the user's browser,
+ * on the user's network).
+ */
+export function compileUrlCheck(options: Omit<UrlGuardOptions, 'resolve'>): GuardCheck {
+  const judge = compileUrlJudgement({
+    schemes: compileSchemes(options.schemes),
+    hosts: options.hosts === undefined ? undefined : compileHosts(options.hosts),
+    allowPrivate: compileFlag(options.allowPrivate, false, 'allowPrivate'),
+  });
+  return (value) => {
+    const verdict = judge(value);
+    return typeof verdict === 'object' ? undefined : verdict;
   };
 }
 
