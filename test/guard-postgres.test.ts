@@ -64,11 +64,19 @@ function snapshot(db: string): string {
   ].join('\n');
 }
 
+/** The text of a tool result's first content item, parsed as server-postgres's JSON rows. */
+const rowsOf = (result: object): unknown => {
+  const r = result as { content?: Array<{ text: string }>; isError?: unknown };
+  assert.equal(r.isError, false, r.content?.[0]?.text);
+  return JSON.parse(r.content?.[0]?.text ?? 'null');
+};
+
 async function gatewayFor(
   t: TestContext,
   db: string,
   tools: Record<string, unknown> | undefined,
   frames?: SeenFrame[],
+  extra: Record<string, unknown> = {},
 ) {
   const gateway = await startTestGateway(
     {
@@ -79,6 +87,7 @@ async function gatewayFor(
         sandbox: { mode: 'required' },
         warmPool: 0,
         ...(tools ? { tools } : {}),
+        ...extra,
       },
     },
     {},
@@ -89,10 +98,7 @@ async function gatewayFor(
   await client.connect(new StreamableHTTPClientTransport(new URL(gateway.urlFor('db'))));
   t.after(() => client.close());
   const query = async (sql: string): Promise<unknown> => {
-    const result = await client.callTool({ name: 'query', arguments: { sql } });
-    const content = result.content as Array<{ type: string; text: string }>;
-    assert.equal(result.isError, false, content[0]?.text);
-    return JSON.parse(content[0]?.text ?? 'null');
+    return rowsOf(await client.callTool({ name: 'query', arguments: { sql } }));
   };
   return { client, query };
 }
@@ -166,4 +172,74 @@ test('with the sql guard, benign queries are answered exactly as psql answers th
     [{ one: 1 }],
     'a trailing semicolon is one statement',
   );
+});
+
+test("a typed virtual tool on server-postgres: the real query tool is hidden, and '; DROP TABLE … in a parameter is data", async (t) => {
+  const db = database(t, 'virtual');
+  psql(
+    db,
+    "INSERT INTO users VALUES (4, 'O''Brien', NULL), (5, $$'; DROP TABLE users; --$$, NULL)",
+  );
+  const before = snapshot(db);
+  const { client } = await gatewayFor(t, db, GUARDS, undefined, {
+    virtualTools: {
+      find_user: {
+        tool: 'query',
+        title: 'Find a user',
+        description: 'The users with exactly this name.',
+        inputSchema: {
+          type: 'object',
+          properties: { name: { type: 'string', maxLength: 200 } },
+          required: ['name'],
+          additionalProperties: false,
+        },
+        arguments: { sql: 'SELECT id, name FROM users WHERE name = {{name:literal}} ORDER BY id' },
+      },
+      count_rows: {
+        tool: 'query',
+        description: 'How many rows a table has.',
+        inputSchema: {
+          type: 'object',
+          properties: { table: { type: 'string', enum: ['users', 'orders'] } },
+          required: ['table'],
+        },
+        arguments: { sql: 'SELECT count(*)::int AS n FROM {{table:ident}}' },
+      },
+    },
+  });
+  const listed = (await client.listTools()).tools;
+  assert.deepEqual(
+    listed.map((tool) => tool.name),
+    ['find_user', 'count_rows'],
+    'the agent sees the virtual tools only',
+  );
+  assert.equal(listed[0]?.description, 'The users with exactly this name.');
+
+  const find = async (name: string) =>
+    rowsOf(await client.callTool({ name: 'find_user', arguments: { name } }));
+  assert.deepEqual(await find('ada'), [{ id: 1, name: 'ada' }]);
+  assert.deepEqual(await find("O'Brien"), [{ id: 4, name: "O'Brien" }]);
+  // The injection is a name like any other: it finds the row that holds it, and drops nothing.
+  assert.deepEqual(await find("'; DROP TABLE users; --"), [
+    { id: 5, name: "'; DROP TABLE users; --" },
+  ]);
+  assert.deepEqual(await find("x' OR '1'='1"), []);
+  assert.deepEqual(await find("\\'; DROP TABLE users; --"), []);
+  assert.deepEqual(
+    rowsOf(await client.callTool({ name: 'count_rows', arguments: { table: 'orders' } })),
+    [{ n: 3 }],
+  );
+  // Outside the schema: refused at the gateway.
+  const refused = await client
+    .callTool({ name: 'count_rows', arguments: { table: 'pg_authid' } })
+    .catch((e: unknown) => e);
+  assert.ok(refused instanceof McpError);
+  assert.equal(refused.code, -32602);
+  // The real tool cannot be called past the virtual ones.
+  const hidden = await client
+    .callTool({ name: 'query', arguments: { sql: 'SELECT 1' } })
+    .catch((e: unknown) => e);
+  assert.ok(hidden instanceof McpError, String(hidden));
+  assert.equal((hidden.data as { code: string }).code, 'PORTCULLIS_ERR_POLICY_TOOL_NOT_FOUND');
+  assert.equal(snapshot(db), before, 'the database is as it was');
 });

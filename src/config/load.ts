@@ -11,6 +11,7 @@ import type { ErrorObject } from 'ajv';
 import { isPair, isScalar, isSeq, parseDocument, visit, type Document } from 'yaml';
 import { policyProblems } from '../policy/policy.js';
 import { guardProblems } from '../policy/guards/index.js';
+import { virtualToolProblems } from '../policy/virtual.js';
 import {
   configSchema,
   CREDENTIAL_DEFAULTED_KEYS,
@@ -231,6 +232,7 @@ function crossChecks(config: Config): ConfigProblem[] {
   // Grants and rules naming what does not exist, conditions that do not compile.
   problems.push(...policyProblems(config));
   problems.push(...guardProblems(config.servers));
+  problems.push(...virtualToolProblems(config.servers));
   if (
     config.admin.enabled &&
     !isLoopbackHost(config.admin.host) &&

@@ -9,6 +9,7 @@ import {
   DEFAULT_REDIS_CONNECT_TIMEOUT_MS,
   DEFAULT_STORE_KEY_PREFIX,
 } from '../store/index.js';
+import type { VirtualToolConfig } from '../policy/virtual.js';
 
 export const DEFAULT_PORT = 8080;
 export const DEFAULT_ADMIN_PORT = 9090;
@@ -355,6 +356,9 @@ const serverGrantSchema = {
 const MAX_GUARD_LIST_ENTRIES = 1_000;
 const MAX_GUARD_PATTERN_CHARS = 4_096;
 const MAX_GUARDS_PER_TOOL = 64;
+
+/** Virtual tools one server may offer. */
+export const MAX_VIRTUAL_TOOLS_PER_SERVER = 256;
 
 const nameList = (description: string) => ({
   type: 'array',
@@ -1018,6 +1022,50 @@ export const configSchema = {
               'A tool manifest (`portcullis manifest pull`), relative to the working directory: agents can call only the tools it lists, as approved.',
           },
           tools: toolsSchema,
+          virtualTools: {
+            type: 'object',
+            maxProperties: MAX_VIRTUAL_TOOLS_PER_SERVER,
+            propertyNames: { minLength: 1, maxLength: 128, pattern: '^[A-Za-z0-9_.-]+$' },
+            additionalProperties: {
+              type: 'object',
+              additionalProperties: false,
+              required: ['tool', 'description', 'inputSchema', 'arguments'],
+              properties: {
+                tool: {
+                  type: 'string',
+                  minLength: 1,
+                  maxLength: 256,
+                  description: "The server's real tool the virtual one calls.",
+                },
+                title: { type: 'string', maxLength: 256, description: 'Shown to agents.' },
+                description: {
+                  type: 'string',
+                  minLength: 1,
+                  maxLength: 4096,
+                  description: 'Shown to agents, in place of the real tool’s.',
+                },
+                inputSchema: {
+                  type: 'object',
+                  description:
+                    'The JSON Schema (type object) of its arguments, checked on every call before anything is built from them.',
+                },
+                arguments: {
+                  type: 'object',
+                  maxProperties: 256,
+                  description:
+                    "The real tool's arguments: constants, `{{name}}` for an argument's value as it is, or strings with typed placeholders `{{name:literal|ident|number|shell|uri}}`.",
+                },
+                hideTool: {
+                  type: 'boolean',
+                  default: true,
+                  description:
+                    'Hide the real tool from agents: it cannot be listed or called but through this one.',
+                },
+              },
+            },
+            description:
+              'Tools the gateway offers in this server’s name, each carried out by calling one of its real tools with arguments built from a typed template.',
+          },
           elicitationUrls: {
             type: 'object',
             additionalProperties: false,
@@ -1166,6 +1214,7 @@ export interface ServerConfig {
   outputValidation: 'block' | 'warn' | 'off';
   tools?: Record<string, { guards: GuardConfig[] }>;
   elicitationUrls: { schemes?: string[]; hosts?: string[]; allowPrivate: boolean };
+  virtualTools?: Record<string, VirtualToolConfig>;
 }
 
 interface GuardBase {

@@ -81,6 +81,17 @@ export function decodeHeaderValue(raw: string): string | undefined {
   return PLAIN_HEADER_VALUE.test(raw) ? raw : undefined;
 }
 
+/**
+ * Encodes a value for `Mcp-Name` / `Mcp-Param-*`: as-is when it is plain
+ * visible ASCII with no space at either end, else the `=?base64?…?=` form
+ * (spec/2026-07-28/basic/transports/streamable-http.mdx, "Value Encoding").
+ */
+export function encodeHeaderValue(value: string): string {
+  if (PLAIN_HEADER_VALUE.test(value) && value.trim() === value && !BASE64_SENTINEL.test(value))
+    return value;
+  return `=?base64?${Buffer.from(value, 'utf8').toString('base64')}?=`;
+}
+
 function mismatch(detail: string): GatewayError {
   return new GatewayError('PORTCULLIS_ERR_PROTOCOL_HEADER_MISMATCH', detail);
 }

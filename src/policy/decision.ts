@@ -65,7 +65,7 @@ export interface Drop {
  */
 export interface Pending {
   readonly kind: 'pending';
-  readonly decision: Promise<Allow | Deny>;
+  readonly decision: Promise<Allow | Deny | Replace>;
 }
 
 export type Decision = Allow | Deny | Replace | Drop;

@@ -33,6 +33,7 @@ import {
   type Deny,
   type Finding,
   type Pending,
+  type Replace,
   type ShadowHit,
 } from './decision.js';
 import { compilePatterns, compileTemplates, MATCH_ALL, type Matcher } from './match.js';
@@ -40,6 +41,7 @@ import type { Manifest } from './manifest.js';
 import { cleanText } from './text.js';
 import { compileGuards, type GuardHit, type GuardOutcome } from './guards/index.js';
 import { compileUrlCheck } from './guards/url.js';
+import { compileVirtualTools, type VirtualTool } from './virtual.js';
 import type { GuardCheck } from './guards/types.js';
 import {
   cleanDefinition,
@@ -87,11 +89,11 @@ export interface Policy {
   readonly tenants: readonly string[];
   route(principal: Principal, server: string): Decision;
   /**
-   * Inbound decisions only allow or deny: a client's message is never rewritten.
-   * Pending only when a guard of the called tool asks the host (DNS, the file
+   * Inbound decisions allow or deny; a client's message is rewritten (replace)
+   * only when it calls a virtual tool, into the call of the real one. Pending only when a guard of the called tool asks the host (DNS, the file
    * system); every other decision is made without waiting.
    */
-  inbound(frame: Frame, ctx: DecisionContext): Allow | Deny | Pending;
+  inbound(frame: Frame, ctx: DecisionContext): Allow | Deny | Replace | Pending;
   /** `target`: the tool, prompt or resource of the request an answer answers, when it named one. */
   outbound(
     frame: Frame,
@@ -671,6 +673,12 @@ export function compilePolicy(
     }),
   );
   const guards = compileGuards(config.servers);
+  const virtuals = new Map(
+    Object.entries(config.servers).flatMap(([name, server]) => {
+      const v = compileVirtualTools(name, server.virtualTools);
+      return v ? [[name, v] as const] : [];
+    }),
+  );
   // Every server's, configured or not: the defaults hold where `elicitationUrls` is absent.
   const elicitationChecks = new Map(
     Object.entries(config.servers).map(([name, server]) => {
@@ -742,6 +750,24 @@ export function compilePolicy(
           message = withEntries(message, list.key, clean);
           rule ??= 'descriptions.cleaned';
         }
+      }
+    }
+    const virtual = answering === 'tools/list' ? virtuals.get(ctx.server) : undefined;
+    if (virtual) {
+      // Reviewed with the rest (their pins hold for the virtual tools' calls), hidden
+      // tools then leave; the virtual ones the tenant is granted join the last page.
+      const current = listEntries(message, list.key) ?? [];
+      const kept = current.filter((t) => !virtual.hidden.has(list.name(t) ?? ''));
+      const result = message.result as Record<string, unknown> | undefined;
+      const added =
+        result?.nextCursor === undefined
+          ? [...virtual.tools.values()]
+              .filter((v) => !found || found.tenant.shadow || found.grant.tools(v.name))
+              .map((v) => cleanDefinition(v.definition))
+          : [];
+      if (kept.length !== current.length || added.length > 0) {
+        message = withEntries(message, list.key, [...kept, ...added]);
+        rule ??= `servers.${ctx.server}.virtualTools`;
       }
     }
     const extra = {
@@ -839,6 +865,55 @@ export function compilePolicy(
     return decideByRules(frame, ctx, tenant, shadowed);
   };
 
+  /**
+   * A call of a virtual tool: its arguments checked and rendered, then the
+   * real call judged as any call of the real tool is (its manifest entry,
+   * pins, schema and guards), then the tenant's rules on the call as the
+   * agent made it. Allowed, the real call goes upstream in its place.
+   */
+  const virtualCall = (
+    v: VirtualTool,
+    frame: Frame,
+    ctx: DecisionContext,
+    tenant: CompiledTenant | undefined,
+    shadowed: ShadowHit[] | undefined,
+  ): Deny | Replace | Pending => {
+    const rendered = v.render(params(frame)?.arguments);
+    if ('error' in rendered)
+      return withShadow({ kind: 'deny', rule: v.rule, error: rendered.error }, shadowed);
+    const args = rendered.arguments;
+    const refusal = tools
+      .get(ctx.server)
+      ?.checkCall(v.tool, args, ctx.memory?.verdict(ctx.server, v.tool));
+    if (refusal)
+      return withShadow(
+        { kind: 'deny', rule: refusal.data.rule as string, error: refusal },
+        shadowed,
+      );
+    const message = frame.message;
+    const real: JsonRpcMessage = {
+      ...message,
+      params: { ...(message.params as Record<string, unknown>), name: v.tool, arguments: args },
+    };
+    const finish = (d: Allow | Deny): Deny | Replace =>
+      d.kind === 'deny'
+        ? d
+        : {
+            kind: 'replace',
+            rule: v.rule,
+            message: real,
+            ...(d.shadowed ? { shadowed: d.shadowed } : {}),
+          };
+    const toolGuards = guards.get(ctx.server)?.get(v.tool);
+    const outcome = toolGuards?.check(args);
+    if (outcome instanceof Promise)
+      return {
+        kind: 'pending',
+        decision: outcome.then((o) => finish(afterGuards(o, frame, ctx, tenant, shadowed))),
+      };
+    return finish(afterGuards(outcome, frame, ctx, tenant, shadowed));
+  };
+
   return {
     enabled: true,
     tenants: Object.freeze([...tenants.keys()]),
@@ -887,6 +962,14 @@ export function compilePolicy(
       }
       if (frame.method === 'tools/call') {
         const name = frame.target ?? '';
+        const virtual = virtuals.get(ctx.server);
+        const v = virtual?.tools.get(name);
+        if (v) return virtualCall(v, frame, ctx, tenant, shadowed);
+        if (virtual?.hidden.has(name)) {
+          const rule = `servers.${ctx.server}.virtualTools`;
+          const error = new GatewayError('PORTCULLIS_ERR_POLICY_TOOL_NOT_FOUND', name, { rule });
+          return withShadow({ kind: 'deny', rule, error }, shadowed);
+        }
         const args = params(frame)?.arguments;
         const refusal = tools
           .get(ctx.server)

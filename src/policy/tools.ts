@@ -127,7 +127,7 @@ let ajv2020: Ajv2020 | undefined;
 let ajv07: Ajv | undefined;
 
 /** A validator for a tool's input schema, by the draft it declares (2020-12 unless draft-07 or older). */
-function compileSchema(schema: Readonly<Record<string, unknown>>): ValidateFunction {
+export function compileInputSchema(schema: Readonly<Record<string, unknown>>): ValidateFunction {
   const declared = typeof schema.$schema === 'string' ? schema.$schema : '';
   if (/draft-0[4-7]/.test(declared)) {
     ajv07 ??= useLengthKeywords(new Ajv(AJV_OPTIONS));
@@ -140,7 +140,7 @@ function compileSchema(schema: Readonly<Record<string, unknown>>): ValidateFunct
 }
 
 /** The path of the field an ajv error is about, as a JSON pointer into the arguments. */
-function errorPath(e: ErrorObject): string {
+export function schemaErrorPath(e: ErrorObject): string {
   const missing =
     e.keyword === 'required'
       ? (e.params as { missingProperty?: string }).missingProperty
@@ -205,7 +205,7 @@ export function compileServerTools(server: string, config: ServerToolsConfig): S
   const outputValidators = new Map<string, ValidateFunction | undefined>();
   const compileOrNothing = (schema: Readonly<Record<string, unknown>>) => {
     try {
-      return compileSchema(schema);
+      return compileInputSchema(schema);
     } catch {
       // A schema ajv cannot compile validates nothing.
       return undefined;
@@ -338,7 +338,7 @@ export function compileServerTools(server: string, config: ServerToolsConfig): S
       const validate = validators.get(tool);
       if (validate && !validate(args ?? {})) {
         const e = validate.errors?.[0];
-        const path = e ? errorPath(e) : '/';
+        const path = e ? schemaErrorPath(e) : '/';
         return new GatewayError(
           'PORTCULLIS_ERR_POLICY_INVALID_ARGUMENTS',
           `'${tool}' ${path}: ${e?.message ?? 'does not match the input schema'}`,
@@ -362,7 +362,7 @@ export function compileServerTools(server: string, config: ServerToolsConfig): S
       if (validate(r.structuredContent)) return undefined;
       const e = validate.errors?.[0];
       return {
-        path: `/structuredContent${e ? errorPath(e).replace(/^\/$/, '') : ''}`,
+        path: `/structuredContent${e ? schemaErrorPath(e).replace(/^\/$/, '') : ''}`,
         message: e?.message ?? 'does not match the output schema',
       };
     },

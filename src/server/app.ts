@@ -25,14 +25,16 @@ import type { ServerResponse } from 'node:http';
 import { performance } from 'node:perf_hooks';
 import { GatewayError, type JsonRpcId } from '../errors/index.js';
 import type { Config } from '../config/schema.js';
-import { parseBody, requestIds, type Frame } from '../mcp/frame.js';
+import { parseBody, requestIds, type Frame, type JsonRpcMessage } from '../mcp/frame.js';
 import {
   BATCHING_VERSION,
   detectEra,
+  encodeHeaderValue,
   headerValue,
   isModernVersion,
   LEGACY_VERSIONS,
   validateModernRequest,
+  type ToolHeaderRegistry,
 } from '../mcp/era.js';
 import { newSessionId, type Session, type SessionStore } from '../mcp/sessions.js';
 import { ANONYMOUS, ownerKey, type Principal } from '../auth/principal.js';
@@ -141,6 +143,32 @@ function acceptsBoth(accept: string | undefined): boolean {
     accept.includes('application/json') &&
     accept.includes('text/event-stream')
   );
+}
+
+/**
+ * A 2026-07-28 call rewritten by the policy (a virtual tool's real call):
+ * the routing headers say what the body now says. `Mcp-Name` names the real
+ * tool; the client's `Mcp-Param-*` mirrored the virtual tool's arguments, so
+ * they go (spec/2026-07-28/basic/transports/streamable-http.mdx: the headers
+ * MUST match the body).
+ */
+function realCallHeaders(
+  headers: Record<string, string>,
+  message: JsonRpcMessage,
+  toolHeaders: ToolHeaderRegistry,
+): void {
+  const params = message.params as { name?: unknown; arguments?: unknown } | undefined;
+  for (const h of Object.keys(headers)) if (h.startsWith('mcp-param-')) delete headers[h];
+  if (typeof params?.name !== 'string') return;
+  headers['mcp-name'] = encodeHeaderValue(params.name);
+  // The real tool's own x-mcp-header parameters, from the rendered arguments.
+  for (const p of toolHeaders.get(params.name) ?? []) {
+    let v: unknown = params.arguments;
+    for (const key of p.path)
+      v = v !== null && typeof v === 'object' ? (v as Record<string, unknown>)[key] : undefined;
+    if (typeof v === 'string' || typeof v === 'number' || typeof v === 'boolean')
+      headers[p.header] = encodeHeaderValue(String(v));
+  }
 }
 
 function upstreamHeaders(
@@ -611,6 +639,8 @@ export function buildApp(deps: AppDeps): FastifyInstance {
 
     // The inbound decision point: a batch is decided whole (one denial refuses all of it).
     let shadowedBy: Map<Frame, string[]> | undefined;
+    // Calls of virtual tools, rewritten into calls of the real ones.
+    let replaced: Map<Frame, { rule: string; message: JsonRpcMessage }> | undefined;
     if (policy.enabled) {
       const ctx = x.decisionContext();
       for (const f of frames) {
@@ -623,6 +653,8 @@ export function buildApp(deps: AppDeps): FastifyInstance {
           if (x.observer?.message) for (const g of frames) x.noteMessage(g, 'deny', decision.rule);
           return fail(decision.error);
         }
+        if (decision.kind === 'replace')
+          (replaced ??= new Map()).set(f, { rule: decision.rule, message: decision.message });
         if (decision.shadowed && x.observer?.message)
           (shadowedBy ??= new Map()).set(
             f,
@@ -631,7 +663,10 @@ export function buildApp(deps: AppDeps): FastifyInstance {
       }
     }
     if (x.observer?.message)
-      for (const f of frames) x.noteMessage(f, 'allow', undefined, shadowedBy?.get(f));
+      for (const f of frames) {
+        const r = replaced?.get(f);
+        x.noteMessage(f, r ? 'replace' : 'allow', r?.rule, shadowedBy?.get(f));
+      }
     const owner = x.owner;
     const sessionIdToBe = initialize ? newSessionId() : undefined;
     let headers: Record<string, string>;
@@ -643,6 +678,13 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     }
     headers['content-type'] = 'application/json';
     headers.accept = UPSTREAM_ACCEPT;
+    let body = req.body;
+    if (replaced) {
+      const messages = frames.map((f) => replaced?.get(f)?.message ?? f.message);
+      body = JSON.stringify(batch ? messages : messages[0]);
+      if (era === 'modern')
+        realCallHeaders(headers, messages[0] as JsonRpcMessage, route.toolHeaders);
+    }
 
     await forward(
       x,
@@ -650,7 +692,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
       {
         method: 'POST',
         headers,
-        body: req.body,
+        body,
         affinity: owner,
         tenant: req.principal.tenant,
         // Only where a request may start a process: nothing to allocate elsewhere.

@@ -42,9 +42,19 @@ function observe(x: Exchange, frame: Frame): void {
   const result = frame.message.result as { protocolVersion?: unknown } | undefined;
   if (method === 'initialize' && x.session && typeof result?.protocolVersion === 'string') {
     x.session.protocolVersion = result.protocolVersion;
-  } else if (method === 'tools/list') {
-    x.toolHeaders?.learn(result);
   }
+}
+
+/**
+ * The `x-mcp-header` parameters of the server's tools, learned from its
+ * `tools/list` answers as it sent them, before any decision: a tool the
+ * policy hides from the client (a virtual tool's real one) is still called
+ * with its headers.
+ */
+function learnToolHeaders(x: Exchange, frames: readonly Frame[]): void {
+  for (const f of frames)
+    if (f.kind === 'response' && f.id !== undefined && f.id !== null)
+      if (x.methodsById.get(f.id) === 'tools/list') x.toolHeaders?.learn(f.message.result);
 }
 
 /** Frames a parsed server-to-client value (one message or a 2025-03-26 batch). */
@@ -177,6 +187,7 @@ export async function relayResponse(
       { server: x.server },
     );
   }
+  learnToolHeaders(x, kept);
   // The outbound decision point: an allowed body goes on as its own bytes.
   if (x.policy.enabled) {
     kept = decideOutbound(x, kept);
@@ -372,6 +383,7 @@ function relayStream(x: Exchange, up: UpstreamResponse, streams: StreamRegistry)
         }
         let kept = admit(x, frames);
         if (kept.length === 0) return;
+        learnToolHeaders(x, kept);
         if (x.policy.enabled) {
           kept = decideOutbound(x, kept);
           if (kept.length === 0) return;
