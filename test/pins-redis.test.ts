@@ -9,7 +9,6 @@
  */
 import assert from 'node:assert/strict';
 import { execFile, execFileSync } from 'node:child_process';
-import { randomUUID } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { before, test, type TestContext } from 'node:test';
@@ -32,9 +31,14 @@ import {
 } from './fixtures/rug-pull-server.js';
 import { TEST_ADMIN_TOKEN } from './helpers/auth-gateway.js';
 import { testConfig } from './helpers/gateway.js';
-import { cuttableLink, freePort, startRedisServer } from './helpers/redis.js';
+import {
+  cuttableLink,
+  freePort,
+  isolatedPrefix,
+  SHARED_REDIS,
+  startRedisServer,
+} from './helpers/redis.js';
 
-const SHARED_REDIS = 'redis://127.0.0.1:6379';
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const CLI = join(ROOT, 'dist', 'cli', 'main.js');
 const CHANGED = `${ADD_DESCRIPTION} Now also multiplies.`;
@@ -79,19 +83,6 @@ async function replica(
   const gw = await startGateway(config, { log });
   t.after(() => gw.close());
   return Object.assign(gw, { logs });
-}
-
-/** A prefix of this test's own in the shared Redis, its keys deleted afterwards (pins live long). */
-function isolatedPrefix(t: TestContext): string {
-  const prefix = `portcullis-test:${randomUUID()}:`;
-  t.after(async () => {
-    const redis = new Redis(SHARED_REDIS, { lazyConnect: true });
-    await redis.connect();
-    const keys = await redis.keys(`${prefix}*`);
-    if (keys.length > 0) await redis.del(...keys);
-    await redis.quit();
-  });
-  return prefix;
 }
 
 async function connect(t: TestContext, gw: Gateway): Promise<Client> {

@@ -134,6 +134,15 @@ export class RedisStore implements Store {
     return this.isHealthy;
   }
 
+  /**
+   * The command connection and key prefix, for a module that runs its own
+   * scripts on it (src/limits): it inherits this store's timeouts and fail-fast
+   * behaviour, and must put `keyPrefix` before every key it touches.
+   */
+  get connection(): { readonly client: Redis; readonly keyPrefix: string } {
+    return { client: this.commands, keyPrefix: this.prefix };
+  }
+
   async setIfAbsent(key: string, value: string, ttlMs: number): Promise<boolean> {
     const px = checkTtl(ttlMs);
     return this.run('SET NX', async () => {

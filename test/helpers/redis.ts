@@ -4,9 +4,12 @@
  * fails the test that asked for a server.
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
 import { once } from 'node:events';
 import { createConnection, createServer, type Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
+import type { TestContext } from 'node:test';
+import { Redis } from 'ioredis';
 
 const START_TIMEOUT_MS = 10_000;
 
@@ -151,4 +154,20 @@ export async function cuttableLink(targetPort: number): Promise<CuttableLink> {
       await once(server, 'close');
     },
   };
+}
+
+/** The Redis every test machine runs (CI starts one when none answers). */
+export const SHARED_REDIS = 'redis://127.0.0.1:6379';
+
+/** A key prefix of the test's own in the shared Redis, its keys deleted afterwards. */
+export function isolatedPrefix(t: TestContext): string {
+  const prefix = `portcullis-test:${randomUUID()}:`;
+  t.after(async () => {
+    const redis = new Redis(SHARED_REDIS, { lazyConnect: true });
+    await redis.connect();
+    const keys = await redis.keys(`${prefix}*`);
+    if (keys.length > 0) await redis.del(...keys);
+    await redis.quit();
+  });
+  return prefix;
 }
