@@ -12,10 +12,17 @@ import type { Config } from './schema.js';
  * reload. A key joins this list when the policy loader reads it: a key listed
  * here but not read would be reported as applied when it was not.
  */
-export const LIVE_SERVER_KEYS: readonly string[] = Object.freeze(['manifest', 'pinning']);
+export const LIVE_SERVER_KEYS: readonly string[] = Object.freeze([
+  'manifest',
+  'pinning',
+  'outputValidation',
+  'tools',
+  'virtualTools',
+  'elicitationUrls',
+]);
 
 /** The top-level keys that apply on reload (besides the live keys of each server). */
-export const LIVE_TOP_LEVEL_KEYS: readonly string[] = Object.freeze(['tenants']);
+export const LIVE_TOP_LEVEL_KEYS: readonly string[] = Object.freeze(['tenants', 'rateLimits']);
 
 type Entries = Record<string, unknown>;
 

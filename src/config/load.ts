@@ -233,6 +233,23 @@ function crossChecks(config: Config): ConfigProblem[] {
   problems.push(...policyProblems(config));
   problems.push(...guardProblems(config.servers));
   problems.push(...virtualToolProblems(config.servers));
+  // A tool bucket of a server that does not exist would never count anything.
+  const limited: Array<[string, Record<string, unknown> | undefined]> = [
+    ['rateLimits.tools', config.rateLimits?.tools],
+    ...Object.entries(config.tenants ?? {}).map(
+      ([t, tenant]) =>
+        [`tenants.${t}.rateLimits.tools`, tenant.rateLimits?.tools] as [
+          string,
+          Record<string, unknown> | undefined,
+        ],
+    ),
+  ];
+  for (const [at, tools] of limited)
+    for (const key of Object.keys(tools ?? {})) {
+      const server = key.slice(0, key.indexOf('/'));
+      if (!Object.hasOwn(config.servers, server))
+        problems.push({ path: `${at}.${key}`, message: `names no server '${server}'` });
+    }
   if (
     config.admin.enabled &&
     !isLoopbackHost(config.admin.host) &&

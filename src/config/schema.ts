@@ -554,6 +554,51 @@ const ruleSchema = {
   },
 } as const;
 
+/** The default life of a concurrency lease: a replica that dies frees its slots after this. */
+export const DEFAULT_CONCURRENCY_LEASE_MS = 300_000;
+
+const bucketSchema = (description: string) =>
+  ({
+    type: 'object',
+    additionalProperties: false,
+    required: ['capacity', 'refillPerSecond'],
+    properties: {
+      capacity: {
+        type: 'integer',
+        minimum: 1,
+        maximum: 1_000_000_000,
+        description: 'The burst: how many requests the bucket holds when full.',
+      },
+      refillPerSecond: {
+        type: 'number',
+        exclusiveMinimum: 0,
+        maximum: 1_000_000,
+        description: 'The sustained rate: tokens added per second (0.5: one every two seconds).',
+      },
+    },
+    description,
+  }) as const;
+
+/** What a tenant, or every tenant by default, may send (`rateLimits`, `tenants.<t>.rateLimits`). */
+const rateLimitProperties = {
+  tenant: bucketSchema('Requests of the tenant: all its agents, on every server, together.'),
+  subject: bucketSchema("Requests of one agent of the tenant (its token's `sub`)."),
+  tools: {
+    type: 'object',
+    maxProperties: 256,
+    propertyNames: { pattern: '^[^/]+/.+$', maxLength: 512 },
+    additionalProperties: bucketSchema('Calls of this tool by the tenant.'),
+    description:
+      'Per tool, keyed `<server>/<tool>` (the name agents call): its calls by the tenant.',
+  },
+  concurrency: {
+    type: 'integer',
+    minimum: 1,
+    maximum: 1_000_000,
+    description: 'Requests of the tenant in flight at once, on every replica together.',
+  },
+} as const;
+
 const tenantSchema = {
   type: 'object',
   additionalProperties: false,
@@ -576,6 +621,13 @@ const tenantSchema = {
       default: 'enforce',
       description:
         '"shadow": the grants record what they would have denied or hidden, and deny and hide nothing.',
+    },
+    rateLimits: {
+      type: 'object',
+      additionalProperties: false,
+      properties: rateLimitProperties,
+      description:
+        "This tenant's limits, replacing the top-level `rateLimits` key by key (its `tools` merged with theirs).",
     },
   },
 } as const;
@@ -1100,6 +1152,25 @@ export const configSchema = {
         },
       },
     },
+    rateLimits: {
+      type: 'object',
+      additionalProperties: false,
+      properties: {
+        ...rateLimitProperties,
+        onStoreDown: {
+          enum: ['allow', 'refuse'],
+          default: 'allow',
+          description:
+            'When the store cannot answer: "allow" the request (the default), or "refuse" it with 503.',
+        },
+        concurrencyLeaseMs: ms(
+          DEFAULT_CONCURRENCY_LEASE_MS,
+          'How long an in-flight slot is held at most; a replica that dies frees its slots after this.',
+        ),
+      },
+      description:
+        'Token buckets per tenant, subject and tool, and in-flight requests per tenant, in the shared store (every replica together). Over a limit: 429 with Retry-After.',
+    },
     tenants: {
       type: 'object',
       propertyNames: { pattern: TENANT_NAME_PATTERN },
@@ -1321,6 +1392,7 @@ export interface Config {
   servers: Record<string, ServerConfig>;
   /** Absent: no per-tenant policy (every principal may use every server). */
   tenants?: Record<string, TenantConfig>;
+  rateLimits?: RateLimitSettings;
   shutdown: { drainTimeoutMs: number; retryHintMs: number };
   log: { level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent' };
 }
@@ -1352,6 +1424,23 @@ export interface TenantConfig {
   servers: Record<string, ServerGrant>;
   rules: RuleConfig[];
   mode: 'enforce' | 'shadow';
+  rateLimits?: RateLimitSettings;
+}
+
+/** One token bucket's size. */
+export interface BucketConfig {
+  capacity: number;
+  refillPerSecond: number;
+}
+
+/** `rateLimits` and `tenants.<t>.rateLimits` (onStoreDown and concurrencyLeaseMs at the top only). */
+export interface RateLimitSettings {
+  tenant?: BucketConfig;
+  subject?: BucketConfig;
+  tools?: Record<string, BucketConfig>;
+  concurrency?: number;
+  onStoreDown?: 'allow' | 'refuse';
+  concurrencyLeaseMs?: number;
 }
 
 /** One set of quotas (per principal or per tenant). */

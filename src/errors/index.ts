@@ -206,6 +206,18 @@ const SPECS = {
     message:
       'A quota of this tenant or principal is used up (error.data.quota names it); close sessions or streams, or retry after Retry-After seconds',
   },
+  PORTCULLIS_ERR_RATE_LIMITED: {
+    status: 429,
+    rpc: JSONRPC_INTERNAL_ERROR,
+    message:
+      'A rate limit of this tenant, agent or tool is used up (error.data.limit names it); retry after Retry-After seconds',
+  },
+  PORTCULLIS_ERR_RATE_LIMIT_UNAVAILABLE: {
+    status: 503,
+    rpc: JSONRPC_INTERNAL_ERROR,
+    message:
+      'The shared store that holds the rate limits cannot answer, and this gateway refuses requests it cannot count; retry after Retry-After seconds',
+  },
   PORTCULLIS_ERR_QUOTA_GATEWAY_FULL: {
     status: 503,
     rpc: JSONRPC_INTERNAL_ERROR,

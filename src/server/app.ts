@@ -39,6 +39,7 @@ import {
 import { newSessionId, type Session, type SessionStore } from '../mcp/sessions.js';
 import { ANONYMOUS, ownerKey, type Principal } from '../auth/principal.js';
 import type { Upstream, UpstreamCall, UpstreamRequest } from '../upstream/types.js';
+import type { RateLimits } from './rate-limits.js';
 import { toGatewayError } from '../upstream/http.js';
 import { INTERNAL_TICKET_HEADER, InternalTickets, registerLegacySse } from './legacy-sse.js';
 import { compileHostCheck, compileOriginCheck } from './allowlist.js';
@@ -76,6 +77,8 @@ export interface AppDeps {
   quotas: Quotas;
   /** The policy in force (it changes on reload); absent, none: everything is allowed. */
   policy?: (() => Policy) | undefined;
+  /** The rate limits in force (they change on reload); absent, none. */
+  rateLimits?: (() => RateLimits) | undefined;
   /** What the gateway remembers of servers' tools between messages (pins, verdicts). */
   toolMemory?: ToolMemory | undefined;
   /** Whether whom a stream would serve was revoked since the request was authenticated. */
@@ -544,7 +547,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     }
   };
 
-  app.post<{ Params: { server: string } }>('/mcp/:server', async (req) => {
+  app.post<{ Params: { server: string } }>('/mcp/:server', async (req, reply) => {
     const route = routeFor(req);
     const x = req.exchange;
     if (typeof req.body !== 'string')
@@ -637,6 +640,19 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     );
     if (era === 'legacy' && session) x.replyUpstream = replierFor(req, route, session);
 
+    // Rate limits, before the policy: refused calls are charged like any other.
+    const limits = deps.rateLimits?.();
+    if (limits?.enabled) {
+      const admission = await limits.admit(req.principal, route.name, frames);
+      if ('refused' in admission) {
+        sessionLease?.release();
+        return fail(admission.refused);
+      }
+      const { release } = admission.admitted;
+      if (reply.raw.writableEnded) release();
+      else reply.raw.once('close', release);
+    }
+
     // The inbound decision point: a batch is decided whole (one denial refuses all of it).
     let shadowedBy: Map<Frame, string[]> | undefined;
     // Calls of virtual tools, rewritten into calls of the real ones.
@@ -651,6 +667,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
         recordDecision(sink, decision, route.name, req.principal, f.method);
         if (decision.kind === 'deny') {
           if (x.observer?.message) for (const g of frames) x.noteMessage(g, 'deny', decision.rule);
+          sessionLease?.release();
           return fail(decision.error);
         }
         if (decision.kind === 'replace')

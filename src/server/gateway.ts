@@ -29,6 +29,8 @@ import { inflightCap, openFileLimit, Quotas } from './quotas.js';
 import { trackIdleSockets } from './idle-sockets.js';
 import type { Policy } from '../policy/policy.js';
 import { buildPolicy } from './policy-loader.js';
+import { compileRateLimits, type RateLimitDeps, type RateLimits } from './rate-limits.js';
+import { limitersFor } from '../limits/index.js';
 import { LiveTools } from './decide.js';
 import { StorePinBook } from './pins.js';
 import { startReloader, type ReloadResult } from './reload.js';
@@ -162,6 +164,34 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
   // Compiled once per (re)load; the config was checked (policyProblems) when it
   // was built. A reload replaces it in one assignment: each exchange keeps the
   // policy of its request's arrival, so in-flight streams are decided as they began.
+  const limiters = await limitersFor(store);
+  const limiterDeps: RateLimitDeps = {
+    ...limiters,
+    onEvent: (e) => {
+      if (e.kind === 'refused') {
+        metrics.rateLimited.inc({ limit: e.limit.startsWith('tools.') ? 'tool' : e.limit });
+        log.info(
+          { event: 'rate_limit.refused', limit: e.limit, tenant: e.tenant },
+          'refused a request over a rate limit',
+        );
+      } else {
+        metrics.rateLimitStoreErrors.inc({ outcome: e.admitted ? 'allowed' : 'refused' });
+        log.warn(
+          {
+            event: 'rate_limit.store_down',
+            tenant: e.tenant,
+            admitted: e.admitted,
+            err: (e.err as Error).message,
+          },
+          e.admitted
+            ? 'rate limits not counted: the store is down (onStoreDown: allow)'
+            : 'refused a request: the store holding the rate limits is down',
+        );
+      }
+    },
+  };
+  let rateLimits = compileRateLimits(config, limiterDeps);
+  const rateLimitsBy = new WeakMap<Policy, RateLimits>();
   let policy: Policy = buildPolicy(config);
   if (config.tenants === undefined) {
     log.info(
@@ -185,6 +215,7 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
   let resourceInfo: ResourceInfo | undefined;
   const app = buildApp({
     policy: () => policy,
+    rateLimits: () => rateLimits,
     toolMemory,
     config,
     log,
@@ -348,11 +379,13 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
           build: (next) => {
             const built = buildPolicy(next);
             manifestedBy.set(built, manifestServers(next));
+            rateLimitsBy.set(built, compileRateLimits(next, limiterDeps));
             return built;
           },
           apply: (next) => {
             policy = next;
             manifested = manifestedBy.get(next) ?? manifested;
+            rateLimits = rateLimitsBy.get(next) ?? rateLimits;
           },
           log,
           metrics,

@@ -17,6 +17,8 @@ export interface Metrics {
   readonly upstreamProcesses: Gauge<'server'>;
   /** Policy decisions other than a plain allow; `decision` is deny, replace, drop or shadow. */
   readonly policyDecisions: Counter<'server' | 'rule' | 'decision'>;
+  readonly rateLimited: Counter<'limit'>;
+  readonly rateLimitStoreErrors: Counter<'outcome'>;
   /** Configuration reloads, by result: `ok` (the new policy is in force) or `failed` (kept the old one). */
   readonly configReloads: Counter<'result'>;
   /** 1 when the last reload succeeded (or none was tried), 0 while the file on disk is refused. */
@@ -66,6 +68,18 @@ export function createMetrics(): Metrics {
       name: 'portcullis_policy_decisions_total',
       help: 'Policy decisions that were not a plain allow, by server, rule and decision (deny, replace, drop; shadow: a shadow rule would have denied, replaced or dropped).',
       labelNames: ['server', 'rule', 'decision'],
+      registers: [registry],
+    }),
+    rateLimited: new Counter({
+      name: 'portcullis_rate_limited_total',
+      help: 'Requests refused over a rate limit, by limit (tenant, subject, tool, concurrency).',
+      labelNames: ['limit'],
+      registers: [registry],
+    }),
+    rateLimitStoreErrors: new Counter({
+      name: 'portcullis_rate_limit_store_errors_total',
+      help: 'Requests the shared store could not count against their rate limits, by outcome (allowed or refused, per rateLimits.onStoreDown).',
+      labelNames: ['outcome'],
       registers: [registry],
     }),
     configReloads: new Counter({
