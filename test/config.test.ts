@@ -79,6 +79,10 @@ const EXAMPLE_COMMENTED = [
   'servers.<name>.credential.file',
   'servers.<name>.credential.clientSecretFile',
   'servers.<name>.manifest',
+  // perCall needs the manifest, which the example leaves commented out.
+  'servers.<name>.credential.perCall',
+  'servers.<name>.credential.perCallTtlMs',
+  'servers.<name>.credential.scopesByVerb',
 ];
 
 const URL_A = 'http://127.0.0.1:3001/mcp';

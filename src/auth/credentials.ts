@@ -21,6 +21,7 @@ import type { VerifiedToken } from './jwt.js';
 import type { SigningKeys } from './keys.js';
 import { compositeKey } from './principal.js';
 import type { Revocations } from './revocation.js';
+import type { Verb } from '../policy/manifest.js';
 
 /** A cached credential is replaced this long before it expires, so none expires in flight. */
 export const CREDENTIAL_REFRESH_MARGIN_MS = 30_000;
@@ -32,7 +33,21 @@ export interface CredentialRequest {
   readonly token: VerifiedToken | undefined;
   /** The gateway's legacy session id, if the request belongs to one. */
   readonly sessionId: string | undefined;
+  /**
+   * The tool calls the request carries (as they go upstream: a virtual tool's
+   * real one), with the verb class of the most powerful: for `perCall`.
+   */
+  readonly calls?: { readonly tools: readonly string[]; readonly verb: Verb };
 }
+
+/** The scopes a per-call credential carries for each verb class, unless `scopesByVerb` says. */
+export const DEFAULT_SCOPES_BY_VERB: Readonly<Record<Verb, readonly string[]>> = Object.freeze({
+  read: ['read'],
+  write: ['read', 'write'],
+  destructive: ['read', 'write', 'destructive'],
+});
+/** The life of a per-call credential unless `perCallTtlMs` says. */
+export const DEFAULT_PER_CALL_TTL_MS = 30_000;
 
 type Headers = Readonly<Record<string, string>>;
 
@@ -130,12 +145,34 @@ export interface MintOptions {
   readonly keys: SigningKeys;
   readonly revocations: Revocations;
   readonly onIssued: (result: 'ok' | 'error') => void;
+  /** One credential per tool call, scoped by the verb class of what it calls. */
+  readonly perCall?: {
+    readonly ttlMs: number;
+    readonly scopesByVerb: Readonly<Record<Verb, readonly string[]>>;
+  };
 }
 
 class MintedCredential extends CachingCredential {
   readonly mode = 'mint';
   constructor(private readonly options: MintOptions) {
     super();
+  }
+
+  /**
+   * With `perCall`, a request that calls tools gets a credential of its own,
+   * never cached: scoped to the verb class of what it calls, living
+   * `perCallTtlMs`, naming the tools. Every other request (initialize, lists,
+   * reads of resources) gets the cached one, scoped as a read.
+   */
+  override headers(req: CredentialRequest): Headers | Promise<Headers> {
+    const perCall = this.options.perCall;
+    if (perCall === undefined || req.calls === undefined || req.token === undefined)
+      return super.headers(req);
+    const { calls } = req;
+    return this.sign(req.token, perCall.scopesByVerb[calls.verb], perCall.ttlMs, {
+      mcp_verb: calls.verb,
+      ...(calls.tools.length === 1 ? { mcp_tool: calls.tools[0] } : { mcp_tools: calls.tools }),
+    }).then((c) => c.headers);
   }
 
   protected keyFor(token: VerifiedToken, sessionId: string | undefined): string {
@@ -146,13 +183,32 @@ class MintedCredential extends CachingCredential {
     return compositeKey('agent', p.tenant, p.subject, p.clientId ?? null, ...p.scopes);
   }
 
-  protected async obtain(token: VerifiedToken): Promise<Cached> {
+  protected obtain(token: VerifiedToken): Promise<Cached> {
     const { options } = this;
     const p = token.principal;
+    const scopes = options.perCall
+      ? options.perCall.scopesByVerb.read
+      : options.scopes === undefined
+        ? p.scopes
+        : options.scopes.filter((s) => p.scopes.includes(s));
+    return this.sign(token, scopes, options.ttlMs, {});
+  }
+
+  private async sign(
+    token: VerifiedToken,
+    granted: readonly string[],
+    ttlMs: number,
+    extra: Record<string, unknown>,
+  ): Promise<Cached> {
+    const { options } = this;
+    const p = token.principal;
+    // The configured `scopes` stay the most the upstream token may carry.
     const scopes =
-      options.scopes === undefined ? p.scopes : options.scopes.filter((s) => p.scopes.includes(s));
+      options.perCall && options.scopes !== undefined
+        ? granted.filter((s) => options.scopes?.includes(s))
+        : granted;
     const now = Math.floor(Date.now() / 1000);
-    const exp = now + Math.floor(options.ttlMs / 1000);
+    const exp = now + Math.floor(ttlMs / 1000);
     const jti = randomUUID();
     let jwt: string;
     try {
@@ -168,6 +224,7 @@ class MintedCredential extends CachingCredential {
         client_id: p.clientId ?? p.subject,
         // RFC 8693 §4.1: the gateway acts for the agent, which the actor claim names.
         act: { sub: p.clientId ?? p.subject, iss: token.issuer },
+        ...extra,
       });
     } catch (err) {
       options.onIssued('error');
@@ -179,7 +236,7 @@ class MintedCredential extends CachingCredential {
     this.prune(Date.now());
     return {
       headers: Object.freeze({ authorization: `Bearer ${jwt}` }),
-      refreshAt: exp * 1000 - Math.min(CREDENTIAL_REFRESH_MARGIN_MS, options.ttlMs / 5),
+      refreshAt: exp * 1000 - Math.min(CREDENTIAL_REFRESH_MARGIN_MS, ttlMs / 5),
       expiresAt: exp * 1000,
       jti,
     };
@@ -332,6 +389,14 @@ export function createCredential(
         keys: deps.keys,
         revocations: deps.revocations,
         onIssued: (r) => deps.onIssued(deps.server, 'mint', r),
+        ...(config.perCall
+          ? {
+              perCall: {
+                ttlMs: config.perCallTtlMs ?? DEFAULT_PER_CALL_TTL_MS,
+                scopesByVerb: { ...DEFAULT_SCOPES_BY_VERB, ...config.scopesByVerb },
+              },
+            }
+          : {}),
       });
     case 'token-exchange':
       return new ExchangedCredential({

@@ -389,6 +389,13 @@ function authChecks(config: Config): ConfigProblem[] {
         message: 'mode "mint" needs signing.keysFile (create one with: portcullis keys generate)',
       });
     }
+    // The verb class of a tool comes from the manifest: without one, nothing says it.
+    if (c.mode === 'mint' && c.perCall === true && server.manifest === undefined) {
+      problems.push({
+        path: `servers.${name}.credential.perCall`,
+        message: `scopes each call by its tool's verb class in the manifest: it needs servers.${name}.manifest`,
+      });
+    }
     if (c.mode === 'mint' && auth.mode !== 'jwt') {
       problems.push({
         path: `servers.${name}.credential`,

@@ -255,6 +255,39 @@ const credentialSchema = {
       default: DEFAULT_MINT_TTL_MS,
       description: 'mint: lifetime of a minted token.',
     },
+    perCall: {
+      type: 'boolean',
+      description:
+        'mint: one credential per tool call, scoped by the verb class of the tool in the manifest (read, write, destructive), living perCallTtlMs (default false).',
+    },
+    perCallTtlMs: {
+      type: 'integer',
+      minimum: 1_000,
+      maximum: 300_000,
+      description: 'mint with perCall: the lifetime of a per-call credential (default 30000).',
+    },
+    scopesByVerb: {
+      type: 'object',
+      additionalProperties: false,
+      properties: {
+        read: {
+          type: 'array',
+          items: { type: 'string', minLength: 1 },
+          description: 'Scopes of a read tool’s credential (default ["read"]).',
+        },
+        write: {
+          type: 'array',
+          items: { type: 'string', minLength: 1 },
+          description: 'Of a write tool’s (default ["read", "write"]).',
+        },
+        destructive: {
+          type: 'array',
+          items: { type: 'string', minLength: 1 },
+          description: 'Of a destructive tool’s (default ["read", "write", "destructive"]).',
+        },
+      },
+      description: 'mint with perCall: the scopes each verb class gets.',
+    },
     tokenEndpoint: {
       type: 'string',
       pattern: '^https?://',
@@ -289,7 +322,10 @@ const credentialSchema = {
 export const CREDENTIAL_KEYS = {
   none: { allowed: [], required: [] },
   static: { allowed: ['header', 'value', 'file'], required: [] },
-  mint: { allowed: ['audience', 'scopes', 'ttlMs'], required: [] },
+  mint: {
+    allowed: ['audience', 'scopes', 'ttlMs', 'perCall', 'perCallTtlMs', 'scopesByVerb'],
+    required: [],
+  },
   'token-exchange': {
     allowed: [
       'tokenEndpoint',
@@ -1217,7 +1253,14 @@ export type CredentialConfig = CredentialDefaults &
   (
     | { mode: 'none' }
     | { mode: 'static'; value?: string; file?: string }
-    | { mode: 'mint'; audience?: string; scopes?: string[] }
+    | {
+        mode: 'mint';
+        audience?: string;
+        scopes?: string[];
+        perCall?: boolean;
+        perCallTtlMs?: number;
+        scopesByVerb?: Partial<Record<'read' | 'write' | 'destructive', string[]>>;
+      }
     | {
         mode: 'token-exchange';
         tokenEndpoint: string;

@@ -37,7 +37,7 @@ import {
   type ShadowHit,
 } from './decision.js';
 import { compilePatterns, compileTemplates, MATCH_ALL, type Matcher } from './match.js';
-import type { Manifest } from './manifest.js';
+import type { Manifest, Verb } from './manifest.js';
 import { cleanText } from './text.js';
 import { compileGuards, type GuardHit, type GuardOutcome } from './guards/index.js';
 import { compileUrlCheck } from './guards/url.js';
@@ -94,6 +94,8 @@ export interface Policy {
    * system); every other decision is made without waiting.
    */
   inbound(frame: Frame, ctx: DecisionContext): Allow | Deny | Replace | Pending;
+  /** A tool's verb class in its server's manifest; undefined without one or not in it. */
+  toolVerb(server: string, tool: string): Verb | undefined;
   /** `target`: the tool, prompt or resource of the request an answer answers, when it named one. */
   outbound(
     frame: Frame,
@@ -163,6 +165,7 @@ export const POLICY_OFF: Policy = Object.freeze({
   route: () => ALLOW,
   inbound: () => ALLOW,
   outbound: () => ALLOW,
+  toolVerb: () => undefined,
 });
 
 function compileGrant(tenant: string, server: string, grant: ServerGrant): CompiledGrant {
@@ -914,8 +917,16 @@ export function compilePolicy(
     return finish(afterGuards(outcome, frame, ctx, tenant, shadowed));
   };
 
+  const verbs = new Map(
+    [...manifests].map(([server, loaded]) => [
+      server,
+      new Map(loaded.manifest.tools.map((t) => [t.name, t.verb])),
+    ]),
+  );
+
   return {
     enabled: true,
+    toolVerb: (server, tool) => verbs.get(server)?.get(tool),
     tenants: Object.freeze([...tenants.keys()]),
 
     route(principal, server) {

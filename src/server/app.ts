@@ -40,6 +40,8 @@ import { newSessionId, type Session, type SessionStore } from '../mcp/sessions.j
 import { ANONYMOUS, ownerKey, type Principal } from '../auth/principal.js';
 import type { Upstream, UpstreamCall, UpstreamRequest } from '../upstream/types.js';
 import type { RateLimits } from './rate-limits.js';
+import type { CredentialRequest } from '../auth/credentials.js';
+import type { Verb } from '../policy/manifest.js';
 import { toGatewayError } from '../upstream/http.js';
 import { INTERNAL_TICKET_HEADER, InternalTickets, registerLegacySse } from './legacy-sse.js';
 import { compileHostCheck, compileOriginCheck } from './allowlist.js';
@@ -172,6 +174,31 @@ function realCallHeaders(
     if (typeof v === 'string' || typeof v === 'number' || typeof v === 'boolean')
       headers[p.header] = encodeHeaderValue(String(v));
   }
+}
+
+const VERB_RANK: Readonly<Record<Verb, number>> = { read: 0, write: 1, destructive: 2 };
+
+/**
+ * The tools a request calls upstream, with the verb class of the most
+ * powerful (from the manifest; a tool it does not class counts as
+ * destructive, the widest). Undefined when it calls none.
+ */
+function toolCalls(
+  messages: readonly JsonRpcMessage[],
+  server: string,
+  policy: Policy,
+): CredentialRequest['calls'] {
+  let tools: string[] | undefined;
+  let verb: Verb = 'read';
+  for (const m of messages) {
+    if (m.method !== 'tools/call') continue;
+    const name = (m.params as { name?: unknown } | undefined)?.name;
+    if (typeof name !== 'string') continue;
+    (tools ??= []).push(name);
+    const v = policy.toolVerb(server, name) ?? 'destructive';
+    if (VERB_RANK[v] > VERB_RANK[verb]) verb = v;
+  }
+  return tools && { tools, verb };
 }
 
 function upstreamHeaders(
@@ -441,11 +468,14 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     modern: boolean,
     /** For initialize: the id the session will have, so what is minted for it dies with it. */
     newSessionId?: string,
+    /** The tool calls the request carries upstream, for a per-call credential. */
+    calls?: CredentialRequest['calls'],
   ): Promise<Record<string, string>> => {
     const headers = upstreamHeaders(req, session, modern);
     const extra = route.credential().headers({
       token: req.token,
       sessionId: session?.id ?? newSessionId,
+      ...(calls ? { calls } : {}),
     });
     if (extra !== undefined) Object.assign(headers, extra instanceof Promise ? await extra : extra);
     return headers;
@@ -686,9 +716,18 @@ export function buildApp(deps: AppDeps): FastifyInstance {
       }
     const owner = x.owner;
     const sessionIdToBe = initialize ? newSessionId() : undefined;
+    // What goes upstream: the client's bytes, or the calls a virtual tool became.
+    const messages = replaced && frames.map((f) => replaced?.get(f)?.message ?? f.message);
     let headers: Record<string, string>;
     try {
-      headers = await credentialHeaders(req, route, session, era === 'modern', sessionIdToBe);
+      headers = await credentialHeaders(
+        req,
+        route,
+        session,
+        era === 'modern',
+        sessionIdToBe,
+        toolCalls(messages ?? frames.map((f) => f.message), route.name, policy),
+      );
     } catch (err) {
       sessionLease?.release();
       return fail(err instanceof GatewayError ? err : new GatewayError('PORTCULLIS_ERR_INTERNAL'));
@@ -696,8 +735,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     headers['content-type'] = 'application/json';
     headers.accept = UPSTREAM_ACCEPT;
     let body = req.body;
-    if (replaced) {
-      const messages = frames.map((f) => replaced?.get(f)?.message ?? f.message);
+    if (messages) {
       body = JSON.stringify(batch ? messages : messages[0]);
       if (era === 'modern')
         realCallHeaders(headers, messages[0] as JsonRpcMessage, route.toolHeaders);
