@@ -9,7 +9,12 @@
 //          still runs on every answer;
 //   on   → this checkout's gateway with bench/policy-fixture.ts in force: the tenant of the
 //          anonymous principal (`--auth none`) granted the bench server's tools, its 100 rules,
-//          and a 200-tool manifest for the bench server (echo among them, with its schema).
+//          and a 200-tool manifest for the bench server (echo among them, with its schema);
+//   bare → `off` with response redaction off too: nothing of the policy but description
+//          cleaning and pinning;
+//   guarded → `on` with guards on echo's two arguments (size, pattern, shell on `message`;
+//          size and pattern on the 960 B `payload`) and response redaction on every result.
+// `--targets bare,guarded` measures what the guards and redaction cost (target ≥ 0.85).
 // Rounds interleave the targets (each round starts with the next one), every target on a
 // freshly started process; each figure is the median of the rounds. Pinned as bench/run.ts
 // pins: wrk, this script and the origin on CPU 0, the target on CPU 1. Before each measured
@@ -75,7 +80,7 @@ const rounds = Number(flags.rounds);
 const durationS = Number(flags.duration);
 const warmupS = Number(flags.warmup);
 const connections = Number(flags.connections);
-type TargetId = 'base' | 'off' | 'on';
+type TargetId = 'base' | 'off' | 'on' | 'bare' | 'guarded';
 const targets = flags.targets.split(',') as TargetId[];
 if (targets.includes('base') && flags.base === undefined)
   throw new Error('--base DIR (a checkout of the older gateway, built) is needed for target base');
@@ -95,7 +100,14 @@ const git = (dir: string, ...args: string[]) =>
   execFileSync('git', ['-C', dir, ...args], { encoding: 'utf8' }).trim();
 
 // ---- configs -----------------------------------------------------------------------------------
-function writeConfigs(originPort: number): { quotas: string; on: string } {
+interface Configs {
+  readonly quotas: string;
+  readonly on: string;
+  readonly bare: string;
+  readonly guarded: string;
+}
+
+function writeConfigs(originPort: number): Configs {
   const unlimited = { sessions: 1e6, legacyConnections: 1e6, stdioProcesses: 1e6, inflight: 1e6 };
   const quotas = { perPrincipal: unlimited, perTenant: unlimited, global: { inflight: 1e6 } };
   const quotasFile = path.join(tmpDir, 'quotas.json');
@@ -120,7 +132,29 @@ function writeConfigs(originPort: number): { quotas: string; on: string } {
       },
     }),
   );
-  return { quotas: quotasFile, on: onFile };
+  const bareFile = path.join(tmpDir, 'bare.json');
+  writeFileSync(bareFile, JSON.stringify({ quotas, redaction: { mode: 'off' } }));
+  const guardedFile = path.join(tmpDir, 'guarded.json');
+  const on = JSON.parse(readFileSync(onFile, 'utf8')) as {
+    servers: Record<string, Record<string, unknown>>;
+  };
+  const deny = ['(?i)drop\\s+table', '(?i)<script', '\\$\\{jndi:'];
+  on.servers[SERVER] = {
+    ...on.servers[SERVER],
+    tools: {
+      [TOOL_ECHO]: {
+        guards: [
+          { kind: 'size', argument: 'message', maxLength: 4096 },
+          { kind: 'pattern', argument: 'message', deny },
+          { kind: 'shell', argument: 'message' },
+          { kind: 'size', argument: 'payload', maxBytes: 65536 },
+          { kind: 'pattern', argument: 'payload', deny },
+        ],
+      },
+    },
+  };
+  writeFileSync(guardedFile, JSON.stringify({ ...on, redaction: { mode: 'redact' } }));
+  return { quotas: quotasFile, on: onFile, bare: bareFile, guarded: guardedFile };
 }
 
 // ---- targets -----------------------------------------------------------------------------------
@@ -132,7 +166,7 @@ interface Running {
 
 async function startGateway(
   id: TargetId,
-  configs: { quotas: string; on: string },
+  configs: Configs,
   originPort: number,
   round: number,
 ): Promise<Running> {
@@ -140,10 +174,11 @@ async function startGateway(
   const main = path.join(dir, 'dist/cli/main.js');
   if (!existsSync(main)) throw new Error(`${main} not found (npm run build in ${dir})`);
   const port = await freePort();
+  const origin = `${SERVER}=http://127.0.0.1:${originPort}/mcp`;
   const serverArgs =
-    id === 'on'
-      ? ['--config', configs.on]
-      : ['--config', configs.quotas, '--server', `${SERVER}=http://127.0.0.1:${originPort}/mcp`];
+    id === 'on' || id === 'guarded'
+      ? ['--config', configs[id]]
+      : ['--config', id === 'bare' ? configs.bare : configs.quotas, '--server', origin];
   const prof =
     flags['cpu-prof'] === undefined
       ? []
@@ -291,6 +326,8 @@ async function main(): Promise<void> {
     base: `before the exchange refactor (${baseDir ? git(baseDir, 'log', '-1', '--format=%h') : '?'})`,
     off: 'this commit, policy off (no tenants, no manifest)',
     on: 'this commit, policy on (100 rules, 200-tool manifest)',
+    bare: 'this commit, policy off and redaction off',
+    guarded: 'this commit, policy on, 5 guards on echo, redaction on',
   };
   const row = (id: TargetId) => {
     const ms = byTarget.get(id) ?? [];
@@ -320,6 +357,7 @@ async function main(): Promise<void> {
     `| policy on / policy off (target ≥ 0.9) | ${ratio('on', 'off')} | ${pairedMedian('on', 'off')} | ${roundRatios('on', 'off')} |`,
     `| after / before the exchange refactor, no policy configured (off / base) | ${ratio('off', 'base')} | ${pairedMedian('off', 'base')} | ${roundRatios('off', 'base')} |`,
     `| policy on / before the refactor (on / base) | ${ratio('on', 'base')} | ${pairedMedian('on', 'base')} | ${roundRatios('on', 'base')} |`,
+    `| guards and redaction on / everything off (guarded / bare, target ≥ 0.85) | ${ratio('guarded', 'bare')} | ${pairedMedian('guarded', 'bare')} | ${roundRatios('guarded', 'bare')} |`,
     '',
   ].join('\n');
   console.log(section);

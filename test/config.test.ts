@@ -266,6 +266,7 @@ test('defaults are filled in and the result is deeply frozen', () => {
     },
     signing: {},
     sessions: { idleTimeoutMs: DEFAULT_SESSION_IDLE_TIMEOUT_MS, max: DEFAULT_MAX_SESSIONS },
+    redaction: { mode: 'redact', disable: [] },
     upstreamDefaults: {
       timeouts: {
         connectMs: DEFAULT_UPSTREAM_CONNECT_TIMEOUT_MS,

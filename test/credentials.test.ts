@@ -83,7 +83,13 @@ before(async () => {
     // Two issuers would need two gateways; the local test issuer is enough here,
     // and the exchange test brings an authorization-server token of its own.
     { jwt: { jwksFile: await writeJwks(dir, issuerKey) } },
-    { signing: { keysFile: signingFile }, admin: { token: ADMIN_TOKEN } },
+    {
+      signing: { keysFile: signingFile },
+      admin: { token: ADMIN_TOKEN },
+      // The stdio fixture hands its credential file back in a tool result, which
+      // redaction would rightly replace: these tests read the token itself.
+      redaction: { mode: 'off' },
+    },
   );
 });
 

@@ -22,7 +22,11 @@ export const LIVE_SERVER_KEYS: readonly string[] = Object.freeze([
 ]);
 
 /** The top-level keys that apply on reload (besides the live keys of each server). */
-export const LIVE_TOP_LEVEL_KEYS: readonly string[] = Object.freeze(['tenants', 'rateLimits']);
+export const LIVE_TOP_LEVEL_KEYS: readonly string[] = Object.freeze([
+  'tenants',
+  'rateLimits',
+  'redaction',
+]);
 
 type Entries = Record<string, unknown>;
 

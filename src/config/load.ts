@@ -12,6 +12,7 @@ import { isPair, isScalar, isSeq, parseDocument, visit, type Document } from 'ya
 import { policyProblems } from '../policy/policy.js';
 import { guardProblems } from '../policy/guards/index.js';
 import { virtualToolProblems } from '../policy/virtual.js';
+import { REDACT_RULES } from '../policy/redact/index.js';
 import {
   configSchema,
   CREDENTIAL_DEFAULTED_KEYS,
@@ -233,6 +234,14 @@ function crossChecks(config: Config): ConfigProblem[] {
   problems.push(...policyProblems(config));
   problems.push(...guardProblems(config.servers));
   problems.push(...virtualToolProblems(config.servers));
+  const rules = new Set(REDACT_RULES.map((r) => r.id));
+  config.redaction.disable.forEach((id, i) => {
+    if (!rules.has(id))
+      problems.push({
+        path: `redaction.disable[${i}]`,
+        message: `no redaction rule is named '${id}'`,
+      });
+  });
   // A tool bucket of a server that does not exist would never count anything.
   const limited: Array<[string, Record<string, unknown> | undefined]> = [
     ['rateLimits.tools', config.rateLimits?.tools],

@@ -658,6 +658,12 @@ const tenantSchema = {
       description:
         '"shadow": the grants record what they would have denied or hidden, and deny and hide nothing.',
     },
+    maxResultBytes: {
+      type: 'integer',
+      minimum: 1024,
+      description:
+        "The largest tool result or resource contents this tenant's agents get (its JSON in UTF-8 bytes); a larger one is refused with an error in its place.",
+    },
     rateLimits: {
       type: 'object',
       additionalProperties: false,
@@ -1188,6 +1194,28 @@ export const configSchema = {
         },
       },
     },
+    redaction: {
+      type: 'object',
+      additionalProperties: false,
+      default: {},
+      properties: {
+        mode: {
+          enum: ['redact', 'off'],
+          default: 'redact',
+          description:
+            '"redact": secrets found in tool results and resource contents are replaced before the agent sees them; "off": results pass as the server sent them.',
+        },
+        disable: {
+          type: 'array',
+          maxItems: 256,
+          items: { type: 'string', minLength: 1, maxLength: 128 },
+          default: [],
+          description: 'Rule ids not to run (docs/policy.md#redaction lists them).',
+        },
+      },
+      description:
+        'Response redaction: cloud keys, private keys, JWTs, API tokens, passwords in URLs and high-entropy secrets, found and replaced in results.',
+    },
     rateLimits: {
       type: 'object',
       additionalProperties: false,
@@ -1436,6 +1464,7 @@ export interface Config {
   /** Absent: no per-tenant policy (every principal may use every server). */
   tenants?: Record<string, TenantConfig>;
   rateLimits?: RateLimitSettings;
+  redaction: { mode: 'redact' | 'off'; disable: string[] };
   shutdown: { drainTimeoutMs: number; retryHintMs: number };
   log: { level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent' };
 }
@@ -1468,6 +1497,7 @@ export interface TenantConfig {
   rules: RuleConfig[];
   mode: 'enforce' | 'shadow';
   rateLimits?: RateLimitSettings;
+  maxResultBytes?: number;
 }
 
 /** One token bucket's size. */

@@ -206,6 +206,18 @@ const SPECS = {
     message:
       'A quota of this tenant or principal is used up (error.data.quota names it); close sessions or streams, or retry after Retry-After seconds',
   },
+  PORTCULLIS_ERR_POLICY_RESULT_TOO_LARGE: {
+    status: 502,
+    rpc: JSONRPC_INTERNAL_ERROR,
+    message:
+      "The server's answer is larger than this tenant may receive (tenants.<t>.maxResultBytes); ask for less (a narrower query, a page)",
+  },
+  PORTCULLIS_ERR_POLICY_RESULT_UNSCANNABLE: {
+    status: 502,
+    rpc: JSONRPC_INTERNAL_ERROR,
+    message:
+      "The server's answer could not be scanned for secrets (nested too deep, or too many strings) and was not passed on",
+  },
   PORTCULLIS_ERR_RATE_LIMITED: {
     status: 429,
     rpc: JSONRPC_INTERNAL_ERROR,

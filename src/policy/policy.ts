@@ -42,6 +42,7 @@ import { cleanText } from './text.js';
 import { compileGuards, type GuardHit, type GuardOutcome } from './guards/index.js';
 import { compileUrlCheck } from './guards/url.js';
 import { compileVirtualTools, type VirtualTool } from './virtual.js';
+import { compileRedactor, RedactError, type Redactor } from './redact/index.js';
 import type { GuardCheck } from './guards/types.js';
 import {
   cleanDefinition,
@@ -655,8 +656,21 @@ function elicitationUrlRefusal(frame: Frame, check: GuardCheck): string | undefi
 /** spec 2025-11-25 client/elicitation: URLElicitationRequiredError. */
 const URL_ELICITATION_REQUIRED = -32042;
 
+/** Compiled redactors by their disabled rules: compiling one takes about 85 ms, so once. */
+const redactors = new Map<string, Redactor>();
+
+function redactorFor(disable: readonly string[]): Redactor {
+  const key = [...disable].sort().join('\u0000');
+  let r = redactors.get(key);
+  if (r === undefined) redactors.set(key, (r = compileRedactor({ disable })));
+  return r;
+}
+
+/** The methods whose results are scanned for secrets and bounded in size. */
+const SCANNED_RESULTS: ReadonlySet<string> = new Set(['tools/call', 'resources/read']);
+
 export function compilePolicy(
-  config: Pick<Config, 'servers' | 'tenants'>,
+  config: Pick<Config, 'servers' | 'tenants'> & { readonly redaction?: Config['redaction'] },
   manifests: ReadonlyMap<string, LoadedManifest> = new Map(),
 ): Policy {
   const tenants = new Map(
@@ -676,6 +690,8 @@ export function compilePolicy(
     }),
   );
   const guards = compileGuards(config.servers);
+  const redaction = config.redaction ?? { mode: 'redact', disable: [] };
+  const redactor = redaction.mode === 'off' ? undefined : redactorFor(redaction.disable);
   const virtuals = new Map(
     Object.entries(config.servers).flatMap(([name, server]) => {
       const v = compileVirtualTools(name, server.virtualTools);
@@ -806,6 +822,67 @@ export function compilePolicy(
         tool,
         path: bad.path,
       }),
+    };
+  };
+
+  const maxResultBytes = new Map(
+    Object.entries(config.tenants ?? {}).flatMap(([name, t]) =>
+      t.maxResultBytes === undefined ? [] : [[name, t.maxResultBytes] as const],
+    ),
+  );
+  /**
+   * A result before the agent sees it: within the tenant's size cap, then
+   * with the secrets it holds redacted. Undefined when it goes on as it is.
+   */
+  const reviewResult = (
+    frame: Frame,
+    ctx: DecisionContext,
+    target: string | undefined,
+  ): Decision | undefined => {
+    const result = frame.message.result;
+    const cap = maxResultBytes.get(ctx.principal.tenant);
+    if (cap !== undefined) {
+      const json = JSON.stringify(result) ?? '';
+      // A UTF-16 unit is at most 3 bytes of UTF-8: only a long text needs counting.
+      if (json.length * 3 > cap && Buffer.byteLength(json, 'utf8') > cap) {
+        const rule = `tenants.${ctx.principal.tenant}.maxResultBytes`;
+        return {
+          kind: 'deny',
+          rule,
+          error: new GatewayError(
+            'PORTCULLIS_ERR_POLICY_RESULT_TOO_LARGE',
+            `${Buffer.byteLength(json, 'utf8')} bytes, over ${cap}`,
+            { rule, limitBytes: cap },
+          ),
+        };
+      }
+    }
+    if (!redactor) return undefined;
+    let redacted: ReturnType<Redactor['redactResult']>;
+    try {
+      redacted = redactor.redactResult(result);
+    } catch (err) {
+      if (!(err instanceof RedactError)) throw err;
+      return {
+        kind: 'deny',
+        rule: 'redaction',
+        error: new GatewayError('PORTCULLIS_ERR_POLICY_RESULT_UNSCANNABLE', err.message, {
+          rule: 'redaction',
+        }),
+      };
+    }
+    if (!redacted) return undefined;
+    const rules = [...new Set(redacted.findings.map((f) => f.rule))];
+    return {
+      kind: 'replace',
+      rule: `redaction.${rules[0] as string}`,
+      message: { ...frame.message, result: redacted.result },
+      findings: redacted.findings.map((f) => ({
+        tool: target ?? '',
+        rule: `redaction.${f.rule}`,
+        effect: 'flagged' as const,
+        reason: `a secret (${f.rule}) at ${f.path || '/'} was redacted`,
+      })),
     };
   };
 
@@ -1023,8 +1100,15 @@ export function compilePolicy(
           message: { ...frame.message, result: { ...result, instructions: clean } },
         };
       }
-      if (frame.kind === 'response' && answering === 'tools/call' && target !== undefined) {
-        const checked = checkOutput(frame, target, ctx);
+      if (frame.kind === 'response' && answering !== undefined && SCANNED_RESULTS.has(answering)) {
+        const checked =
+          answering === 'tools/call' && target !== undefined
+            ? checkOutput(frame, target, ctx)
+            : undefined;
+        if (checked && checked.kind !== 'allow') return checked;
+        const reviewed = reviewResult(frame, ctx, target);
+        if (reviewed)
+          return checked?.findings ? { ...reviewed, findings: checked.findings } : reviewed;
         if (checked) return checked;
       }
       // A URL the user is to open must not lead to the user's own network or
