@@ -9,8 +9,14 @@
  *
  * Patterns use RE2 syntax; `(?i)` makes one case-insensitive. They are
  * compiled at load; a pattern RE2 does not accept refuses the config.
+ *
+ * A deny pattern is searched only when the value holds one of the strings
+ * every match must contain (../regex-prefilter.ts): most arguments match no
+ * deny pattern, and proving it with a folded `includes` costs about 1 µs
+ * where an RE2 search of a 1 KiB argument costs about 13 µs a pattern.
  */
 import { RE2JS } from 're2js';
+import { mayMatch, requiredLiterals } from '../regex-prefilter.js';
 import { GuardOptionError, type GuardCheck } from './types.js';
 
 export interface PatternGuardOptions {
@@ -30,14 +36,17 @@ export function compilePatternGuard(options: PatternGuardOptions): GuardCheck {
   const deny = (options.deny ?? []).map((p, i) => ({
     source: p,
     re: compile(p, `deny[${i}]`),
+    required: requiredLiterals(p),
   }));
   const allow = options.allow === undefined ? undefined : compile(options.allow, 'allow');
   if (deny.length === 0 && allow === undefined)
     throw new GuardOptionError('a pattern guard needs deny or allow');
   return (value) => {
     if (typeof value !== 'string') return 'not a string';
-    for (const { source, re } of deny)
+    for (const { source, re, required } of deny) {
+      if (required !== undefined && !mayMatch(required, value)) continue;
       if (re.matcher(value).find()) return `matches the denied pattern ${JSON.stringify(source)}`;
+    }
     if (allow && !allow.matcher(value).matches()) return 'does not match the allowed pattern';
     return undefined;
   };
