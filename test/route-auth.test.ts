@@ -230,6 +230,10 @@ test('no spelling of an admin route skips the admin credential', async () => {
   assert.deepEqual((JSON.parse(listed.body) as { revocations: unknown[] }).revocations, []);
   const metrics = await rawRequest(admin(), 'GET', '/metrics', adminAuth);
   assert.equal(metrics.status, 200);
+  // The process metrics carry the product's prefix once.
+  assert.match(metrics.body, /^portcullis_process_cpu_user_seconds_total /m);
+  assert.match(metrics.body, /^portcullis_nodejs_heap_size_used_bytes /m);
+  assert.doesNotMatch(metrics.body, /portcullis_process_process_|portcullis_process_nodejs_/);
   for (const target of ['/livez', '/readyz', '/%6civez']) {
     assert.equal((await rawRequest(admin(), 'GET', target)).status, 200, target);
   }

@@ -27,7 +27,9 @@ export interface Metrics {
 
 export function createMetrics(): Metrics {
   const registry = new Registry();
-  collectDefaultMetrics({ register: registry, prefix: 'portcullis_process_' });
+  // prom-client's own names begin with `process_` and `nodejs_`: the prefix is the product's
+  // alone (`portcullis_process_cpu_seconds_total`, not `portcullis_process_process_…`).
+  collectDefaultMetrics({ register: registry, prefix: 'portcullis_' });
   return {
     registry,
     authRefusals: new Counter({
