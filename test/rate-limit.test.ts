@@ -192,6 +192,38 @@ test('at the cap the table drops full buckets only, and refuses new keys rather 
   });
 });
 
+test('each tenant holds its own share of the memory table: one minting subjects cannot crowd out another', async () => {
+  const clock = fakeClock();
+  const rate = new MemoryRateLimiter({ now: clock.now, maxEntries: 10, maxEntriesPerGroup: 4 });
+  const slow = { capacity: 2, refillPerSecond: 0.001 };
+  for (let i = 0; i < 4; i++) {
+    const r = await rate.takeAll([{ key: `subject:noisy/${i}`, ...slow, group: 'noisy' }]);
+    assert.equal(r.allowed, true);
+  }
+  assert.equal(rate.heldBy('noisy'), 4);
+  const fifth = await rate.takeAll([{ key: 'subject:noisy/4', ...slow, group: 'noisy' }]);
+  assert.equal(fifth.allowed, false, 'the noisy tenant is at its share');
+  assert.deepEqual(fifth.refusedBy, ['subject:noisy/4']);
+  assert.equal(
+    (await rate.takeAll([{ key: 'subject:noisy/0', ...slow, group: 'noisy' }])).allowed,
+    true,
+    'its buckets already held go on',
+  );
+  for (let i = 0; i < 4; i++) {
+    const r = await rate.takeAll([{ key: `subject:quiet/${i}`, ...slow, group: 'quiet' }]);
+    assert.equal(r.allowed, true, `the other tenant's new agent ${i} is admitted`);
+  }
+  assert.equal(rate.heldBy('quiet'), 4);
+  assert.equal(rate.size, 8);
+  clock.advance(2_000_000);
+  assert.equal(
+    (await rate.takeAll([{ key: 'subject:noisy/9', ...slow, group: 'noisy' }])).allowed,
+    true,
+    'once its buckets refill, the sweep frees its share',
+  );
+  assert.equal(rate.heldBy('noisy'), 1);
+});
+
 test('leases: a limit per key, released slots free at once, unreleased ones when they expire', async () => {
   const clock = fakeClock();
   const leases = new MemoryConcurrencyLimiter({ now: clock.now });

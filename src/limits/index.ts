@@ -29,6 +29,11 @@ export const BUCKET_TTL_MARGIN_MS = 1_000;
 export const LEASE_TTL_MARGIN_MS = 1_000;
 /** Buckets the memory limiter holds at most; at the cap it drops full ones, never others. */
 export const DEFAULT_MEMORY_MAX_BUCKETS = 100_000;
+/**
+ * Buckets one group (a tenant) may hold in the memory limiter: a tenth of the
+ * table, so one tenant minting subjects fills its own share and not the rest.
+ */
+export const DEFAULT_MEMORY_MAX_BUCKETS_PER_GROUP = 10_000;
 /** Leases the memory limiter holds at most; at the cap it drops expired ones, never live ones. */
 export const DEFAULT_MEMORY_MAX_LEASES = 100_000;
 /** A bucket must refill from empty within this (capacity / refillPerSecond); longer is a typo. */
@@ -48,6 +53,11 @@ export interface Bucket {
 export interface BucketTake extends Bucket {
   readonly key: string;
   readonly cost?: number;
+  /**
+   * Whose share of a bounded table the bucket counts against (the tenant).
+   * Only the memory limiter reads it; Redis bounds keys by memory and TTL.
+   */
+  readonly group?: string;
 }
 
 export interface TakeResult {

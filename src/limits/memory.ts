@@ -9,12 +9,15 @@
  * a full bucket, so a caller able to mint keys could refill its own bucket at
  * will. When the sweep frees too little, a call that would add buckets is
  * refused (the table is full; retry when the soonest bucket is full), while
- * calls on buckets already held go on. Leases likewise: at `maxLeases` the
+ * calls on buckets already held go on. Each group (a tenant) holds at most
+ * its own share of the table (`maxEntriesPerGroup`), so one tenant that mints
+ * subjects exhausts its share and never another tenant's room. Leases likewise: at `maxLeases` the
  * expired ones are dropped, live ones never, and new leases are refused.
  */
 import { randomBytes } from 'node:crypto';
 import {
   DEFAULT_MEMORY_MAX_BUCKETS,
+  DEFAULT_MEMORY_MAX_BUCKETS_PER_GROUP,
   DEFAULT_MEMORY_MAX_LEASES,
   checkAcquire,
   checkLeaseTtl,
@@ -39,6 +42,8 @@ export interface MemoryLimiterInit {
   readonly now?: () => number;
   /** `DEFAULT_MEMORY_MAX_BUCKETS` or `DEFAULT_MEMORY_MAX_LEASES`. */
   readonly maxEntries?: number;
+  /** Buckets one group may hold (rate limiter only): `DEFAULT_MEMORY_MAX_BUCKETS_PER_GROUP`. */
+  readonly maxEntriesPerGroup?: number;
 }
 
 interface Slot {
@@ -47,6 +52,7 @@ interface Slot {
   /** The size at the last take, for the sweep: the caller's size of the moment governs a take. */
   capacity: number;
   refillPerSecond: number;
+  group: string;
 }
 
 /** A `RateLimiter` for one process. */
@@ -55,6 +61,9 @@ export class MemoryRateLimiter implements RateLimiter {
   private readonly slots = new Map<string, Slot>();
   private readonly clock: () => number;
   private readonly maxBuckets: number;
+  private readonly maxPerGroup: number;
+  /** Buckets held per group; a group holding none is not kept. */
+  private readonly held = new Map<string, number>();
   /** No bucket is full before this (µs): a lower bound, so a sweep before it would free nothing. */
   private nextFullUs = 0;
   private refusedForRoom = 0;
@@ -62,6 +71,10 @@ export class MemoryRateLimiter implements RateLimiter {
   constructor(init: MemoryLimiterInit = {}) {
     this.clock = init.now ?? (() => performance.now());
     this.maxBuckets = checkMax(init.maxEntries ?? DEFAULT_MEMORY_MAX_BUCKETS);
+    this.maxPerGroup = Math.min(
+      this.maxBuckets,
+      checkMax(init.maxEntriesPerGroup ?? DEFAULT_MEMORY_MAX_BUCKETS_PER_GROUP),
+    );
   }
 
   /** Buckets held now (full ones are not). */
@@ -102,7 +115,7 @@ export class MemoryRateLimiter implements RateLimiter {
 
     const left = takes.map((t, i) => (have[i] ?? 0) - (t.cost ?? 1));
     const added = takes.filter((t, i) => !this.slots.has(t.key) && (left[i] ?? 0) < t.capacity);
-    if (added.length > 0 && !this.room(added.length, nowUs)) {
+    if (added.length > 0 && !this.room(added, nowUs)) {
       this.refusedForRoom += 1;
       const wait = Math.max(1, Math.ceil((this.nextFullUs - nowUs) / 1000));
       return summarize(
@@ -114,7 +127,7 @@ export class MemoryRateLimiter implements RateLimiter {
     takes.forEach((t, i) => {
       const tokens = left[i] ?? 0;
       if (tokens >= t.capacity) {
-        this.slots.delete(t.key);
+        this.drop(t.key);
         return;
       }
       const slot = this.slots.get(t.key);
@@ -124,12 +137,15 @@ export class MemoryRateLimiter implements RateLimiter {
         slot.capacity = t.capacity;
         slot.refillPerSecond = t.refillPerSecond;
       } else {
+        const group = t.group ?? '';
         this.slots.set(t.key, {
           tokens,
           atUs: nowUs,
           capacity: t.capacity,
           refillPerSecond: t.refillPerSecond,
+          group,
         });
+        this.held.set(group, (this.held.get(group) ?? 0) + 1);
       }
       const fullUs = nowUs + fullInMs(tokens, t.capacity, t.refillPerSecond) * 1000;
       if (fullUs < this.nextFullUs) this.nextFullUs = fullUs;
@@ -137,22 +153,44 @@ export class MemoryRateLimiter implements RateLimiter {
     return summarize(takes, left, retry);
   }
 
-  /** True once `adding` more buckets fit, sweeping the full ones if need be. */
-  private room(adding: number, nowUs: number): boolean {
-    if (this.slots.size + adding <= this.maxBuckets) return true;
+  /** Buckets one group holds now: for tests and a metric. */
+  heldBy(group: string): number {
+    return this.held.get(group) ?? 0;
+  }
+
+  private drop(key: string): void {
+    const slot = this.slots.get(key);
+    if (!slot) return;
+    this.slots.delete(key);
+    const n = (this.held.get(slot.group) ?? 0) - 1;
+    if (n > 0) this.held.set(slot.group, n);
+    else this.held.delete(slot.group);
+  }
+
+  /** True once the `added` buckets fit, in the table and in their groups' shares, sweeping the full ones if need be. */
+  private room(added: readonly BucketTake[], nowUs: number): boolean {
+    if (this.fits(added)) return true;
     // Refused calls at the cap cost O(1) until some bucket can be full.
     if (nowUs < this.nextFullUs) return false;
     let soonest = Number.POSITIVE_INFINITY;
     for (const [key, s] of this.slots) {
       if (refilled(s.tokens, s.atUs, nowUs, s.capacity, s.refillPerSecond) >= s.capacity) {
-        this.slots.delete(key);
+        this.drop(key);
       } else {
         const fullUs = s.atUs + fullInMs(s.tokens, s.capacity, s.refillPerSecond) * 1000;
         if (fullUs < soonest) soonest = fullUs;
       }
     }
     this.nextFullUs = soonest;
-    return this.slots.size + adding <= this.maxBuckets;
+    return this.fits(added);
+  }
+
+  private fits(added: readonly BucketTake[]): boolean {
+    if (this.slots.size + added.length > this.maxBuckets) return false;
+    const adding = new Map<string, number>();
+    for (const t of added) adding.set(t.group ?? '', (adding.get(t.group ?? '') ?? 0) + 1);
+    for (const [group, n] of adding) if (this.heldBy(group) + n > this.maxPerGroup) return false;
+    return true;
   }
 }
 

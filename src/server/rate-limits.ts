@@ -144,12 +144,12 @@ export function compileRateLimits(
       }
       if (requests > 0 && limits.tenant) {
         const key = `tenant:${t}`;
-        takes.push({ key, ...limits.tenant, cost: requests });
+        takes.push({ key, ...limits.tenant, cost: requests, group: principal.tenant });
         limitOf.set(key, 'tenant');
       }
       if (requests > 0 && limits.subject) {
         const key = `subject:${t}:${enc(principal.subject)}`;
-        takes.push({ key, ...limits.subject, cost: requests });
+        takes.push({ key, ...limits.subject, cost: requests, group: principal.tenant });
         limitOf.set(key, 'subject');
       }
       for (const [name, cost] of toolCalls) {
@@ -158,6 +158,7 @@ export function compileRateLimits(
           key,
           ...(limits.tools.get(name) as { capacity: number; refillPerSecond: number }),
           cost,
+          group: principal.tenant,
         });
         limitOf.set(key, `tools.${name}`);
       }
