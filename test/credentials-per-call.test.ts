@@ -13,7 +13,9 @@ import { test } from 'node:test';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 
+import { createCredential, type CredentialDeps } from '../src/auth/credentials.js';
 import { generateSigningKey } from '../src/auth/keys.js';
+import type { CredentialConfig } from '../src/config/schema.js';
 import { buildConfig, ConfigError } from '../src/config/load.js';
 import { buildManifest, writeManifest, type ToolDefinition } from '../src/policy/manifest.js';
 import { startVerifyingServer } from './fixtures/verifying-server.js';
@@ -127,4 +129,21 @@ test('perCall needs the manifest that classes the tools', () => {
           /needs servers\.notes\.manifest/.test(p.message),
       ),
   );
+});
+
+test('only a perCall credential asks the gateway to work out the tools a request calls', () => {
+  // Nothing is signed here: the providers are only built, so keys and revocations are never read.
+  const deps = {
+    server: 'notes',
+    serverUrl: 'http://127.0.0.1:1/mcp',
+    keys: {},
+    revocations: {},
+    signingIssuer: 'https://gateway.test',
+    onIssued: () => undefined,
+  } as unknown as CredentialDeps;
+  const build = (c: object) => createCredential(c as CredentialConfig, deps);
+  const minted = { mode: 'mint', scopes: [], ttlMs: 300_000, header: 'authorization', timeoutMs: 1 };
+  assert.equal(build(minted).readsCalls, false);
+  assert.equal(build({ ...minted, perCall: true }).readsCalls, true);
+  assert.equal(build({ mode: 'none' }).readsCalls, undefined);
 });

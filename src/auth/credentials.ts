@@ -53,6 +53,8 @@ type Headers = Readonly<Record<string, string>>;
 
 export interface UpstreamCredential {
   readonly mode: CredentialConfig['mode'];
+  /** True when `headers` reads `calls`; otherwise the caller need not work them out. */
+  readonly readsCalls?: boolean;
   /** The headers to add for this request: synchronously when cached. */
   headers(req: CredentialRequest): Headers | undefined | Promise<Headers>;
   /** Forgets (and, for minted tokens, revokes) what was issued for the session. */
@@ -154,8 +156,10 @@ export interface MintOptions {
 
 class MintedCredential extends CachingCredential {
   readonly mode = 'mint';
+  readonly readsCalls: boolean;
   constructor(private readonly options: MintOptions) {
     super();
+    this.readsCalls = options.perCall !== undefined;
   }
 
   /**

@@ -726,7 +726,9 @@ export function buildApp(deps: AppDeps): FastifyInstance {
         session,
         era === 'modern',
         sessionIdToBe,
-        toolCalls(messages ?? frames.map((f) => f.message), route.name, policy),
+        route.credential().readsCalls === true
+          ? toolCalls(messages ?? frames.map((f) => f.message), route.name, policy)
+          : undefined,
       );
     } catch (err) {
       sessionLease?.release();
