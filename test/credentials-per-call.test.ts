@@ -142,7 +142,13 @@ test('only a perCall credential asks the gateway to work out the tools a request
     onIssued: () => undefined,
   } as unknown as CredentialDeps;
   const build = (c: object) => createCredential(c as CredentialConfig, deps);
-  const minted = { mode: 'mint', scopes: [], ttlMs: 300_000, header: 'authorization', timeoutMs: 1 };
+  const minted = {
+    mode: 'mint',
+    scopes: [],
+    ttlMs: 300_000,
+    header: 'authorization',
+    timeoutMs: 1,
+  };
   assert.equal(build(minted).readsCalls, false);
   assert.equal(build({ ...minted, perCall: true }).readsCalls, true);
   assert.equal(build({ mode: 'none' }).readsCalls, undefined);
