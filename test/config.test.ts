@@ -265,6 +265,7 @@ test('defaults are filled in and the result is deeply frozen', () => {
       connectTimeoutMs: DEFAULT_REDIS_CONNECT_TIMEOUT_MS,
     },
     signing: {},
+    audit: { checkpointIntervalMs: 60_000, checkpointRecords: 10_000 },
     sessions: { idleTimeoutMs: DEFAULT_SESSION_IDLE_TIMEOUT_MS, max: DEFAULT_MAX_SESSIONS },
     redaction: { mode: 'redact', disable: [] },
     upstreamDefaults: {

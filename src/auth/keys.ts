@@ -93,4 +93,18 @@ export class SigningKeys {
       .setProtectedHeader({ alg: this.active.alg, kid: this.active.kid, typ: 'at+jwt' })
       .sign(this.active.key);
   }
+
+  /**
+   * Signs an audit checkpoint: a JWT of its own type, so it can never be
+   * taken for an access token (RFC 8725, section 3.11).
+   */
+  signCheckpoint(claims: JWTPayload): Promise<string> {
+    return new SignJWT(claims)
+      .setProtectedHeader({
+        alg: this.active.alg,
+        kid: this.active.kid,
+        typ: 'portcullis-audit-checkpoint+jwt',
+      })
+      .sign(this.active.key);
+  }
 }

@@ -19,6 +19,7 @@ import { stdioStartProblems } from '../server/upstreams.js';
 import { buildPolicy, PolicyLoadError } from '../server/policy-loader.js';
 import { startEverything, type DemoUpstream } from '../demo/everything.js';
 import { MANIFEST_HELP, manifestApprove, manifestDiff, manifestPull } from './manifest.js';
+import { AUDIT_HELP, auditVerify } from './audit.js';
 import { SIGNING_ALGORITHMS, type SigningAlgorithm } from '../auth/keys.js';
 import {
   DEV_AUDIENCE,
@@ -127,6 +128,7 @@ Options:
   --admin-token-file F   its credential; default: the PORTCULLIS_ADMIN_TOKEN variable
 `,
   ...MANIFEST_HELP,
+  ...AUDIT_HELP,
 } as const;
 
 type CommandName = keyof typeof COMMAND_HELP;
@@ -141,6 +143,7 @@ Usage:
   portcullis revoke [options]          revoke a token, a subject or a session on a running gateway
   portcullis manifest pull|diff|approve  a server's tool manifest: write it, compare it, approve tools
   portcullis pins reset|list           pins trusted on first use: approve a changed tool, list them
+  portcullis audit verify FILE…|DIR    prove an audit trail whole, or name its first bad record
   portcullis COMMAND --help            that command's options
   portcullis --help | --version
 
@@ -767,6 +770,7 @@ function helpFor(command: string | undefined, sub: string | undefined): string {
     config: 'config check',
     keys: 'keys generate',
     token: 'token mint',
+    audit: 'audit verify',
   };
   if (command === 'pins') {
     const one = `pins ${sub ?? ''}`;
@@ -829,6 +833,10 @@ export async function main(argv: string[]): Promise<void> {
     case 'pins':
       if (rest[0] === 'reset' || rest[0] === 'list') return pins(rest[0], rest.slice(1));
       fail(`unknown pins command '${rest[0] ?? ''}'; try: portcullis pins reset|list`);
+      break;
+    case 'audit':
+      if (rest[0] === 'verify') return auditVerify(rest.slice(1), fail);
+      fail(`unknown audit command '${rest[0] ?? ''}'; try: portcullis audit verify FILE…|DIR`);
       break;
     case 'config':
       if (rest[0] === 'check') return configCheck(rest.slice(1));

@@ -966,6 +966,183 @@ export const configSchema = {
         },
       },
     },
+    audit: {
+      type: 'object',
+      additionalProperties: false,
+      default: {},
+      description:
+        'The audit trail (docs/audit.md): one record per message and per refused request, hash-chained, to every sink set here. No sink: no audit trail.',
+      properties: {
+        checkpointIntervalMs: ms(
+          60_000,
+          "A signed checkpoint of the chain's head at least this often while records come.",
+        ),
+        checkpointRecords: {
+          type: 'integer',
+          minimum: 1,
+          default: 10_000,
+          description: '…or after this many records, whichever is first.',
+        },
+        stdout: {
+          type: 'object',
+          additionalProperties: false,
+          description: 'Records as JSON lines on standard output (or error), for a log collector.',
+          properties: {
+            fd: { enum: [1, 2], default: 1, description: '1: standard output; 2: standard error.' },
+          },
+        },
+        file: {
+          type: 'object',
+          additionalProperties: false,
+          required: ['dir'],
+          description:
+            'Records as JSON lines in a directory, rotated and kept for `retentionDays`.',
+          properties: {
+            dir: {
+              type: 'string',
+              minLength: 1,
+              description: 'Directory of the audit files (made 0700 if missing).',
+            },
+            maxFileBytes: {
+              type: 'integer',
+              minimum: 1024,
+              default: 104_857_600,
+              description: 'A new file begins past this size.',
+            },
+            maxFileAgeMs: ms(86_400_000, '…or past this age.'),
+            retentionDays: {
+              type: 'integer',
+              minimum: 0,
+              default: 90,
+              description: 'Files last written longer ago are removed; 0 keeps every file.',
+            },
+            queueMax: {
+              type: 'integer',
+              minimum: 1,
+              default: 100_000,
+              description: 'Records waiting for the disk before new requests are refused (503).',
+            },
+            fsync: {
+              type: 'boolean',
+              default: true,
+              description: 'fdatasync each batch before it counts as written.',
+            },
+          },
+        },
+        http: {
+          type: 'object',
+          additionalProperties: false,
+          required: ['url', 'spoolDir'],
+          description:
+            'Records POSTed in batches to a SIEM, through an on-disk spool: an outage or a restart loses nothing.',
+          properties: {
+            url: { type: 'string', pattern: '^https?://', description: 'The collector endpoint.' },
+            format: {
+              enum: ['json', 'splunk-hec', 'elastic-bulk'],
+              default: 'json',
+              description:
+                'json: an array of records; splunk-hec: HEC event batch; elastic-bulk: `_bulk` NDJSON of `create` actions.',
+            },
+            headers: {
+              type: 'object',
+              additionalProperties: { type: 'string' },
+              default: {},
+              description: 'Request headers, e.g. {"authorization": "Splunk ${SPLUNK_HEC_TOKEN}"}.',
+            },
+            spoolDir: {
+              type: 'string',
+              minLength: 1,
+              description: 'Directory of the spool (made 0700 if missing).',
+            },
+            spoolMaxBytes: {
+              type: 'integer',
+              minimum: 1_048_576,
+              default: 1_073_741_824,
+              description: 'Bound on the spool; past it, new requests are refused (503).',
+            },
+            overflow: {
+              enum: ['spool', 'block'],
+              default: 'spool',
+              description:
+                'When the SIEM is behind: spool (keep spooling up to spoolMaxBytes) or block (refuse new requests once queueMax records wait).',
+            },
+            queueMax: {
+              type: 'integer',
+              minimum: 1,
+              default: 100_000,
+              description: 'With overflow block: records waiting before new requests are refused.',
+            },
+            batchMaxRecords: {
+              type: 'integer',
+              minimum: 1,
+              default: 500,
+              description: 'Records per POST, at most.',
+            },
+            flushIntervalMs: ms(1_000, 'A partial batch is sent after this long.'),
+            timeoutMs: ms(10_000, 'Bound on one POST; then it is retried.'),
+          },
+        },
+        redisStream: {
+          type: 'object',
+          additionalProperties: false,
+          required: ['url'],
+          description: 'Records XADDed to a Redis stream, trimmed by age.',
+          properties: {
+            url: { type: 'string', pattern: '^rediss?://', description: 'The Redis server.' },
+            key: {
+              type: 'string',
+              minLength: 1,
+              default: 'portcullis:audit',
+              description: 'The stream.',
+            },
+            retentionDays: {
+              type: 'integer',
+              minimum: 1,
+              default: 90,
+              description: 'Entries older than this are trimmed.',
+            },
+            queueMax: {
+              type: 'integer',
+              minimum: 1,
+              default: 100_000,
+              description: 'Records waiting for Redis before new requests are refused (503).',
+            },
+          },
+        },
+        postgres: {
+          type: 'object',
+          additionalProperties: false,
+          required: ['url'],
+          description: 'Records in an append-only PostgreSQL table, partitioned by day.',
+          properties: {
+            url: {
+              type: 'string',
+              pattern: '^postgres(ql)?://',
+              description: 'The database, e.g. postgres://audit@db/portcullis.',
+            },
+            table: {
+              type: 'string',
+              pattern: '^[a-z_][a-z0-9_]{0,50}$',
+              default: 'portcullis_audit',
+              description:
+                "The table (made with its partitions if missing); at most 51 characters, so its partitions' names fit.",
+            },
+            retentionDays: {
+              type: 'integer',
+              minimum: 1,
+              default: 90,
+              description: 'Partitions older than this are dropped.',
+            },
+            queueMax: {
+              type: 'integer',
+              minimum: 1,
+              default: 100_000,
+              description: 'Records waiting for PostgreSQL before new requests are refused (503).',
+            },
+          },
+        },
+      },
+    },
     sessions: {
       type: 'object',
       additionalProperties: false,
@@ -1454,6 +1631,7 @@ export interface Config {
   store: StoreConfig;
   signing: { keysFile?: string; activeKid?: string; issuer?: string };
   sessions: { idleTimeoutMs: number; max: number };
+  audit: AuditConfig;
   quotas: {
     perPrincipal: QuotaSet;
     perTenant: QuotaSet;
@@ -1467,6 +1645,35 @@ export interface Config {
   redaction: { mode: 'redact' | 'off'; disable: string[] };
   shutdown: { drainTimeoutMs: number; retryHintMs: number };
   log: { level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent' };
+}
+
+/** `audit`: its sinks (each absent when not set) and its checkpoints. */
+export interface AuditConfig {
+  checkpointIntervalMs: number;
+  checkpointRecords: number;
+  stdout?: { fd: 1 | 2 };
+  file?: {
+    dir: string;
+    maxFileBytes: number;
+    maxFileAgeMs: number;
+    retentionDays: number;
+    queueMax: number;
+    fsync: boolean;
+  };
+  http?: {
+    url: string;
+    format: 'json' | 'splunk-hec' | 'elastic-bulk';
+    headers: Record<string, string>;
+    spoolDir: string;
+    spoolMaxBytes: number;
+    overflow: 'spool' | 'block';
+    queueMax: number;
+    batchMaxRecords: number;
+    flushIntervalMs: number;
+    timeoutMs: number;
+  };
+  redisStream?: { url: string; key: string; retentionDays: number; queueMax: number };
+  postgres?: { url: string; table: string; retentionDays: number; queueMax: number };
 }
 
 /** What a tenant may use on one server. */

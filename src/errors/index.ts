@@ -86,6 +86,12 @@ const SPECS = {
     rpc: JSONRPC_INTERNAL_ERROR,
     message: 'The gateway is shutting down; retry on another instance',
   },
+  PORTCULLIS_ERR_AUDIT_UNAVAILABLE: {
+    status: 503,
+    rpc: JSONRPC_INTERNAL_ERROR,
+    message:
+      'The audit trail cannot take more records right now (a sink is behind or down); retry after the Retry-After delay',
+  },
   PORTCULLIS_ERR_AUTH_MISSING: {
     status: 401,
     rpc: JSONRPC_INVALID_REQUEST,

@@ -75,6 +75,8 @@ export interface AppDeps {
   isDraining: () => boolean;
   /** Hears every message with its decision, and every exchange's end (audit attaches here). */
   observer?: ExchangeObserver | undefined;
+  /** True while the audit trail cannot take more records: new requests are refused (503). */
+  auditFull?: (() => boolean) | undefined;
   metrics: Metrics;
   quotas: Quotas;
   /** The policy in force (it changes on reload); absent, none: everything is allowed. */
@@ -381,6 +383,12 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     if (deps.isDraining()) {
       reply.header('connection', 'close');
       return x.fail(new GatewayError('PORTCULLIS_ERR_HTTP_SHUTTING_DOWN'));
+    }
+    // Nothing runs that could not be recorded; the refusal itself is counted by the log.
+    if (deps.auditFull?.() && !isPublicRoute(req)) {
+      return x.fail(
+        new GatewayError('PORTCULLIS_ERR_AUDIT_UNAVAILABLE', undefined, { retryAfterSeconds: 1 }),
+      );
     }
     // An in-process request for a legacy SSE client: authenticated already, its result in the ticket.
     const ticket = req.headers[INTERNAL_TICKET_HEADER];

@@ -4,6 +4,7 @@
  * imports this module but the CLI and the tests.
  */
 import { readFileSync } from 'node:fs';
+import { bothObservers, openAudit } from '../audit/index.js';
 import type { AddressInfo } from 'node:net';
 import type { FastifyInstance } from 'fastify';
 import pino, { type Logger } from 'pino';
@@ -131,6 +132,9 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
   metrics.storeHealthy.set(storeTrusted() ? 1 : 0);
   store.onHealth(() => metrics.storeHealthy.set(storeTrusted() ? 1 : 0));
   const keys = config.auth.mode === 'jwt' ? await keySource(config, log, metrics) : undefined;
+  // Before the listener: no request is served that could not be recorded.
+  const audit = await openAudit(config, { log, metrics, signingKeys });
+  const observer = bothObservers(audit?.observer, options.observer);
   const sessions = new MemorySessionStore(
     config.sessions.idleTimeoutMs,
     config.sessions.max,
@@ -225,7 +229,8 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
     isDraining: () => draining,
     quotas,
     isRevoked: (who) => revocations.check(who.jti, who.owner, who.sessionId()) === 'revoked',
-    observer: options.observer,
+    observer,
+    auditFull: audit ? () => audit.log.full : undefined,
     metrics,
     signingKeys,
     auth:
@@ -333,6 +338,7 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
       metrics,
       notReady: () => {
         if (!listening || draining) return 'draining';
+        if (audit?.log.full) return 'an audit sink is behind';
         // Failing closed, this replica refuses every authenticated request: take it out of rotation.
         if (config.auth.mode === 'jwt' && config.auth.revocation.failClosed && !storeTrusted()) {
           return 'store unavailable';
@@ -395,6 +401,7 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
   const close = (): Promise<void> => {
     closing ??= (async () => {
       draining = true;
+      const drainStarted = Date.now();
       await reloader?.close();
       log.info(
         { streams: streams.size, drainTimeoutMs: config.shutdown.drainTimeoutMs },
@@ -413,6 +420,10 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
       clearInterval(sweeper);
       streams.close();
       await Promise.all([...routes.values()].map((r) => r.upstream.close()));
+      // Within the drain bound (at least a second): what is left stays in a spool for the next start.
+      await audit?.log.close(
+        Math.max(drainStarted + config.shutdown.drainTimeoutMs, Date.now() + 1_000),
+      );
       await admin?.close();
       keys?.close();
       revocations.close();

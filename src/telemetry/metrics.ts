@@ -3,7 +3,7 @@
  * admin listener). Counters are created once here; the hot path only calls
  * `inc` on them.
  */
-import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
 export interface Metrics {
   readonly registry: Registry;
@@ -23,7 +23,28 @@ export interface Metrics {
   readonly configReloads: Counter<'result'>;
   /** 1 when the last reload succeeded (or none was tried), 0 while the file on disk is refused. */
   readonly configLastReloadSuccessful: Gauge;
+  /** Client requests, by server, tenant, method and decision (allow, deny, shadow-deny, refuse). */
+  readonly requests: Counter<'server' | 'tenant' | 'method' | 'decision'>;
+  /** Time the gateway itself spent on a call (its whole time less the upstream's). */
+  readonly gatewayDuration: Histogram<'server' | 'method'>;
+  /** Time from sending a call upstream to its answer's start. */
+  readonly upstreamDuration: Histogram<'server' | 'method'>;
+  readonly activeSessions: Gauge;
+  readonly activeStreams: Gauge;
+  /** Calls that failed upstream (unreachable, timed out, a 5xx, an oversized answer), by server and code. */
+  readonly upstreamErrors: Counter<'server' | 'code'>;
+  /** Audit records per sink: `written` (the destination has them) or `failed` (a delivery attempt failed; retried). */
+  readonly auditRecords: Counter<'sink' | 'outcome'>;
+  readonly auditQueued: Gauge<'sink'>;
+  readonly auditSpoolBytes: Gauge<'sink'>;
+  /** Shared-store operations that failed, by what asked (revocations, pins, rate limits, audit). */
+  readonly storeErrors: Counter<'component'>;
 }
+
+/** Latency buckets in seconds: 0.5 ms to 30 s. */
+const LATENCY_BUCKETS = [
+  0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
+];
 
 export function createMetrics(): Metrics {
   const registry = new Registry();
@@ -105,6 +126,66 @@ export function createMetrics(): Metrics {
       name: 'portcullis_upstream_channels',
       help: 'Open channels (stdio processes, legacy HTTP+SSE connections) per server.',
       labelNames: ['server'],
+      registers: [registry],
+    }),
+    requests: new Counter({
+      name: 'portcullis_requests_total',
+      help: 'Client JSON-RPC requests, by server, tenant, method and decision (allow, deny, shadow-deny, refuse). Labels hold configured or known values only; anything else is "other".',
+      labelNames: ['server', 'tenant', 'method', 'decision'],
+      registers: [registry],
+    }),
+    gatewayDuration: new Histogram({
+      name: 'portcullis_gateway_duration_seconds',
+      help: "Time the gateway spent on a call, the upstream's time excluded.",
+      labelNames: ['server', 'method'],
+      buckets: LATENCY_BUCKETS,
+      registers: [registry],
+    }),
+    upstreamDuration: new Histogram({
+      name: 'portcullis_upstream_duration_seconds',
+      help: 'Time from a call sent upstream to the start of its answer.',
+      labelNames: ['server', 'method'],
+      buckets: LATENCY_BUCKETS,
+      registers: [registry],
+    }),
+    activeSessions: new Gauge({
+      name: 'portcullis_active_sessions',
+      help: 'Open MCP sessions on this replica.',
+      registers: [registry],
+    }),
+    activeStreams: new Gauge({
+      name: 'portcullis_active_streams',
+      help: 'Open SSE streams to clients on this replica.',
+      registers: [registry],
+    }),
+    upstreamErrors: new Counter({
+      name: 'portcullis_upstream_errors_total',
+      help: 'Calls that failed on the upstream side, by server and gateway error code.',
+      labelNames: ['server', 'code'],
+      registers: [registry],
+    }),
+    auditRecords: new Counter({
+      name: 'portcullis_audit_records_total',
+      help: 'Audit records per sink, by outcome: written (delivered) or failed (a delivery attempt failed and is retried).',
+      labelNames: ['sink', 'outcome'],
+      registers: [registry],
+    }),
+    auditQueued: new Gauge({
+      name: 'portcullis_audit_queue_depth',
+      help: 'Audit records a sink holds and has not delivered yet (memory and spool).',
+      labelNames: ['sink'],
+      registers: [registry],
+    }),
+    auditSpoolBytes: new Gauge({
+      name: 'portcullis_audit_spool_bytes',
+      help: "Bytes in a sink's on-disk spool.",
+      labelNames: ['sink'],
+      registers: [registry],
+    }),
+    storeErrors: new Counter({
+      name: 'portcullis_store_errors_total',
+      help: 'Shared-store operations that failed, by the component that asked.',
+      labelNames: ['component'],
       registers: [registry],
     }),
   };

@@ -1,0 +1,87 @@
+/**
+ * The audit trail's composition: the sinks `audit` configures, the log that
+ * chains records for them, and the observer that feeds it from the
+ * exchanges. Without a sink there is no log and no observer: nothing is
+ * recorded and nothing extra is done per request.
+ */
+import type { Logger } from 'pino';
+import type { SigningKeys } from '../auth/keys.js';
+import type { Config } from '../config/schema.js';
+import type { ExchangeObserver } from '../server/exchange.js';
+import type { Metrics } from '../telemetry/metrics.js';
+import { AuditLog } from './log.js';
+import { auditObserver } from './observer.js';
+import { FileSink } from './sinks/file.js';
+import { HttpSink } from './sinks/http.js';
+import { PostgresSink } from './sinks/postgres.js';
+import { RedisStreamSink } from './sinks/redis-stream.js';
+import { StdoutSink } from './sinks/stdout.js';
+import type { AuditSink } from './types.js';
+
+export interface Audit {
+  readonly log: AuditLog;
+  readonly observer: ExchangeObserver;
+}
+
+/** The configured sinks, named by kind (at most one of each). */
+export function sinksFor(config: Config['audit'], log: Logger): AuditSink[] {
+  const sinks: AuditSink[] = [];
+  const onError = (name: string) => (err: Error) =>
+    log.warn(
+      { event: 'audit.sink_error', sink: name, err: err.message },
+      'audit: a sink failed to deliver; retrying',
+    );
+  if (config.stdout) sinks.push(new StdoutSink({ name: 'stdout', fd: config.stdout.fd }));
+  if (config.file)
+    sinks.push(new FileSink({ name: 'file', ...config.file, onError: onError('file') }));
+  return sinks;
+}
+
+export async function openAudit(
+  config: Config,
+  deps: { log: Logger; metrics: Metrics; signingKeys: SigningKeys | undefined },
+): Promise<Audit | undefined> {
+  const sinks = sinksFor(config.audit, deps.log);
+  if (sinks.length === 0) return undefined;
+  const keys = deps.signingKeys;
+  const log = await AuditLog.open({
+    sinks,
+    log: deps.log,
+    metrics: deps.metrics,
+    signer: keys && ((claims) => keys.signCheckpoint(claims)),
+    checkpointIntervalMs: config.audit.checkpointIntervalMs,
+    checkpointRecords: config.audit.checkpointRecords,
+  });
+  deps.log.info(
+    {
+      event: 'audit.open',
+      sinks: sinks.map((s) => s.name),
+      chain: log.chainId,
+      signed: keys !== undefined,
+    },
+    'audit trail open',
+  );
+  const credentialModes = new Map(
+    Object.entries(config.servers).map(([name, server]) => [name, server.credential.mode]),
+  );
+  return { log, observer: auditObserver(log, { credentialModes }) };
+}
+
+/** Both observers, in order (audit first, so a test's observer sees records already made). */
+export function bothObservers(
+  a: ExchangeObserver | undefined,
+  b: ExchangeObserver | undefined,
+): ExchangeObserver | undefined {
+  if (a === undefined) return b;
+  if (b === undefined) return a;
+  return {
+    message(x, frame, outcome, rule, shadowed) {
+      a.message?.(x, frame, outcome, rule, shadowed);
+      b.message?.(x, frame, outcome, rule, shadowed);
+    },
+    end(x) {
+      a.end?.(x);
+      b.end?.(x);
+    },
+  };
+}
