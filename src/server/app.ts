@@ -50,6 +50,7 @@ import type { VerifiedToken } from '../auth/jwt.js';
 import type { UpstreamCredential } from '../auth/credentials.js';
 import type { SigningKeys } from '../auth/keys.js';
 import type { Metrics } from '../telemetry/metrics.js';
+import { TRACEPARENT } from '../telemetry/trace-context.js';
 import { authHooks, PRM_PATH, registerMetadataRoutes, type ResourceInfo } from './auth-http.js';
 import { relayResponse } from './relay.js';
 import { Exchange, type ExchangeObserver, type RelayRoute } from './exchange.js';
@@ -75,6 +76,8 @@ export interface AppDeps {
   isDraining: () => boolean;
   /** Hears every message with its decision, and every exchange's end (audit attaches here). */
   observer?: ExchangeObserver | undefined;
+  /** With tracing on: starts the request's span, and names it as the upstream's parent. */
+  traceparentFor?: ((x: Exchange) => string) | undefined;
   /** True while the audit trail cannot take more records: new requests are refused (503). */
   auditFull?: (() => boolean) | undefined;
   metrics: Metrics;
@@ -133,6 +136,8 @@ const FORWARDED_HEADERS = ['mcp-protocol-version', 'last-event-id'];
  */
 const MODERN_HEADERS = ['mcp-method', 'mcp-name'];
 const UPSTREAM_ACCEPT = 'application/json, text/event-stream';
+/** A `tracestate` holds at most 32 members (W3C Trace Context, section 3.3.1.1): 512 bytes is its usual bound. */
+const MAX_TRACESTATE = 512;
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -207,6 +212,7 @@ function upstreamHeaders(
   req: FastifyRequest,
   session: Session | undefined,
   modern: boolean,
+  traceparentFor: ((x: Exchange) => string) | undefined,
 ): Record<string, string> {
   const out: Record<string, string> = {};
   const h = req.headers;
@@ -214,6 +220,15 @@ function upstreamHeaders(
     const v = h[name];
     if (typeof v === 'string') out[name] = v;
   }
+  // W3C Trace Context: the caller's trace goes on upstream, when it is well-formed; with
+  // tracing on, as a child of the gateway's span for the request.
+  const traceparent = h.traceparent;
+  const callerTraced = typeof traceparent === 'string' && TRACEPARENT.test(traceparent);
+  if (traceparentFor) out.traceparent = traceparentFor(req.exchange);
+  else if (callerTraced) out.traceparent = traceparent;
+  const tracestate = h.tracestate;
+  if (callerTraced && typeof tracestate === 'string' && tracestate.length <= MAX_TRACESTATE)
+    out.tracestate = tracestate;
   if (!modern) {
     if (session?.upstreamId !== undefined) out['mcp-session-id'] = session.upstreamId;
     return out;
@@ -479,7 +494,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     /** The tool calls the request carries upstream, for a per-call credential. */
     calls?: CredentialRequest['calls'],
   ): Promise<Record<string, string>> => {
-    const headers = upstreamHeaders(req, session, modern);
+    const headers = upstreamHeaders(req, session, modern, deps.traceparentFor);
     const extra = route.credential().headers({
       token: req.token,
       sessionId: session?.id ?? newSessionId,

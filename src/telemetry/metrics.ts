@@ -31,6 +31,8 @@ export interface Metrics {
   readonly upstreamDuration: Histogram<'server' | 'method'>;
   readonly activeSessions: Gauge;
   readonly activeStreams: Gauge;
+  /** What the active-session and stream gauges read at each scrape (set by the gateway). */
+  readonly live: { sessions?: () => number; streams?: () => number };
   /** Calls that failed upstream (unreachable, timed out, a 5xx, an oversized answer), by server and code. */
   readonly upstreamErrors: Counter<'server' | 'code'>;
   /** Audit records per sink: `written` (the destination has them) or `failed` (a delivery attempt failed; retried). */
@@ -48,11 +50,13 @@ const LATENCY_BUCKETS = [
 
 export function createMetrics(): Metrics {
   const registry = new Registry();
+  const live: Metrics['live'] = {};
   // prom-client's own names begin with `process_` and `nodejs_`: the prefix is the product's
   // alone (`portcullis_process_cpu_seconds_total`, not `portcullis_process_process_…`).
   collectDefaultMetrics({ register: registry, prefix: 'portcullis_' });
   return {
     registry,
+    live,
     authRefusals: new Counter({
       name: 'portcullis_auth_refusals_total',
       help: 'Requests refused at authentication, by error code and reason.',
@@ -150,13 +154,19 @@ export function createMetrics(): Metrics {
     }),
     activeSessions: new Gauge({
       name: 'portcullis_active_sessions',
-      help: 'Open MCP sessions on this replica.',
+      help: 'Open legacy-era MCP sessions on this replica.',
       registers: [registry],
+      collect() {
+        this.set(live.sessions?.() ?? 0);
+      },
     }),
     activeStreams: new Gauge({
       name: 'portcullis_active_streams',
       help: 'Open SSE streams to clients on this replica.',
       registers: [registry],
+      collect() {
+        this.set(live.streams?.() ?? 0);
+      },
     }),
     upstreamErrors: new Counter({
       name: 'portcullis_upstream_errors_total',
