@@ -332,6 +332,36 @@ describe('records of a run', () => {
   });
 });
 
+test('W3C traceparent: a well-formed one goes upstream with its tracestate, a malformed one does not', async () => {
+  const gw = await startAudited(join(dir, 'trace'));
+  const seen: Array<Record<string, string>> = [];
+  const listener = (r: { headers: Record<string, string> }) => seen.push(r.headers);
+  upstream.events.on('request', listener);
+  try {
+    const bearer = await token(gw);
+    const send = (traceparent: string) =>
+      post(gw.urlFor('everything'), modernCall('echo', { text: 'trace' }, 1), {
+        ...modernHeaders('echo'),
+        authorization: `Bearer ${bearer}`,
+        traceparent,
+        tracestate: 'vendor=abc',
+      }).then((r) => r.text());
+    await send(`00-${TRACE_ID}-00f067aa0ba902b7-01`);
+    await send(`00-${'0'.repeat(32)}-00f067aa0ba902b7-01`);
+    await send('not-a-traceparent');
+  } finally {
+    upstream.events.off('request', listener);
+    await gw.close();
+  }
+  assert.equal(seen.length, 3);
+  assert.equal(seen[0]?.traceparent, `00-${TRACE_ID}-00f067aa0ba902b7-01`);
+  assert.equal(seen[0]?.tracestate, 'vendor=abc');
+  for (const headers of seen.slice(1)) {
+    assert.equal(headers.traceparent, undefined);
+    assert.equal(headers.tracestate, undefined);
+  }
+});
+
 test('a second start continues the chain: one chain across both files, verified whole', async () => {
   const auditDir = join(dir, 'restart');
   for (let round = 0; round < 2; round++) {

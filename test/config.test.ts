@@ -295,6 +295,7 @@ test('defaults are filled in and the result is deeply frozen', () => {
     },
     shutdown: { drainTimeoutMs: DEFAULT_DRAIN_TIMEOUT_MS, retryHintMs: DEFAULT_RETRY_HINT_MS },
     log: { level: 'info' },
+    tracing: { serviceName: 'portcullis', sampleRatio: 1 },
   });
 
   for (const part of [

@@ -3,12 +3,18 @@
  * chains records for them, and the observer that feeds it from the
  * exchanges. Without a sink there is no log and no observer: nothing is
  * recorded and nothing extra is done per request.
+ *
+ * Capture mode (`audit.capture`, capture.ts) is one more sink of the log,
+ * fed by the observer with each message record's message; it needs a
+ * record sink beside it (its entries are found by their records), and its
+ * key is read and checked before the log opens, so a bad key stops the start.
  */
 import type { Logger } from 'pino';
 import type { SigningKeys } from '../auth/keys.js';
 import type { Config } from '../config/schema.js';
 import type { ExchangeObserver } from '../server/exchange.js';
 import type { Metrics } from '../telemetry/metrics.js';
+import { CaptureSink, loadCaptureKey } from './capture.js';
 import { AuditLog } from './log.js';
 import { auditObserver } from './observer.js';
 import { FileSink } from './sinks/file.js';
@@ -34,6 +40,23 @@ export function sinksFor(config: Config['audit'], log: Logger): AuditSink[] {
   if (config.stdout) sinks.push(new StdoutSink({ name: 'stdout', fd: config.stdout.fd }));
   if (config.file)
     sinks.push(new FileSink({ name: 'file', ...config.file, onError: onError('file') }));
+  if (config.http)
+    sinks.push(new HttpSink({ name: 'http', ...config.http, onError: onError('http') }));
+  if (config.redisStream) {
+    const { retentionDays, ...rest } = config.redisStream;
+    sinks.push(
+      new RedisStreamSink({
+        name: 'redis-stream',
+        ...rest,
+        retentionMs: retentionDays * 86_400_000,
+        onError: onError('redis-stream'),
+      }),
+    );
+  }
+  if (config.postgres)
+    sinks.push(
+      new PostgresSink({ name: 'postgres', ...config.postgres, onError: onError('postgres') }),
+    );
   return sinks;
 }
 
@@ -42,7 +65,29 @@ export async function openAudit(
   deps: { log: Logger; metrics: Metrics; signingKeys: SigningKeys | undefined },
 ): Promise<Audit | undefined> {
   const sinks = sinksFor(config.audit, deps.log);
-  if (sinks.length === 0) return undefined;
+  const captureConfig = config.audit.capture;
+  if (sinks.length === 0) {
+    if (captureConfig)
+      throw new Error(
+        'audit.capture needs an audit sink beside it (audit.file for "portcullis audit replay"): its entries are found by their records',
+      );
+    return undefined;
+  }
+  let capture: CaptureSink | undefined;
+  if (captureConfig) {
+    const { keyFile, ...rest } = captureConfig;
+    capture = new CaptureSink({
+      name: 'capture',
+      ...rest,
+      key: await loadCaptureKey(keyFile),
+      onError: (err) =>
+        deps.log.warn(
+          { event: 'audit.sink_error', sink: 'capture', err: err.message },
+          'audit: the capture failed to write; retrying',
+        ),
+    });
+    sinks.push(capture);
+  }
   const keys = deps.signingKeys;
   const log = await AuditLog.open({
     sinks,
@@ -64,7 +109,7 @@ export async function openAudit(
   const credentialModes = new Map(
     Object.entries(config.servers).map(([name, server]) => [name, server.credential.mode]),
   );
-  return { log, observer: auditObserver(log, { credentialModes }) };
+  return { log, observer: auditObserver(log, { credentialModes, capture }) };
 }
 
 /** Both observers, in order (audit first, so a test's observer sees records already made). */

@@ -10,10 +10,17 @@
  * the status sent, the gateway's error code, bytes and timings. A long-lived
  * exchange (a GET stream, an SSE answer still open after its first records)
  * writes them as they come, with what is known at that moment.
+ *
+ * With capture on, each message record's message is held beside its fields
+ * (the parsed message itself, not a copy) and handed to the capture with
+ * the record once appended: its entry is bound to the record's hash, which
+ * only the append knows.
  */
 import { ANONYMOUS } from '../auth/principal.js';
 import type { Frame } from '../mcp/frame.js';
+import { TRACEPARENT } from '../telemetry/trace-context.js';
 import type { Exchange, ExchangeObserver, MessageOutcome } from '../server/exchange.js';
+import type { MessageCapture } from './capture.js';
 import type { AuditLog } from './log.js';
 import { argsHash } from './record.js';
 import type { AuditAction, AuditDecision, MessageFields } from './types.js';
@@ -21,16 +28,19 @@ import type { AuditAction, AuditDecision, MessageFields } from './types.js';
 export interface AuditObserverOptions {
   /** The credential mode of each server (`none`, `static`, `mint`, …): named, never the credential. */
   credentialModes: ReadonlyMap<string, string>;
+  /** Capture mode (`audit.capture`): where each message record's message goes; absent, off. */
+  capture?: MessageCapture;
 }
 
 /** Records an exchange holds back before it writes them as they come. */
 const MAX_HELD = 64;
 /** A `path` longer than this is cut: it is the client's, and the record should stay small. */
 const MAX_PATH = 256;
-const TRACEPARENT = /^[\da-f]{2}-([\da-f]{32})-[\da-f]{16}-[\da-f]{2}$/;
 
 const HELD = Symbol('portcullis.audit.held');
-type Held = Exchange & { [HELD]?: MessageFields[] };
+/** The messages of the held records, in the same order (capture mode only). */
+const HELD_MESSAGES = Symbol('portcullis.audit.held-messages');
+type Held = Exchange & { [HELD]?: MessageFields[]; [HELD_MESSAGES]?: unknown[] };
 
 const ACTION: Record<MessageOutcome, AuditAction> = {
   allow: 'forward',
@@ -43,20 +53,22 @@ const ACTION: Record<MessageOutcome, AuditAction> = {
 function traceIdOf(x: Exchange): string | undefined {
   const header = x.reply.request.headers.traceparent;
   if (typeof header !== 'string') return undefined;
-  const match = TRACEPARENT.exec(header);
-  // All-zero trace ids are invalid (W3C Trace Context, section 3.2.2.3).
-  return match && !/^0+$/.test(match[1] as string) ? match[1] : undefined;
+  return TRACEPARENT.exec(header)?.[1];
 }
 
-/** What a call's arguments are, for its hash: `params.arguments` of a call, else `params`. */
-function argumentsOf(frame: Frame): unknown {
+/**
+ * What a message's arguments are, for its `argsHash`: `params.arguments` of a
+ * call, else `params` (replay checks a captured message by the same rule).
+ */
+export function argumentsOf(frame: Frame): unknown {
   const params = frame.message.params as Record<string, unknown> | undefined;
   if (params === undefined) return undefined;
   if (frame.method === 'tools/call' || frame.method === 'prompts/get') return params.arguments;
   return params;
 }
 
-function isErrorAnswer(frame: Frame): boolean {
+/** An answer's `isError`: a JSON-RPC error, or a result with `isError: true`. */
+export function isErrorAnswer(frame: Frame): boolean {
   if (frame.kind === 'error') return true;
   if (frame.kind !== 'response') return false;
   const result = frame.message.result as { isError?: unknown } | null | undefined;
@@ -64,6 +76,7 @@ function isErrorAnswer(frame: Frame): boolean {
 }
 
 export function auditObserver(audit: AuditLog, options: AuditObserverOptions): ExchangeObserver {
+  const capture = options.capture;
   const who = (x: Exchange, fields: MessageFields): MessageFields => {
     // Authenticated, the request knows its principal before the exchange is told (a body
     // refused as malformed was still sent by someone).
@@ -104,11 +117,15 @@ export function auditObserver(audit: AuditLog, options: AuditObserverOptions): E
   const flush = (x: Held): void => {
     const held = x[HELD];
     if (held === undefined) return;
+    const messages = x[HELD_MESSAGES];
     x[HELD] = undefined;
-    for (const fields of held) {
+    x[HELD_MESSAGES] = undefined;
+    for (let i = 0; i < held.length; i++) {
+      const fields = held[i] as MessageFields;
       who(x, fields);
       outcome(x, fields);
-      audit.append('message', fields);
+      const record = audit.append('message', fields);
+      if (messages !== undefined) capture?.capture(record, messages[i]);
     }
   };
 
@@ -149,6 +166,7 @@ export function auditObserver(audit: AuditLog, options: AuditObserverOptions): E
       // exchange is a stream that may stay open for hours.
       const held = (x[HELD] ??= []);
       held.push(fields);
+      if (capture !== undefined) (x[HELD_MESSAGES] ??= []).push(frame.message);
       if (x.longLived || held.length >= MAX_HELD) flush(x);
     },
 

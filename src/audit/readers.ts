@@ -10,6 +10,7 @@
  */
 import { Redis } from 'ioredis';
 import pg from 'pg';
+import type { AuditDecision, AuditKind } from './types.js';
 import { DEFAULT_POSTGRES_TABLE, parseAuditTable } from './sinks/postgres.js';
 import { DEFAULT_REDIS_STREAM_KEY, field } from './sinks/redis-stream.js';
 
@@ -172,8 +173,12 @@ export async function* readPostgres(url: string, table?: string): AsyncIterable<
 
 export interface AuditQuery {
   tenant?: string;
+  subject?: string;
   tool?: string;
   session?: string;
+  decision?: AuditDecision;
+  /** Records of these kinds only (every kind when absent). */
+  kinds?: readonly AuditKind[];
   /** Records at or after this time. */
   since?: Date;
   /** Records before this time. */
@@ -205,8 +210,14 @@ export async function queryPostgres(
     conditions.push(`${column} ${operator} $${params.length}`);
   };
   where('tenant', '=', filter.tenant);
+  where('subject', '=', filter.subject);
   where('tool', '=', filter.tool);
   where('session', '=', filter.session);
+  where('decision', '=', filter.decision);
+  if (filter.kinds !== undefined) {
+    params.push([...filter.kinds]);
+    conditions.push(`kind = ANY($${params.length}::text[])`);
+  }
   where('time', '>=', filter.since);
   where('time', '<', filter.until);
   params.push(limit);

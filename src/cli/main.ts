@@ -19,7 +19,8 @@ import { stdioStartProblems } from '../server/upstreams.js';
 import { buildPolicy, PolicyLoadError } from '../server/policy-loader.js';
 import { startEverything, type DemoUpstream } from '../demo/everything.js';
 import { MANIFEST_HELP, manifestApprove, manifestDiff, manifestPull } from './manifest.js';
-import { AUDIT_HELP, auditVerify } from './audit.js';
+import { AUDIT_HELP, auditQuery, auditVerify } from './audit.js';
+import { AUDIT_REPLAY_HELP, auditReplay } from './audit-replay.js';
 import { SIGNING_ALGORITHMS, type SigningAlgorithm } from '../auth/keys.js';
 import {
   DEV_AUDIENCE,
@@ -129,6 +130,7 @@ Options:
 `,
   ...MANIFEST_HELP,
   ...AUDIT_HELP,
+  ...AUDIT_REPLAY_HELP,
 } as const;
 
 type CommandName = keyof typeof COMMAND_HELP;
@@ -143,7 +145,9 @@ Usage:
   portcullis revoke [options]          revoke a token, a subject or a session on a running gateway
   portcullis manifest pull|diff|approve  a server's tool manifest: write it, compare it, approve tools
   portcullis pins reset|list           pins trusted on first use: approve a changed tool, list them
-  portcullis audit verify FILE…|DIR    prove an audit trail whole, or name its first bad record
+  portcullis audit verify SOURCE…      prove audit trails whole, or name each one's first bad record
+  portcullis audit query --from SOURCE  print the audit records that match a filter
+  portcullis audit replay [options]    re-issue a recorded session's calls, compare the answers
   portcullis COMMAND --help            that command's options
   portcullis --help | --version
 
@@ -770,7 +774,6 @@ function helpFor(command: string | undefined, sub: string | undefined): string {
     config: 'config check',
     keys: 'keys generate',
     token: 'token mint',
-    audit: 'audit verify',
   };
   if (command === 'pins') {
     const one = `pins ${sub ?? ''}`;
@@ -778,6 +781,12 @@ function helpFor(command: string | undefined, sub: string | undefined): string {
     return `${COMMAND_HELP['pins reset']}\n${COMMAND_HELP['pins list']}`;
   }
   if (command === 'start' || command === 'revoke') return COMMAND_HELP[command];
+  if (command === 'audit') {
+    const one = `audit ${sub ?? ''}`;
+    if (one in AUDIT_HELP) return AUDIT_HELP[one as keyof typeof AUDIT_HELP];
+    if (one in AUDIT_REPLAY_HELP) return AUDIT_REPLAY_HELP['audit replay'];
+    return [...Object.values(AUDIT_HELP), ...Object.values(AUDIT_REPLAY_HELP)].join('\n');
+  }
   if (command === 'manifest') {
     const one = `manifest ${sub ?? ''}`;
     if (one in MANIFEST_HELP) return MANIFEST_HELP[one as keyof typeof MANIFEST_HELP];
@@ -836,7 +845,9 @@ export async function main(argv: string[]): Promise<void> {
       break;
     case 'audit':
       if (rest[0] === 'verify') return auditVerify(rest.slice(1), fail);
-      fail(`unknown audit command '${rest[0] ?? ''}'; try: portcullis audit verify FILE…|DIR`);
+      if (rest[0] === 'query') return auditQuery(rest.slice(1), fail);
+      if (rest[0] === 'replay') return auditReplay(rest.slice(1), fail);
+      fail(`unknown audit command '${rest[0] ?? ''}'; try: portcullis audit verify|query|replay`);
       break;
     case 'config':
       if (rest[0] === 'check') return configCheck(rest.slice(1));

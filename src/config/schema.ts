@@ -318,6 +318,35 @@ const credentialSchema = {
   },
 } as const;
 
+/** The keys of a journal of files (`audit.file`, `audit.capture`): rotation, retention, bound. */
+const journalKeys = (queueMax: number, what: string) =>
+  ({
+    maxFileBytes: {
+      type: 'integer',
+      minimum: 1024,
+      default: 104_857_600,
+      description: 'A new file begins past this size.',
+    },
+    maxFileAgeMs: ms(86_400_000, '…or past this age.'),
+    retentionDays: {
+      type: 'integer',
+      minimum: 0,
+      default: 90,
+      description: 'Files last written longer ago are removed; 0 keeps every file.',
+    },
+    queueMax: {
+      type: 'integer',
+      minimum: 1,
+      default: queueMax,
+      description: `${what} waiting for the disk before new requests are refused (503).`,
+    },
+    fsync: {
+      type: 'boolean',
+      default: true,
+      description: 'fdatasync each batch before it counts as written.',
+    },
+  }) as const;
+
 /** Keys each credential mode takes (besides `mode`), and the ones it needs. */
 export const CREDENTIAL_KEYS = {
   none: { allowed: [], required: [] },
@@ -1003,30 +1032,7 @@ export const configSchema = {
               minLength: 1,
               description: 'Directory of the audit files (made 0700 if missing).',
             },
-            maxFileBytes: {
-              type: 'integer',
-              minimum: 1024,
-              default: 104_857_600,
-              description: 'A new file begins past this size.',
-            },
-            maxFileAgeMs: ms(86_400_000, '…or past this age.'),
-            retentionDays: {
-              type: 'integer',
-              minimum: 0,
-              default: 90,
-              description: 'Files last written longer ago are removed; 0 keeps every file.',
-            },
-            queueMax: {
-              type: 'integer',
-              minimum: 1,
-              default: 100_000,
-              description: 'Records waiting for the disk before new requests are refused (503).',
-            },
-            fsync: {
-              type: 'boolean',
-              default: true,
-              description: 'fdatasync each batch before it counts as written.',
-            },
+            ...journalKeys(100_000, 'Records'),
           },
         },
         http: {
@@ -1139,6 +1145,27 @@ export const configSchema = {
               default: 100_000,
               description: 'Records waiting for PostgreSQL before new requests are refused (503).',
             },
+          },
+        },
+        capture: {
+          type: 'object',
+          additionalProperties: false,
+          required: ['dir', 'keyFile'],
+          description:
+            'Capture mode: the full message of every message record, AES-256-GCM encrypted and bound to its record, for `portcullis audit replay`. Needs a record sink beside it.',
+          properties: {
+            dir: {
+              type: 'string',
+              minLength: 1,
+              description: 'Directory of the capture files (made 0700).',
+            },
+            keyFile: {
+              type: 'string',
+              minLength: 1,
+              description:
+                'The 32-byte key as base64 or hex (`openssl rand -base64 32`), mode 0600 or stricter.',
+            },
+            ...journalKeys(10_000, 'Messages'),
           },
         },
       },
@@ -1439,6 +1466,49 @@ export const configSchema = {
         },
       },
     },
+    tracing: {
+      type: 'object',
+      additionalProperties: false,
+      default: {},
+      description:
+        'OpenTelemetry traces: a span per request, exported over OTLP/HTTP when `otlp` is set. Without it, a caller’s traceparent still goes upstream.',
+      properties: {
+        serviceName: {
+          type: 'string',
+          minLength: 1,
+          default: 'portcullis',
+          description: 'The `service.name` of the spans.',
+        },
+        sampleRatio: {
+          type: 'number',
+          minimum: 0,
+          maximum: 1,
+          default: 1,
+          description:
+            'Share of new traces recorded; a caller’s sampled flag is followed whatever this says.',
+        },
+        otlp: {
+          type: 'object',
+          additionalProperties: false,
+          required: ['url'],
+          properties: {
+            url: {
+              type: 'string',
+              pattern: '^https?://',
+              description:
+                'The collector’s traces endpoint, e.g. http://otel-collector:4318/v1/traces.',
+            },
+            headers: {
+              type: 'object',
+              additionalProperties: { type: 'string' },
+              default: {},
+              description: 'Headers of each export, e.g. an API key.',
+            },
+            timeoutMs: ms(10_000, 'Bound on one export.'),
+          },
+        },
+      },
+    },
   },
 } as const;
 
@@ -1645,6 +1715,11 @@ export interface Config {
   redaction: { mode: 'redact' | 'off'; disable: string[] };
   shutdown: { drainTimeoutMs: number; retryHintMs: number };
   log: { level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent' };
+  tracing: {
+    serviceName: string;
+    sampleRatio: number;
+    otlp?: { url: string; headers: Record<string, string>; timeoutMs: number };
+  };
 }
 
 /** `audit`: its sinks (each absent when not set) and its checkpoints. */
@@ -1674,6 +1749,15 @@ export interface AuditConfig {
   };
   redisStream?: { url: string; key: string; retentionDays: number; queueMax: number };
   postgres?: { url: string; table: string; retentionDays: number; queueMax: number };
+  capture?: {
+    dir: string;
+    keyFile: string;
+    maxFileBytes: number;
+    maxFileAgeMs: number;
+    retentionDays: number;
+    queueMax: number;
+    fsync: boolean;
+  };
 }
 
 /** What a tenant may use on one server. */

@@ -20,6 +20,7 @@ import type { ExchangeObserver } from './exchange.js';
 import { MemorySessionStore, type Session } from '../mcp/sessions.js';
 import { openStore } from '../store/index.js';
 import { createMetrics } from '../telemetry/metrics.js';
+import { metricsObserver } from '../telemetry/exchange-metrics.js';
 import { createUpstream, gatewaySecrets } from './upstreams.js';
 import { buildAdmin } from './admin.js';
 import { buildApp, type Route } from './app.js';
@@ -122,9 +123,10 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
       else log.warn({ store: config.store.kind, ...detail }, `store ${event}`);
     },
   );
-  const revocations = new Revocations(store, (err, what) =>
-    log.warn({ err: (err as Error).message }, `store: ${what} failed`),
-  );
+  const revocations = new Revocations(store, (err, what) => {
+    metrics.storeErrors.inc({ component: 'revocations' });
+    log.warn({ err: (err as Error).message }, `store: ${what} failed`);
+  });
   // Trust on first use, shared: each replica answers from its mirror of the store's pins.
   const pins = new StorePinBook(store, log);
   await Promise.all([revocations.start(), pins.start()]);
@@ -134,7 +136,18 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
   const keys = config.auth.mode === 'jwt' ? await keySource(config, log, metrics) : undefined;
   // Before the listener: no request is served that could not be recorded.
   const audit = await openAudit(config, { log, metrics, signingKeys });
-  const observer = bothObservers(audit?.observer, options.observer);
+  // The SDK is loaded only when traces are exported.
+  const tracing =
+    config.tracing.otlp === undefined
+      ? undefined
+      : (await import('../telemetry/tracing.js')).createTracing(config.tracing);
+  const observer = bothObservers(
+    bothObservers(
+      bothObservers(audit?.observer, metricsObserver(metrics, config)),
+      tracing?.observer,
+    ),
+    options.observer,
+  );
   const sessions = new MemorySessionStore(
     config.sessions.idleTimeoutMs,
     config.sessions.max,
@@ -144,6 +157,8 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
     config.listen.heartbeatIntervalMs,
     config.shutdown.retryHintMs,
   );
+  metrics.live.sessions = () => sessions.size;
+  metrics.live.streams = () => streams.size;
   let draining = false;
   let listening = false;
   const globalInflight = inflightCap(config.quotas.global.inflight);
@@ -180,6 +195,7 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
         );
       } else {
         metrics.rateLimitStoreErrors.inc({ outcome: e.admitted ? 'allowed' : 'refused' });
+        metrics.storeErrors.inc({ component: 'rate-limits' });
         log.warn(
           {
             event: 'rate_limit.store_down',
@@ -231,6 +247,7 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
     isRevoked: (who) => revocations.check(who.jti, who.owner, who.sessionId()) === 'revoked',
     observer,
     auditFull: audit ? () => audit.log.full : undefined,
+    traceparentFor: tracing && ((x) => tracing.upstreamTraceparent(x)),
     metrics,
     signingKeys,
     auth:
@@ -425,6 +442,14 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
         Math.max(drainStarted + config.shutdown.drainTimeoutMs, Date.now() + 1_000),
       );
       await admin?.close();
+      await tracing
+        ?.close()
+        .catch((err: unknown) =>
+          log.warn(
+            { err: (err as Error).message },
+            'tracing: the last spans could not be exported',
+          ),
+        );
       keys?.close();
       revocations.close();
       await pins.close();

@@ -1,18 +1,15 @@
 /**
  * The `file` sink: JSON lines in a directory, one record per line, exactly the
- * bytes the log sealed. Files are named `audit-<UTC time>.jsonl`, so their
- * names sort in the chain's order; a new file begins when the current one
- * reaches `maxFileBytes` or `maxFileAgeMs`, and files older than
- * `retentionDays` are removed (at open and hourly).
+ * bytes the log sealed, in a journal (journal.ts: `audit-<UTC time>.jsonl`
+ * files, rotated, kept `retentionDays`, each batch fdatasync'ed before it
+ * counts as written).
  *
- * Owns: the directory and its files. Writes are batched: what arrives while a
- * write is in flight goes in the next one, and each batch is fdatasync'ed
- * before its records count as written, so `written` means on disk.
+ * Owns: where the chain stands on disk. At open, the newest file's last whole
+ * record is where the chain goes on from; a torn tail a crash left is cut.
  */
-import { constants, promises as fs } from 'node:fs';
-import path from 'node:path';
+import { promises as fs } from 'node:fs';
 import type { AuditRecord, AuditSink, SinkStats } from '../types.js';
-import { sleep, untilDeadline } from './timing.js';
+import { Journal, journalFiles } from './journal.js';
 
 export interface FileSinkOptions {
   name: string;
@@ -30,20 +27,9 @@ export interface FileSinkOptions {
   onError?: (err: Error) => void;
 }
 
-const FILE_PATTERN = /^audit-\d{8}T\d{6}\.\d{3}Z(-\d+)?\.jsonl$/;
-const HOUR = 3_600_000;
-
 /** The audit files of `dir`, oldest first (their names sort by time). */
-export async function auditFiles(dir: string): Promise<string[]> {
-  const names = await fs.readdir(dir);
-  return names
-    .filter((n) => FILE_PATTERN.test(n))
-    .sort()
-    .map((n) => path.join(dir, n));
-}
-
-function stamp(now: Date): string {
-  return now.toISOString().replace(/[-:]/g, '');
+export function auditFiles(dir: string): Promise<string[]> {
+  return journalFiles(dir, 'audit');
 }
 
 /**
@@ -80,38 +66,27 @@ async function lastLineRepairing(file: string): Promise<string | undefined> {
 export class FileSink implements AuditSink {
   readonly kind = 'file' as const;
   readonly name: string;
-  private readonly dir: string;
-  private readonly maxFileBytes: number;
-  private readonly maxFileAgeMs: number;
-  private readonly retentionMs: number;
-  private readonly queueMax: number;
-  private readonly fsync: boolean;
-  private handle: fs.FileHandle | undefined;
-  private fileBytes = 0;
-  private fileOpenedAt = 0;
-  private pending: string[] = [];
-  private inFlight = 0;
-  private writing: Promise<void> | undefined;
-  private closed = false;
-  private readonly counts = { written: 0, failed: 0 };
-  private retentionTimer: NodeJS.Timeout | undefined;
+  private readonly journal: Journal<string>;
 
   constructor(private readonly options: FileSinkOptions) {
     this.name = options.name;
-    this.dir = options.dir;
-    this.maxFileBytes = options.maxFileBytes ?? 100 * 1024 * 1024;
-    this.maxFileAgeMs = options.maxFileAgeMs ?? 24 * HOUR;
-    this.retentionMs = (options.retentionDays ?? 90) * 24 * HOUR;
-    this.queueMax = options.queueMax ?? 100_000;
-    this.fsync = options.fsync ?? true;
+    this.journal = new Journal<string>({
+      dir: options.dir,
+      prefix: 'audit',
+      maxFileBytes: options.maxFileBytes ?? 100 * 1024 * 1024,
+      maxFileAgeMs: options.maxFileAgeMs ?? 86_400_000,
+      retentionDays: options.retentionDays ?? 90,
+      queueMax: options.queueMax ?? 100_000,
+      fsync: options.fsync ?? true,
+      // The lines are the records as sealed: nothing to make.
+      serialize: (lines) => lines,
+      onError: options.onError,
+    });
   }
 
   async open(): Promise<AuditRecord | undefined> {
-    await fs.mkdir(this.dir, { recursive: true, mode: 0o700 });
-    await this.applyRetention();
-    this.retentionTimer = setInterval(() => void this.applyRetention(), HOUR);
-    this.retentionTimer.unref();
-    const files = await auditFiles(this.dir);
+    await this.journal.open();
+    const files = await this.journal.files();
     for (let i = files.length - 1; i >= 0; i--) {
       const line = await lastLineRepairing(files[i] as string);
       if (line === undefined) continue;
@@ -127,115 +102,22 @@ export class FileSink implements AuditSink {
   }
 
   get full(): boolean {
-    return this.pending.length + this.inFlight > this.queueMax;
+    return this.journal.full;
   }
 
   write(_record: AuditRecord, line: string): void {
-    if (this.closed) throw new Error(`audit sink ${this.name} is closed`);
-    this.pending.push(line);
-    this.writing ??= this.drain();
+    this.journal.push(line);
   }
 
-  /** Writes batches until nothing is pending; a failed batch is retried, never dropped. */
-  private async drain(): Promise<void> {
-    let backoff = 100;
-    while (this.pending.length > 0) {
-      const batch = this.pending;
-      this.pending = [];
-      this.inFlight = batch.length;
-      const bytes = Buffer.from(batch.join('\n') + '\n');
-      try {
-        const handle = await this.fileFor(bytes.length);
-        await handle.write(bytes, 0, bytes.length, null);
-        if (this.fsync) await handle.datasync();
-        this.fileBytes += bytes.length;
-        this.counts.written += batch.length;
-        backoff = 100;
-      } catch (err) {
-        this.counts.failed += batch.length;
-        this.options.onError?.(err as Error);
-        // A partial write would tear a line: start a new file for the retry.
-        await this.closeFile();
-        this.pending = batch.concat(this.pending);
-        if (this.closed) break;
-        await sleep(backoff);
-        backoff = Math.min(backoff * 2, 5_000);
-      } finally {
-        this.inFlight = 0;
-      }
-    }
-    this.writing = undefined;
+  flush(deadline: number): Promise<void> {
+    return this.journal.flush(deadline);
   }
 
-  /** The file to write `size` more bytes to, beginning a new one when the current is done. */
-  private async fileFor(size: number): Promise<fs.FileHandle> {
-    const now = Date.now();
-    if (
-      this.handle &&
-      this.fileBytes > 0 &&
-      (this.fileBytes + size > this.maxFileBytes || now - this.fileOpenedAt >= this.maxFileAgeMs)
-    )
-      await this.closeFile();
-    if (this.handle) return this.handle;
-    const base = `audit-${stamp(new Date(now))}`;
-    for (let n = 0; ; n++) {
-      const file = path.join(this.dir, `${base}${n === 0 ? '' : `-${n}`}.jsonl`);
-      try {
-        this.handle = await fs.open(
-          file,
-          constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_APPEND,
-          0o600,
-        );
-        break;
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-      }
-    }
-    this.fileBytes = 0;
-    this.fileOpenedAt = now;
-    return this.handle;
-  }
-
-  private async closeFile(): Promise<void> {
-    const handle = this.handle;
-    this.handle = undefined;
-    await handle?.close().catch(() => undefined);
-  }
-
-  /** Removes files last written before the retention bound (never the one being written). */
-  private async applyRetention(): Promise<void> {
-    if (this.retentionMs <= 0) return;
-    const cutoff = Date.now() - this.retentionMs;
-    try {
-      const files = await auditFiles(this.dir);
-      // The newest file stays whatever its age: the chain goes on from it.
-      for (const file of files.slice(0, -1)) {
-        const { mtimeMs } = await fs.stat(file);
-        if (mtimeMs < cutoff) await fs.unlink(file);
-      }
-    } catch (err) {
-      this.options.onError?.(err as Error);
-    }
-  }
-
-  async flush(deadline: number): Promise<void> {
-    while (this.writing && Date.now() < deadline) await untilDeadline(this.writing, deadline);
-  }
-
-  async close(deadline: number): Promise<void> {
-    await this.flush(deadline);
-    this.closed = true;
-    clearInterval(this.retentionTimer);
-    if (this.writing) await untilDeadline(this.writing, deadline);
-    await this.closeFile();
+  close(deadline: number): Promise<void> {
+    return this.journal.close(deadline);
   }
 
   stats(): SinkStats {
-    return {
-      written: this.counts.written,
-      failed: this.counts.failed,
-      queued: this.pending.length + this.inFlight,
-      spoolBytes: 0,
-    };
+    return { ...this.journal.counts, queued: this.journal.queued, spoolBytes: 0 };
   }
 }

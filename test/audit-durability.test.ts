@@ -1,0 +1,390 @@
+/**
+ * The audit trail survives a SIEM outage and a restart. A real gateway (the
+ * built CLI, `start --config`) with the file sink and the http sink takes
+ * 5,000 tool calls while the collector goes away and comes back; the
+ * collector is down again at SIGTERM, so the http sink's spool keeps what it
+ * could not deliver; a second start on the same directories drains it. Then
+ * every call has its inbound and outbound records in both sinks, the
+ * collector holds exactly the records the files hold (duplicates, which
+ * at-least-once delivery allows, are counted and must be byte-identical), and
+ * both trails verify, signatures included, from their genesis.
+ */
+import assert from 'node:assert/strict';
+import { execFile, spawn } from 'node:child_process';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { test, type TestContext } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import type { JSONWebKeySet } from 'jose';
+import { Agent, request, type Dispatcher } from 'undici';
+import { stringify } from 'yaml';
+import { startModernServer } from './fixtures/modern-server.js';
+import { ACCEPT_BOTH, modernCall, modernHeaders } from './helpers/requests.js';
+import { writeKeys } from '../src/cli/dev.js';
+import { argsHash } from '../src/audit/record.js';
+import { readAuditFiles, verifyLines, type VerifyReport } from '../src/audit/verify.js';
+import type { AuditRecord } from '../src/audit/types.js';
+
+const CLI = fileURLToPath(new URL('../dist/cli/main.js', import.meta.url));
+const run = promisify(execFile);
+
+const CALLS = 5_000;
+const CONCURRENCY = 16;
+/** `audit.checkpointRecords`: several signed checkpoints in the run, each checked by verify. */
+const CHECKPOINT_RECORDS = 1_000;
+/** The gateway's `shutdown.drainTimeoutMs`: with the collector down, close waits all of it. */
+const DRAIN_TIMEOUT_MS = 2_000;
+/** From SIGTERM to exit: the drain bound, plus the process's own start of shutdown and exit. */
+const EXIT_BOUND_MS = DRAIN_TIMEOUT_MS + 1_500;
+/** A cold start of Node and the gateway, or a backlog shipped after the collector came back. */
+const WAIT_MS = 15_000;
+
+/**
+ * Stands in for a SIEM's collector (a JSON webhook, the sink's `format:
+ * json`): it takes each POSTed array of records with a 200, and can be
+ * stopped and started again on the same port, as a collector that goes away
+ * and comes back does. A POST cut off by a stop is not counted; one it
+ * answered whose answer was lost on the way is sent again, and counted twice.
+ */
+class Collector {
+  /** Every record it acknowledged, with the line the gateway sealed, in arrival order. */
+  readonly received: Array<{ readonly line: string; readonly record: AuditRecord }> = [];
+  /** POSTs acknowledged since the last start. */
+  batchesSinceStart = 0;
+  private server: Server | undefined;
+  private port = 0;
+
+  get url(): string {
+    return `http://127.0.0.1:${this.port}/audit`;
+  }
+
+  async start(): Promise<void> {
+    const server = createServer((req, res) => {
+      const chunks: Buffer[] = [];
+      // A stop cuts requests off mid-body; that is the point, not a failure of the test.
+      req.on('error', () => {});
+      req.on('data', (chunk: Buffer) => chunks.push(chunk));
+      req.on('end', () => {
+        const records = JSON.parse(Buffer.concat(chunks).toString('utf8')) as AuditRecord[];
+        // Records are canonical JSON with no integer-like keys: stringify gives the sealed bytes back.
+        for (const record of records) this.received.push({ line: JSON.stringify(record), record });
+        this.batchesSinceStart++;
+        res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
+      });
+    });
+    await new Promise<void>((resolve) => server.listen(this.port, '127.0.0.1', resolve));
+    this.port = (server.address() as AddressInfo).port;
+    this.server = server;
+    this.batchesSinceStart = 0;
+  }
+
+  async stop(): Promise<void> {
+    const server = this.server;
+    if (!server) return;
+    this.server = undefined;
+    const closed = new Promise((resolve) => server.close(resolve));
+    server.closeAllConnections();
+    await closed;
+  }
+}
+
+interface Gateway {
+  readonly url: string;
+  /** The gateway's JSON log records so far. */
+  readonly logs: ReadonlyArray<Record<string, unknown>>;
+  /** SIGTERM; resolves with the exit code and how long the exit took. */
+  stop(): Promise<{ code: number | null; ms: number }>;
+}
+
+/** `portcullis start --config FILE` in a child process, once it listens. */
+async function startGateway(t: TestContext, config: string): Promise<Gateway> {
+  const env = { ...process.env };
+  delete env.NODE_OPTIONS;
+  const child = spawn(
+    process.execPath,
+    [CLI, 'start', '--config', config, '--port', '0', '--admin-port', '0'],
+    { env, stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  t.after(() => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+  });
+  let stderr = '';
+  child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+  const exited = new Promise<number | null>((resolve) => child.once('close', resolve));
+  const logs: Array<Record<string, unknown>> = [];
+  const listening = new Promise<string>((resolve, reject) => {
+    const timer = setTimeout(
+      () => reject(new Error(`no "gateway listening":\n${stderr}`)),
+      WAIT_MS,
+    );
+    createInterface({ input: child.stdout }).on('line', (line) => {
+      let record: Record<string, unknown>;
+      try {
+        record = JSON.parse(line) as Record<string, unknown>;
+      } catch {
+        return;
+      }
+      logs.push(record);
+      if (record.msg === 'gateway listening') {
+        clearTimeout(timer);
+        resolve(record.url as string);
+      }
+    });
+    void exited.then((code) => {
+      clearTimeout(timer);
+      reject(new Error(`the gateway exited (${code}):\n${stderr}`));
+    });
+  });
+  const url = `${await listening}/mcp/echo`;
+  return {
+    url,
+    logs,
+    async stop() {
+      const signalled = Date.now();
+      child.kill('SIGTERM');
+      const code = await exited;
+      return { code, ms: Date.now() - signalled };
+    },
+  };
+}
+
+const idOf = (call: number): number => call + 1;
+const textOf = (call: number): string => `durable call ${call} of ${CALLS}`;
+
+/**
+ * Calls `from`..`to-1`, CONCURRENCY at a time; each must succeed. Through
+ * undici's `request` rather than `fetch` (the `post` helper): with the
+ * upstream in this process too, fetch's overhead halves the calls per second.
+ */
+async function callRange(
+  dispatcher: Dispatcher,
+  url: string,
+  from: number,
+  to: number,
+): Promise<void> {
+  let next = from;
+  const worker = async (): Promise<void> => {
+    while (next < to) {
+      const call = next++;
+      const res = await request(url, {
+        method: 'POST',
+        dispatcher,
+        headers: {
+          'content-type': 'application/json',
+          accept: ACCEPT_BOTH,
+          ...modernHeaders('echo'),
+        },
+        body: JSON.stringify(modernCall('echo', { text: textOf(call) }, idOf(call))),
+      });
+      const body = await res.body.text();
+      assert.equal(res.statusCode, 200, `call ${call}: ${body}`);
+      assert.ok(body.includes(textOf(call)), `call ${call} echoed its text: ${body}`);
+    }
+  };
+  await Promise.all(Array.from({ length: CONCURRENCY }, worker));
+}
+
+/** Polls `condition` every 20 ms; rejects after WAIT_MS. */
+async function until(condition: () => boolean, what: string): Promise<void> {
+  const start = Date.now();
+  while (!condition()) {
+    if (Date.now() - start > WAIT_MS) throw new Error(`timed out waiting for ${what}`);
+    await sleep(20);
+  }
+}
+
+const keyOf = (r: AuditRecord): string => `${r.chain}:${r.seq}`;
+
+/** Asserts every call has one inbound and one outbound tools/call record among `records`. */
+function assertEveryCall(records: readonly AuditRecord[], where: string): void {
+  const seen = new Map<unknown, { in: number; out: number; argsHash?: string }>();
+  for (const r of records) {
+    if (r.kind !== 'message' || r.method !== 'tools/call') continue;
+    const entry = seen.get(r.rpcId) ?? { in: 0, out: 0 };
+    if (r.direction === 'in') {
+      entry.in++;
+      entry.argsHash = r.argsHash;
+    } else if (r.direction === 'out') entry.out++;
+    seen.set(r.rpcId, entry);
+  }
+  for (let call = 0; call < CALLS; call++) {
+    const entry = seen.get(idOf(call));
+    assert.ok(
+      entry?.in === 1 && entry.out === 1,
+      `${where}: call ${call}: ${JSON.stringify(entry)}`,
+    );
+    // The records are this call's, not merely some call's with its id.
+    assert.equal(entry.argsHash, argsHash({ text: textOf(call) }), `${where}: call ${call}`);
+  }
+}
+
+test(
+  '5,000 calls through a SIEM outage and a restart: every record in both sinks, both trails verify',
+  { timeout: 120_000 },
+  async (t) => {
+    const dir = await mkdtemp(join(tmpdir(), 'portcullis-audit-durability-'));
+    t.after(() => rm(dir, { recursive: true, force: true }));
+    const upstream = await startModernServer();
+    t.after(() => upstream.close());
+    const client = new Agent({ connections: CONCURRENCY });
+    t.after(() => client.close());
+    const collector = new Collector();
+    await collector.start();
+    t.after(() => collector.stop());
+
+    const keysFile = join(dir, 'signing.json');
+    const { publicFile } = await writeKeys(keysFile, 'ES256');
+    const auditDir = join(dir, 'audit');
+    const config = join(dir, 'portcullis.yaml');
+    await writeFile(
+      config,
+      stringify({
+        auth: { mode: 'none' },
+        servers: { echo: { url: upstream.url } },
+        signing: { keysFile },
+        audit: {
+          checkpointRecords: CHECKPOINT_RECORDS,
+          file: { dir: auditDir },
+          http: {
+            url: collector.url,
+            format: 'json',
+            spoolDir: join(dir, 'spool'),
+            flushIntervalMs: 20,
+            timeoutMs: 2_000,
+          },
+        },
+        shutdown: { drainTimeoutMs: DRAIN_TIMEOUT_MS },
+      }),
+    );
+
+    // First run: the collector goes away for the third fifth of the calls, comes
+    // back for the fourth (long enough to take some of the backlog), and is gone
+    // again for the last fifth and the SIGTERM.
+    const first = await startGateway(t, config);
+    await callRange(client, first.url, 0, 2_000);
+    await collector.stop();
+    await callRange(client, first.url, 2_000, 3_000);
+    await collector.start();
+    await callRange(client, first.url, 3_000, 4_000);
+    await until(() => collector.batchesSinceStart > 0, 'the collector to take a batch again');
+    await collector.stop();
+    await callRange(client, first.url, 4_000, CALLS);
+    const firstExit = await first.stop();
+    assert.equal(firstExit.code, 0);
+    assert.ok(firstExit.ms < EXIT_BOUND_MS, `exited in ${firstExit.ms} ms`);
+    assert.ok(
+      first.logs.some((l) => l.event === 'audit.sink_error' && l.sink === 'http'),
+      'the http sink saw the outage',
+    );
+    const left = first.logs.find((l) => l.event === 'audit.undelivered' && l.sink === 'http');
+    assert.ok(typeof left?.records === 'number' && left.records > 0, 'records left in the spool');
+    const deliveredInFirstRun = new Set(collector.received.map((r) => keyOf(r.record))).size;
+
+    // Second run, on the same file and spool directories, with the collector back.
+    const lastOfFirstRun = (await linesIn(auditDir)).at(-1);
+    assert.ok(lastOfFirstRun !== undefined);
+    const { seq: lastSeqOfFirstRun, reason } = JSON.parse(lastOfFirstRun) as AuditRecord;
+    assert.equal(reason, 'close', 'the first run closed its chain');
+    await collector.start();
+    const second = await startGateway(t, config);
+    // The spool ships in order: once the second run's start checkpoint is in, so is all before it.
+    await until(
+      () =>
+        collector.received.some(
+          ({ record: r }) =>
+            r.kind === 'checkpoint' && r.reason === 'start' && r.seq > lastSeqOfFirstRun,
+        ),
+      'the collector to get the spool of the first run',
+    );
+    const secondExit = await second.stop();
+    assert.equal(secondExit.code, 0);
+    assert.ok(secondExit.ms < EXIT_BOUND_MS, `exited in ${secondExit.ms} ms`);
+    assert.ok(!second.logs.some((l) => l.event === 'audit.undelivered'), 'nothing left behind');
+
+    // The files: exactly once, in order, every call.
+    const fileLines = await linesIn(auditDir);
+    const fileRecords = fileLines.map((l) => JSON.parse(l) as AuditRecord);
+    assertEveryCall(fileRecords, 'file sink');
+
+    // The collector: at least once. A copy must be the same bytes; the set must be the files'.
+    const delivered = new Map<string, string>();
+    let duplicates = 0;
+    for (const { line, record } of collector.received) {
+      const key = keyOf(record);
+      const before = delivered.get(key);
+      if (before === undefined) delivered.set(key, line);
+      else {
+        duplicates++;
+        assert.equal(line, before, `the copy of ${key} is the same record`);
+      }
+    }
+    t.diagnostic(
+      `${fileLines.length} records; ${deliveredInFirstRun} delivered before the restart, ` +
+        `${left.records as number} left in the spool; ${duplicates} delivered twice`,
+    );
+    assert.ok(deliveredInFirstRun < fileLines.length, 'the first run did not deliver everything');
+    assert.equal(
+      delivered.size,
+      fileLines.length,
+      'the collector has as many records as the files',
+    );
+    for (const [i, line] of fileLines.entries()) {
+      const key = keyOf(fileRecords[i] as AuditRecord);
+      assert.equal(delivered.get(key), line, `the collector has ${key} as the file does`);
+    }
+    const collected = [...delivered.values()]
+      .map((line) => ({ line, record: JSON.parse(line) as AuditRecord }))
+      .sort((a, b) => a.record.seq - b.record.seq);
+    assertEveryCall(
+      collected.map((c) => c.record),
+      'http sink',
+    );
+
+    // The files verify with the CLI: one chain from its genesis across both runs, every checkpoint signed.
+    const cli = await run(process.execPath, [
+      CLI,
+      'audit',
+      'verify',
+      '--from-genesis',
+      '--jwks',
+      publicFile,
+      '--json',
+      auditDir,
+    ]);
+    // One source, so one report: under `sources` since verify reads several at once, bare before.
+    const json = JSON.parse(cli.stdout) as VerifyReport | { ok: boolean; sources: VerifyReport[] };
+    assert.equal(json.ok, true, cli.stdout);
+    const report = 'sources' in json ? (json.sources[0] as VerifyReport) : json;
+    assert.equal(report.ok, true, cli.stdout);
+    assert.equal(report.records, fileLines.length);
+    assert.equal(report.chains.length, 1);
+    const [chain] = report.chains;
+    assert.ok(chain?.closed, 'the chain ends with the second run closing');
+    assert.ok(chain.checkpoints >= (2 * CALLS) / CHECKPOINT_RECORDS, `${chain.checkpoints}`);
+    // All but the chain's very first, which has no head to sign.
+    assert.equal(chain.signedCheckpoints, chain.checkpoints - 1);
+
+    // So does what the collector got, in seq order.
+    const collectedFile = join(dir, 'collected.jsonl');
+    await writeFile(collectedFile, collected.map((c) => c.line).join('\n') + '\n');
+    const jwks = JSON.parse(await readFile(publicFile, 'utf8')) as JSONWebKeySet;
+    const collectedReport = await verifyLines(readAuditFiles([collectedFile]), {
+      jwks,
+      fromGenesis: true,
+    });
+    assert.deepEqual(collectedReport.problems, []);
+    assert.deepEqual(collectedReport.chains, report.chains);
+  },
+);
+
+async function linesIn(auditDir: string): Promise<string[]> {
+  const lines: string[] = [];
+  for await (const { line } of readAuditFiles([auditDir])) lines.push(line);
+  return lines;
+}
