@@ -37,6 +37,7 @@ import {
   existsSync,
   mkdirSync,
   mkdtempSync,
+  readdirSync,
   readFileSync,
   rmSync,
   statSync,
@@ -97,6 +98,7 @@ const { values: flags } = parseArgs({
     calls: { type: 'string', default: '10000' },
     targets: { type: 'string', default: 'off,file,http,both' },
     'cpu-prof': { type: 'string' },
+    'audit-thread': { type: 'string', default: 'load' },
     note: { type: 'string' },
     out: { type: 'string' },
   },
@@ -117,6 +119,14 @@ const loadCpus = nproc >= 2 ? '0' : undefined;
 const relayCpus = nproc >= 2 ? '1' : undefined;
 if (loadCpus !== undefined)
   execFileSync('taskset', ['-a', '-p', '-c', loadCpus, String(process.pid)], { stdio: 'ignore' });
+/**
+ * Where the gateway's threads other than the serving one run (pinThreads):
+ * `load`, on the load's CPU; `gateway`, all on the gateway's CPU (one core
+ * for all of it).
+ */
+const auditThread = flags['audit-thread'];
+if (auditThread !== 'load' && auditThread !== 'gateway')
+  throw new Error('--audit-thread is load or gateway');
 
 const tmpDir = mkdtempSync(path.join(os.tmpdir(), 'portcullis-audit-bench-'));
 const log = (msg: string) =>
@@ -257,11 +267,38 @@ async function startGateway(id: TargetId, config: string, round: number): Promis
   const child = startLogged(cmd, args, logFile);
   try {
     await waitForLog(child, logFile, GATEWAY_READY_LOG);
+    pinThreads(child.pid as number);
   } catch (err) {
     await stop(child);
     throw err;
   }
   return { url: `http://127.0.0.1:${port}/mcp/bench`, pid: child.pid as number, logFile, child };
+}
+
+/**
+ * With `--audit-thread load`: the gateway's serving thread (its main thread,
+ * tid = pid) keeps CPU 1, and every other thread of it (the audit thread,
+ * libuv's pool that does its file I/O, V8's helpers) goes to the load's CPU.
+ * Done for every target alike (audit off too), after start and again after
+ * the warm-up (threads made since inherit their maker's CPU).
+ */
+function pinThreads(pid: number): void {
+  if (auditThread !== 'load' || loadCpus === undefined || relayCpus === undefined) return;
+  let tids: string[];
+  try {
+    tids = readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return;
+  }
+  for (const tid of tids) {
+    try {
+      execFileSync('taskset', ['-p', '-c', tid === String(pid) ? relayCpus : loadCpus, tid], {
+        stdio: 'ignore',
+      });
+    } catch {
+      // A thread that ended meanwhile.
+    }
+  }
 }
 
 /** SIGTERM and the whole drain (bench/proc.ts's stop allows 3 s, less than a drain may take). */
@@ -287,6 +324,8 @@ async function sanityCheck(url: string): Promise<void> {
 // ---- measurement -------------------------------------------------------------------------------
 interface Measured extends WrkResult {
   readonly relayCpuPct: number;
+  /** The gateway's main thread alone (the one that serves requests). */
+  readonly servingCpuPct: number;
   readonly otherCpuPct: number;
   /** Answered wrk calls, warm-up included. */
   readonly wrkCalls: number;
@@ -296,6 +335,7 @@ async function measure(running: Running, origin: Server, script: string): Promis
   const wrk = (d: number) =>
     runWrk({ url: running.url, script, connections, threads: 1, cpus: loadCpus, durationS: d });
   const warm = warmupS > 0 ? await wrk(warmupS) : undefined;
+  pinThreads(running.pid);
   const watched = [
     { pid: running.pid, withChildren: false },
     { pid: origin.child.pid as number, withChildren: false },
@@ -303,15 +343,28 @@ async function measure(running: Running, origin: Server, script: string): Promis
   await waitForQuiet(watched, QUIET_CPU_PCT, QUIET_WAIT_MS);
   const before = cpuSnapshot(watched);
   const ticks0 = cpuTicks(running.pid);
+  const serving0 = mainThreadTicks(running.pid);
   const t0 = performance.now();
   const result = await wrk(durationS);
   const seconds = (performance.now() - t0) / 1000;
   return {
     ...result,
     relayCpuPct: cpuPct(cpuTicks(running.pid) - ticks0, seconds),
+    servingCpuPct: cpuPct(mainThreadTicks(running.pid) - serving0, seconds),
     otherCpuPct: foreignCpuPct(before, cpuSnapshot(watched)),
     wrkCalls: result.requests + (warm?.requests ?? 0),
   };
+}
+
+/** CPU ticks of a process's main thread (user + system), from /proc/PID/task/PID/stat. */
+function mainThreadTicks(pid: number): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/task/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return Number(fields[11]) + Number(fields[12]);
+  } catch {
+    return NaN;
+  }
 }
 
 /** `distinctCalls` tools/call echo, each with its own id (`audit-<n>`); every one must answer 200. */
@@ -612,6 +665,17 @@ function writeReport(byTarget: ReadonlyMap<TargetId, RoundResult[]>): void {
       (r, i) => r.measured.requestsPerSec / (results(b)[i]?.measured.requestsPerSec ?? NaN),
     );
   const has = (a: TargetId, b: TargetId) => targets.includes(a) && targets.includes(b);
+  /** The serving thread's CPU per call (µs): what bounds one process's throughput. */
+  const servingUs = (m: Measured) => (m.servingCpuPct / 100 / m.requestsPerSec) * 1e6;
+  const servingRow = (a: TargetId, b: TargetId, what: string) => {
+    if (!has(a, b)) return `| ${what} | n/a | n/a | n/a |`;
+    const per = results(a).map(
+      (r, i) => servingUs((results(b)[i] as RoundResult).measured) / servingUs(r.measured),
+    );
+    const ua = median(results(a).map((r) => servingUs(r.measured)));
+    const ub = median(results(b).map((r) => servingUs(r.measured)));
+    return `| ${what} | ${(ub / ua).toFixed(3)} | ${median(per).toFixed(3)} | ${per.map((r) => r.toFixed(2)).join(', ')} |`;
+  };
   const ratioRow = (a: TargetId, b: TargetId, what: string) => {
     if (!has(a, b)) return `| ${what} | n/a | n/a | n/a |`;
     const rs = paired(a, b).sort((x, y) => x - y);
@@ -633,7 +697,7 @@ function writeReport(byTarget: ReadonlyMap<TargetId, RoundResult[]>): void {
   const row = (id: TargetId) => {
     const ms = results(id).map((r) => r.measured);
     const med = (f: (m: Measured) => number) => median(ms.map(f));
-    return `| ${label[id]} | ${med((m) => m.requestsPerSec).toFixed(0)} | ${ms.map((m) => m.requestsPerSec.toFixed(0)).join(', ')} | ${med((m) => m.p50Ms).toFixed(2)} | ${med((m) => m.p99Ms).toFixed(2)} | ${med((m) => m.relayCpuPct).toFixed(0)} | ${med((m) => (m.relayCpuPct / 100 / m.requestsPerSec) * 1e6).toFixed(0)} | ${ms.reduce((s, m) => s + m.non2xx + m.socketErrors, 0)} | ${ms.map((m) => m.otherCpuPct.toFixed(0)).join(', ')} |`;
+    return `| ${label[id]} | ${med((m) => m.requestsPerSec).toFixed(0)} | ${ms.map((m) => m.requestsPerSec.toFixed(0)).join(', ')} | ${med((m) => m.p50Ms).toFixed(2)} | ${med((m) => m.p99Ms).toFixed(2)} | ${med((m) => m.relayCpuPct).toFixed(0)} | ${med((m) => (m.relayCpuPct / 100 / m.requestsPerSec) * 1e6).toFixed(0)} | ${med((m) => m.servingCpuPct).toFixed(0)} | ${med(servingUs).toFixed(0)} | ${ms.reduce((s, m) => s + m.non2xx + m.socketErrors, 0)} | ${ms.map((m) => m.otherCpuPct.toFixed(0)).join(', ')} |`;
   };
   const sum = (xs: Array<number | undefined>) => xs.reduce<number>((s, x) => s + (x ?? 0), 0);
   const accountingRow = (id: TargetId) => {
@@ -667,10 +731,10 @@ function writeReport(byTarget: ReadonlyMap<TargetId, RoundResult[]>): void {
     '',
     `Machine: ${os.cpus()[0]?.model ?? '?'} x${nproc}, ${Math.round(os.totalmem() / 2 ** 30)} GiB, ${os.type()} ${os.release()}, node ${process.version}, ${wrkVersion()}. This checkout: ${checkout}.${flags.note === undefined ? '' : ` ${flags.note}`}`,
     '',
-    `Load: wrk -t1 -c${connections}, ${warmupS} s warm-up then ${durationS} s measured, tools/call echo (${toolCall(TOOL_ECHO).body.length} B body), \`--auth none\`, \`signing.keysFile\` set; ${rounds} rounds, targets interleaved (each round starts with the next target), each on a fresh process with a fresh audit directory and spool; figures are medians of the rounds. ${loadCpus === undefined ? 'Not pinned.' : 'Pinned with taskset: wrk, this script (with the receiver) and the origin on CPU 0, the gateway on CPU 1.'} other CPU % is what processes outside this run took during each measured step, in % of one core (200 = both cores).`,
+    `Load: wrk -t1 -c${connections}, ${warmupS} s warm-up then ${durationS} s measured, tools/call echo (${toolCall(TOOL_ECHO).body.length} B body), \`--auth none\`, \`signing.keysFile\` set; ${rounds} rounds, targets interleaved (each round starts with the next target), each on a fresh process with a fresh audit directory and spool; figures are medians of the rounds. ${loadCpus === undefined ? 'Not pinned.' : `Pinned with taskset: wrk, this script (with the receiver) and the origin on CPU 0, the gateway on CPU 1${auditThread === 'load' ? ", its main (serving) thread alone: its other threads, the audit thread, libuv's pool and V8's helpers, moved to CPU 0 for every target (`--audit-thread load`)" : ', all its threads (`--audit-thread gateway`)'}.`} other CPU % is what processes outside this run took during each measured step, in % of one core (200 = both cores).`,
     '',
-    '| target | req/s (median) | req/s per round | p50 ms | p99 ms | gateway CPU % | gateway CPU µs per call | errors | other CPU % per round |',
-    '| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |',
+    '| target | req/s (median) | req/s per round | p50 ms | p99 ms | gateway CPU % | gateway CPU µs per call | serving thread CPU % | serving thread µs per call | errors | other CPU % per round |',
+    '| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |',
     ...targets.map(row),
     '',
     '| ratio | of the medians | median of the rounds (quartiles) | per round |',
@@ -678,6 +742,14 @@ function writeReport(byTarget: ReadonlyMap<TargetId, RoundResult[]>): void {
     ratioRow('both', 'off', 'file + http / off (target ≥ 0.95)'),
     ratioRow('file', 'off', 'file / off'),
     ratioRow('http', 'off', 'http / off'),
+    '',
+    "The serving thread's capacity: its CPU per call with audit off / with the audit trail on (1.0 = the audit trail costs the thread that serves requests nothing; a process is bound by this thread when it has a core to itself and its other threads have cores of their own).",
+    '',
+    '| capacity of the serving thread | of the medians | median of the rounds | per round |',
+    '| --- | ---: | ---: | --- |',
+    servingRow('both', 'off', 'file + http vs off'),
+    servingRow('file', 'off', 'file vs off'),
+    servingRow('http', 'off', 'http vs off'),
     '',
     `Records, summed over the rounds. wrk calls: answered (warm-up, measured, the sanity check) / recorded in and out in every sink (wrk stops with up to ${connections} calls in flight: recorded, not counted). Distinct calls: \`--calls\` calls with their own ids after the measured step, each checked for its inbound and outbound record in every sink. Duplicates: records the receiver got twice (the http sink is at least once). Catch-up: how long after wrk stopped the receiver still got records (median). Bytes per record: the audit files' bytes / their records; on the wire, the POST bodies' bytes / the records in them. Lost: records one sink holds and the other lacks, calls without their records, sinks whose records do not verify as one closed chain from its genesis with every checkpoint signed, and records the gateway reported undelivered at exit.`,
     '',

@@ -108,6 +108,10 @@ after(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
+/** A tool name and a JSON-RPC id far longer than a record keeps. */
+const LONG_TOOL = 't'.repeat(2_000);
+const LONG_ID = 'i'.repeat(2_000);
+
 describe('records of a run', () => {
   const auditDir = () => join(dir, 'run');
   let records: AuditRecord[];
@@ -133,10 +137,25 @@ describe('records of a run', () => {
       });
       assert.equal(bad.status, 400);
       await bad.text();
+      const long = await post(
+        gw.urlFor('everything'),
+        modernCall(LONG_TOOL, { text: 'hi' }, LONG_ID),
+        { ...modernHeaders(LONG_TOOL), authorization: `Bearer ${bearer}` },
+      );
+      await long.text();
     } finally {
       await gw.close();
     }
     records = await recordsIn(auditDir());
+  });
+
+  test("a client's long tool name and string id are cut to 256 characters in the record", () => {
+    const long = records.filter((r) => r.kind === 'message' && r.tool?.startsWith('t'.repeat(10)));
+    assert.ok(long.length > 0, 'the long call has its records');
+    for (const r of long) {
+      assert.equal(r.tool, LONG_TOOL.slice(0, 256));
+      assert.equal(r.rpcId, LONG_ID.slice(0, 256));
+    }
   });
 
   const messages = (rpcId: number) =>

@@ -10,7 +10,6 @@
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
@@ -18,20 +17,13 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { startModernServer, type ModernServer } from './fixtures/modern-server.js';
 import { startKeyedGateway, type KeyedGateway } from './helpers/auth-gateway.js';
 import { modernCall, modernHeaders, post } from './helpers/requests.js';
+import { freePort } from './helpers/redis.js';
 
 let upstream: ModernServer;
 let keyed: KeyedGateway;
 let dir: string;
 /** A port nothing listens on: the `down` server's upstream. */
 let deadPort: number;
-
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as { port: number };
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
 
 async function call(server: string, tool: string, bearer: string, id: number, method?: string) {
   const body = modernCall(tool, { text: 'hi' }, id);

@@ -15,7 +15,8 @@ import type { Config } from '../config/schema.js';
 import type { ExchangeObserver } from '../server/exchange.js';
 import type { Metrics } from '../telemetry/metrics.js';
 import { CaptureSink, loadCaptureKey } from './capture.js';
-import { AuditLog } from './log.js';
+import { AuditChannel } from './channel.js';
+import { AuditLog, type CheckpointSigner } from './log.js';
 import { auditObserver } from './observer.js';
 import { FileSink } from './sinks/file.js';
 import { HttpSink } from './sinks/http.js';
@@ -25,7 +26,7 @@ import { StdoutSink } from './sinks/stdout.js';
 import type { AuditSink } from './types.js';
 
 export interface Audit {
-  readonly log: AuditLog;
+  readonly log: AuditChannel;
   readonly observer: ExchangeObserver;
 }
 
@@ -60,19 +61,17 @@ export function sinksFor(config: Config['audit'], log: Logger): AuditSink[] {
   return sinks;
 }
 
-export async function openAudit(
-  config: Config,
-  deps: { log: Logger; metrics: Metrics; signingKeys: SigningKeys | undefined },
-): Promise<Audit | undefined> {
-  const sinks = sinksFor(config.audit, deps.log);
-  const captureConfig = config.audit.capture;
-  if (sinks.length === 0) {
-    if (captureConfig)
-      throw new Error(
-        'audit.capture needs an audit sink beside it (audit.file for "portcullis audit replay"): its entries are found by their records',
-      );
-    return undefined;
-  }
+/**
+ * The log and its sinks, opened where they run (the audit thread,
+ * worker.ts): every configured sink, and the capture beside them. A bad
+ * capture key or a sink that cannot open stops the start.
+ */
+export async function openAuditLog(
+  config: Config['audit'],
+  deps: { log: Logger; signer?: CheckpointSigner; metrics?: Metrics },
+): Promise<{ log: AuditLog; capture?: CaptureSink }> {
+  const sinks = sinksFor(config, deps.log);
+  const captureConfig = config.capture;
   let capture: CaptureSink | undefined;
   if (captureConfig) {
     const { keyFile, ...rest } = captureConfig;
@@ -88,28 +87,66 @@ export async function openAudit(
     });
     sinks.push(capture);
   }
-  const keys = deps.signingKeys;
   const log = await AuditLog.open({
     sinks,
     log: deps.log,
     metrics: deps.metrics,
+    signer: deps.signer,
+    checkpointIntervalMs: config.checkpointIntervalMs,
+    checkpointRecords: config.checkpointRecords,
+  });
+  return { log, capture };
+}
+
+/**
+ * The audit trail of a gateway: the log on its own thread (channel.ts), and
+ * the observer that feeds it. Undefined when no sink is configured.
+ */
+export async function openAudit(
+  config: Config,
+  deps: { log: Logger; metrics: Metrics; signingKeys: SigningKeys | undefined },
+): Promise<Audit | undefined> {
+  const hasSink =
+    config.audit.stdout !== undefined ||
+    config.audit.file !== undefined ||
+    config.audit.http !== undefined ||
+    config.audit.redisStream !== undefined ||
+    config.audit.postgres !== undefined;
+  if (!hasSink) {
+    if (config.audit.capture)
+      throw new Error(
+        'audit.capture needs an audit sink beside it (audit.file for "portcullis audit replay"): its entries are found by their records',
+      );
+    return undefined;
+  }
+  const keys = deps.signingKeys;
+  const channel = await AuditChannel.open({
+    audit: config.audit,
+    logLevel: config.log.level,
+    log: deps.log,
+    metrics: deps.metrics,
     signer: keys && ((claims) => keys.signCheckpoint(claims)),
-    checkpointIntervalMs: config.audit.checkpointIntervalMs,
-    checkpointRecords: config.audit.checkpointRecords,
   });
   deps.log.info(
     {
       event: 'audit.open',
-      sinks: sinks.map((s) => s.name),
-      chain: log.chainId,
+      sinks: channel.sinks,
+      chain: channel.chainId,
       signed: keys !== undefined,
+      thread: channel.threadId,
     },
     'audit trail open',
   );
   const credentialModes = new Map(
     Object.entries(config.servers).map(([name, server]) => [name, server.credential.mode]),
   );
-  return { log, observer: auditObserver(log, { credentialModes, capture }) };
+  return {
+    log: channel,
+    observer: auditObserver(channel, {
+      credentialModes,
+      capture: config.audit.capture !== undefined,
+    }),
+  };
 }
 
 /** Both observers, in order (audit first, so a test's observer sees records already made). */

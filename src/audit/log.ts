@@ -1,5 +1,6 @@
 /**
- * The audit log: one hash chain, handed to every sink. `append` is
+ * The audit log: one hash chain, handed to every sink. In a gateway it runs
+ * on the audit thread (worker.ts; channel.ts is its serving-thread side). `append` is
  * synchronous and cheap (a canonical serialization and one SHA-256): it gives
  * the record its place (`seq`, `prevHash`), seals it and gives the same line
  * to each sink, which queues it. Checkpoints sign the chain's head with the
@@ -56,15 +57,12 @@ export class AuditLog {
   /** Requests refused because the log was full, not yet written as one summary record. */
   private refusedWhileFull = 0;
   private readonly timer: NodeJS.Timeout;
-  private readonly published: Map<string, SinkStats>;
+  private readonly publisher = new SinkStatsPublisher();
 
   private constructor(
     private readonly options: Required<Omit<AuditLogOptions, 'metrics' | 'signer'>> &
       AuditLogOptions,
   ) {
-    this.published = new Map(
-      options.sinks.map((s) => [s.name, { written: 0, failed: 0, queued: 0, spoolBytes: 0 }]),
-    );
     // Metrics every few seconds; a checkpoint once its interval has passed with records since.
     this.timer = setInterval(
       () => {
@@ -112,8 +110,11 @@ export class AuditLog {
     return false;
   }
 
-  /** Appends one record of `kind`; the log gives it its place, time and hash. */
-  append(kind: AuditKind, fields: MessageFields & CheckpointFields): AuditRecord {
+  /**
+   * Appends one record of `kind`; the log gives it its place and hash, and
+   * its time (`at`, a `Date.now()` value, when it was made elsewhere).
+   */
+  append(kind: AuditKind, fields: MessageFields & CheckpointFields, at?: number): AuditRecord {
     if (this.closed) throw new Error('audit log is closed');
     if (this.refusedWhileFull > 0 && !this.full) this.summarizeRefusals();
     const record = fields as AuditRecord;
@@ -122,7 +123,7 @@ export class AuditLog {
     record.chain = this.chain;
     record.seq = ++this.seq;
     record.prevHash = this.head;
-    record.time = new Date().toISOString();
+    record.time = (at === undefined ? new Date() : new Date(at)).toISOString();
     const line = sealRecord(record);
     this.head = record.hash;
     for (const sink of this.options.sinks) sink.write(record, line);
@@ -136,8 +137,8 @@ export class AuditLog {
    * one (each record would grow the queue that is already over its bound), and
    * written as one refusal with its `count` as soon as the log has room.
    */
-  noteRefusedWhileFull(): void {
-    this.refusedWhileFull++;
+  noteRefusedWhileFull(count = 1): void {
+    this.refusedWhileFull += count;
   }
 
   private summarizeRefusals(): void {
@@ -231,26 +232,34 @@ export class AuditLog {
     return out;
   }
 
-  /** Copies each sink's counts into the metrics (counters grow by what is new). */
+  /** Copies each sink's counts into the metrics. */
   publishStats(): void {
-    const metrics = this.options.metrics;
-    if (!metrics) return;
-    for (const sink of this.options.sinks) {
-      const now = sink.stats();
-      const before = this.published.get(sink.name) as SinkStats;
+    if (this.options.metrics) this.publisher.publish(this.options.metrics, this.stats());
+  }
+}
+
+/**
+ * Copies sinks' counts into the metrics: counters grow by what is new since
+ * the last copy, gauges are set.
+ */
+export class SinkStatsPublisher {
+  private readonly published = new Map<string, SinkStats>();
+
+  publish(metrics: Metrics, stats: Record<string, SinkStats>): void {
+    for (const [sink, now] of Object.entries(stats)) {
+      const before = this.published.get(sink) ?? {
+        written: 0,
+        failed: 0,
+        queued: 0,
+        spoolBytes: 0,
+      };
       if (now.written > before.written)
-        metrics.auditRecords.inc(
-          { sink: sink.name, outcome: 'written' },
-          now.written - before.written,
-        );
+        metrics.auditRecords.inc({ sink, outcome: 'written' }, now.written - before.written);
       if (now.failed > before.failed)
-        metrics.auditRecords.inc(
-          { sink: sink.name, outcome: 'failed' },
-          now.failed - before.failed,
-        );
-      metrics.auditQueued.set({ sink: sink.name }, now.queued);
-      metrics.auditSpoolBytes.set({ sink: sink.name }, now.spoolBytes);
-      this.published.set(sink.name, { ...now });
+        metrics.auditRecords.inc({ sink, outcome: 'failed' }, now.failed - before.failed);
+      metrics.auditQueued.set({ sink }, now.queued);
+      metrics.auditSpoolBytes.set({ sink }, now.spoolBytes);
+      this.published.set(sink, { ...now });
     }
   }
 }

@@ -11,36 +11,69 @@
  * exchange (a GET stream, an SSE answer still open after its first records)
  * writes them as they come, with what is known at that moment.
  *
- * With capture on, each message record's message is held beside its fields
- * (the parsed message itself, not a copy) and handed to the capture with
- * the record once appended: its entry is bound to the record's hash, which
- * only the append knows.
+ * Records go to the audit thread (channel.ts) with the arguments their
+ * `argsHash` is made of, hashed there, off the serving thread. With capture
+ * on, each message record's message goes with it (the parsed message itself,
+ * not a copy, until the batch crosses): its entry is bound to the record's
+ * hash, which only the audit thread knows.
  */
 import { ANONYMOUS } from '../auth/principal.js';
 import type { Frame } from '../mcp/frame.js';
 import { TRACEPARENT } from '../telemetry/trace-context.js';
 import type { Exchange, ExchangeObserver, MessageOutcome } from '../server/exchange.js';
-import type { MessageCapture } from './capture.js';
-import type { AuditLog } from './log.js';
-import { argsHash } from './record.js';
-import type { AuditAction, AuditDecision, MessageFields } from './types.js';
+import type { AuditAction, AuditDecision, AuditKind, MessageFields } from './types.js';
+
+/**
+ * Where the observer's records go (the audit channel): each with the
+ * arguments to hash into its `argsHash` and, in capture mode, its message.
+ */
+export interface AuditAppender {
+  append(
+    kind: Exclude<AuditKind, 'checkpoint'>,
+    fields: MessageFields,
+    args?: unknown,
+    message?: unknown,
+  ): void;
+  noteRefusedWhileFull(): void;
+}
 
 export interface AuditObserverOptions {
   /** The credential mode of each server (`none`, `static`, `mint`, …): named, never the credential. */
   credentialModes: ReadonlyMap<string, string>;
-  /** Capture mode (`audit.capture`): where each message record's message goes; absent, off. */
-  capture?: MessageCapture;
+  /** Capture mode (`audit.capture`): each message record's message goes with it. */
+  capture: boolean;
 }
 
 /** Records an exchange holds back before it writes them as they come. */
 const MAX_HELD = 64;
-/** A `path` longer than this is cut: it is the client's, and the record should stay small. */
-const MAX_PATH = 256;
+/**
+ * A `path`, `method`, `tool` or string `rpcId` longer than this is cut: each
+ * is the client's (or the upstream's) to choose, up to the body limit, and a
+ * record should stay small. Replay compares a message with its record after
+ * the same cut.
+ */
+export const MAX_RECORDED_TEXT = 256;
+
+/** What a record holds of a client's text: at most MAX_RECORDED_TEXT UTF-16 units. */
+export function recordedText<T>(value: T): T {
+  return (
+    typeof value === 'string' && value.length > MAX_RECORDED_TEXT
+      ? value.slice(0, MAX_RECORDED_TEXT)
+      : value
+  ) as T;
+}
 
 const HELD = Symbol('portcullis.audit.held');
-/** The messages of the held records, in the same order (capture mode only). */
-const HELD_MESSAGES = Symbol('portcullis.audit.held-messages');
-type Held = Exchange & { [HELD]?: MessageFields[]; [HELD_MESSAGES]?: unknown[] };
+/**
+ * A held record: its fields, the arguments its `argsHash` is made of (hashed
+ * on the audit thread), and its message in capture mode.
+ */
+interface HeldRecord {
+  fields: MessageFields;
+  args: unknown;
+  message: unknown;
+}
+type Held = Exchange & { [HELD]?: HeldRecord[] };
 
 const ACTION: Record<MessageOutcome, AuditAction> = {
   allow: 'forward',
@@ -75,7 +108,10 @@ export function isErrorAnswer(frame: Frame): boolean {
   return result?.isError === true;
 }
 
-export function auditObserver(audit: AuditLog, options: AuditObserverOptions): ExchangeObserver {
+export function auditObserver(
+  audit: AuditAppender,
+  options: AuditObserverOptions,
+): ExchangeObserver {
   const capture = options.capture;
   const who = (x: Exchange, fields: MessageFields): MessageFields => {
     // Authenticated, the request knows its principal before the exchange is told (a body
@@ -117,15 +153,11 @@ export function auditObserver(audit: AuditLog, options: AuditObserverOptions): E
   const flush = (x: Held): void => {
     const held = x[HELD];
     if (held === undefined) return;
-    const messages = x[HELD_MESSAGES];
     x[HELD] = undefined;
-    x[HELD_MESSAGES] = undefined;
-    for (let i = 0; i < held.length; i++) {
-      const fields = held[i] as MessageFields;
+    for (const { fields, args, message } of held) {
       who(x, fields);
       outcome(x, fields);
-      const record = audit.append('message', fields);
-      if (messages !== undefined) capture?.capture(record, messages[i]);
+      audit.append('message', fields, args, message);
     }
   };
 
@@ -133,22 +165,22 @@ export function auditObserver(audit: AuditLog, options: AuditObserverOptions): E
     message(x: Held, frame, decided, rule, shadowed) {
       const fields: MessageFields = {};
       fields.direction = frame.direction === 'client-to-server' ? 'in' : 'out';
-      if (frame.id !== undefined) fields.rpcId = frame.id;
+      if (frame.id !== undefined) fields.rpcId = recordedText(frame.id);
       const answering =
         frame.method === undefined && frame.id !== undefined && frame.id !== null
           ? x.methodsById.get(frame.id)
           : undefined;
       const method = frame.method ?? answering;
-      if (method !== undefined) fields.method = method;
+      if (method !== undefined) fields.method = recordedText(method);
       const tool =
         frame.target ??
         (answering !== undefined && frame.id !== undefined && frame.id !== null
           ? x.targetsById?.get(frame.id)
           : undefined);
-      if (tool !== undefined) fields.tool = tool;
+      if (tool !== undefined) fields.tool = recordedText(tool);
+      let args: unknown;
       if (frame.kind === 'request' || frame.kind === 'notification') {
-        const args = argumentsOf(frame);
-        if (args !== undefined) fields.argsHash = argsHash(args);
+        args = argumentsOf(frame);
       } else {
         fields.isError = isErrorAnswer(frame);
       }
@@ -165,8 +197,7 @@ export function auditObserver(audit: AuditLog, options: AuditObserverOptions): E
       // Held until the end (so they carry its status, bytes and timings), unless the
       // exchange is a stream that may stay open for hours.
       const held = (x[HELD] ??= []);
-      held.push(fields);
-      if (capture !== undefined) (x[HELD_MESSAGES] ??= []).push(frame.message);
+      held.push({ fields, args, message: capture ? frame.message : undefined });
       if (x.longLived || held.length >= MAX_HELD) flush(x);
     },
 
@@ -178,7 +209,7 @@ export function auditObserver(audit: AuditLog, options: AuditObserverOptions): E
       const fields = who(x, {
         decision: 'deny',
         action: 'refuse',
-        path: (x.reply.request.url.split('?')[0] as string).slice(0, MAX_PATH),
+        path: recordedText(x.reply.request.url.split('?')[0] as string),
       });
       outcome(x, fields);
       audit.append('refusal', fields);

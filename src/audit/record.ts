@@ -7,7 +7,7 @@
  * Owns: `canonicalJson`, `argsHash`, `sealRecord` (hash and line of a
  * record) and `parseLine` (the reverse, with the hash checked).
  */
-import { createHash } from 'node:crypto';
+import { hash as oneShotHash } from 'node:crypto';
 import type { AuditRecord } from './types.js';
 
 export const GENESIS_HASH = '0'.repeat(64);
@@ -44,7 +44,7 @@ export function canonicalJson(value: unknown): string {
 }
 
 export function sha256Hex(text: string): string {
-  return createHash('sha256').update(text).digest('hex');
+  return oneShotHash('sha256', text, 'hex');
 }
 
 /**
@@ -56,8 +56,60 @@ export function argsHash(args: unknown): string {
   return sha256Hex(canonicalJson(args ?? {}));
 }
 
-/** The record without `hash`, canonical: what `hash` is the SHA-256 of. */
-function hashedPart(record: AuditRecord): string {
+/**
+ * The record without `hash`, canonical: what `hash` is the SHA-256 of. Every
+ * field of a record is a primitive but `args`, so an object literal with the
+ * fields in sorted order is, through JSON.stringify (which leaves `undefined`
+ * out), the canonical form: the same bytes as `canonicalJson`, without sorting
+ * keys per record. `args`, or a field this list does not know, takes the
+ * general path; `parseLine` always does, so a disagreement would show there.
+ */
+function hashedPart(r: AuditRecord): string {
+  if (r.args !== undefined) {
+    const { hash: _hash, ...rest } = r;
+    return canonicalJson(rest);
+  }
+  return JSON.stringify({
+    action: r.action,
+    argsHash: r.argsHash,
+    bytesIn: r.bytesIn,
+    bytesOut: r.bytesOut,
+    chain: r.chain,
+    client: r.client,
+    count: r.count,
+    credentialMode: r.credentialMode,
+    decision: r.decision,
+    direction: r.direction,
+    era: r.era,
+    error: r.error,
+    gatewayMs: r.gatewayMs,
+    isError: r.isError,
+    kind: r.kind,
+    method: r.method,
+    path: r.path,
+    prevHash: r.prevHash,
+    reason: r.reason,
+    rpcId: r.rpcId,
+    rule: r.rule,
+    seq: r.seq,
+    server: r.server,
+    session: r.session,
+    sig: r.sig,
+    signedHash: r.signedHash,
+    signedSeq: r.signedSeq,
+    status: r.status,
+    subject: r.subject,
+    tenant: r.tenant,
+    time: r.time,
+    tool: r.tool,
+    traceId: r.traceId,
+    upstreamMs: r.upstreamMs,
+    v: r.v,
+  } satisfies Record<Exclude<keyof AuditRecord, 'hash' | 'args'>, unknown>);
+}
+
+/** The record without `hash` by the general rule (any keys, sorted at every depth). */
+function canonicalHashedPart(record: AuditRecord): string {
   const { hash: _hash, ...rest } = record;
   return canonicalJson(rest);
 }
@@ -67,7 +119,10 @@ function hashedPart(record: AuditRecord): string {
  * hashed part with `hash` appended as the last member.
  */
 export function sealRecord(record: AuditRecord): string {
-  const body = hashedPart(record);
+  return seal(record, hashedPart(record));
+}
+
+function seal(record: AuditRecord, body: string): string {
   record.hash = sha256Hex(body);
   return body.slice(0, -1) + (body.length > 2 ? ',' : '') + `"hash":"${record.hash}"}`;
 }
@@ -100,7 +155,7 @@ export function parseLine(line: string): { record?: AuditRecord; problem?: LineP
     return { record, problem: 'not-a-record' };
   const claimed = record.hash;
   const copy = { ...record };
-  const resealed = sealRecord(copy);
+  const resealed = seal(copy, canonicalHashedPart(copy));
   if (copy.hash !== claimed) return { record, problem: 'hash-mismatch' };
   if (resealed !== line) return { record, problem: 'not-canonical' };
   return { record };

@@ -29,7 +29,7 @@ import type { JSONWebKeySet } from 'jose';
 import { encodeHeaderValue, META_PROTOCOL_VERSION, ToolHeaderRegistry } from '../mcp/era.js';
 import { toFrame, type Frame, type JsonRpcMessage } from '../mcp/frame.js';
 import { captureFiles, openCapture, parseCaptureLine, type CaptureEntry } from './capture.js';
-import { argumentsOf, isErrorAnswer } from './observer.js';
+import { argumentsOf, isErrorAnswer, recordedText } from './observer.js';
 import { argsHash, parseLine } from './record.js';
 import type { AuditRecord } from './types.js';
 import { readAuditFiles, verifyLines, type VerifyProblem } from './verify.js';
@@ -261,10 +261,12 @@ function opener(key: KeyObject, entries: Map<string, CaptureEntry | 'duplicate'>
     const disagree = (field: string) => ({
       problem: `lineage: ${what} decrypts, but its ${field} is not its record's`,
     });
-    if (frame.id !== record.rpcId) return disagree('id');
+    // A record holds at most MAX_RECORDED_TEXT of each text (observer.ts): compared after that cut.
+    if (recordedText(frame.id) !== record.rpcId) return disagree('id');
     if (record.direction === 'in') {
-      if (frame.method !== record.method) return disagree('method');
-      if (record.tool !== undefined && frame.target !== record.tool) return disagree('target');
+      if (recordedText(frame.method) !== record.method) return disagree('method');
+      if (record.tool !== undefined && recordedText(frame.target) !== record.tool)
+        return disagree('target');
       const args = argumentsOf(frame);
       const hash = args === undefined ? undefined : argsHash(args);
       if (hash !== record.argsHash) return disagree('arguments (argsHash)');
