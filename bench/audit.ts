@@ -34,6 +34,7 @@
 //        [--targets off,file,http,both] [--cpu-prof DIR] [--note TEXT] [--out FILE]
 import { execFileSync, type ChildProcess } from 'node:child_process';
 import {
+  appendFileSync,
   existsSync,
   mkdirSync,
   mkdtempSync,
@@ -99,6 +100,8 @@ const { values: flags } = parseArgs({
     targets: { type: 'string', default: 'off,file,http,both' },
     'cpu-prof': { type: 'string' },
     'audit-thread': { type: 'string', default: 'load' },
+    paced: { type: 'string', default: '8' },
+    'paced-delay-ms': { type: 'string', default: '12' },
     note: { type: 'string' },
     out: { type: 'string' },
   },
@@ -108,6 +111,9 @@ const durationS = Number(flags.duration);
 const warmupS = Number(flags.warmup);
 const connections = Number(flags.connections);
 const distinctCalls = Number(flags.calls);
+/** The paced step: this long, each connection waiting this long before each request. */
+const pacedS = Number(flags.paced);
+const pacedDelayMs = Number(flags['paced-delay-ms']);
 type TargetId = 'off' | 'file' | 'http' | 'both';
 const targets = flags.targets.split(',') as TargetId[];
 const outFile = flags.out ?? path.join(benchDir, 'RESULTS-audit.md');
@@ -326,14 +332,28 @@ interface Measured extends WrkResult {
   readonly relayCpuPct: number;
   /** The gateway's main thread alone (the one that serves requests). */
   readonly servingCpuPct: number;
+  /** The paced step (every target at about the same rate): its rate and the serving thread's CPU. */
+  readonly paced?: { readonly requestsPerSec: number; readonly servingCpuPct: number };
   readonly otherCpuPct: number;
   /** Answered wrk calls, warm-up included. */
   readonly wrkCalls: number;
 }
 
-async function measure(running: Running, origin: Server, script: string): Promise<Measured> {
-  const wrk = (d: number) =>
-    runWrk({ url: running.url, script, connections, threads: 1, cpus: loadCpus, durationS: d });
+async function measure(
+  running: Running,
+  origin: Server,
+  script: string,
+  pacedScript: string,
+): Promise<Measured> {
+  const wrk = (d: number, lua = script) =>
+    runWrk({
+      url: running.url,
+      script: lua,
+      connections,
+      threads: 1,
+      cpus: loadCpus,
+      durationS: d,
+    });
   const warm = warmupS > 0 ? await wrk(warmupS) : undefined;
   pinThreads(running.pid);
   const watched = [
@@ -347,12 +367,29 @@ async function measure(running: Running, origin: Server, script: string): Promis
   const t0 = performance.now();
   const result = await wrk(durationS);
   const seconds = (performance.now() - t0) / 1000;
+  const relayCpuPct = cpuPct(cpuTicks(running.pid) - ticks0, seconds);
+  const servingCpuPct = cpuPct(mainThreadTicks(running.pid) - serving0, seconds);
+  const otherCpuPct = foreignCpuPct(before, cpuSnapshot(watched));
+  let paced: Measured['paced'];
+  let pacedCalls = 0;
+  if (pacedS > 0) {
+    const p0 = mainThreadTicks(running.pid);
+    const pt0 = performance.now();
+    const r = await wrk(pacedS, pacedScript);
+    const ps = (performance.now() - pt0) / 1000;
+    paced = {
+      requestsPerSec: r.requestsPerSec,
+      servingCpuPct: cpuPct(mainThreadTicks(running.pid) - p0, ps),
+    };
+    pacedCalls = r.requests;
+  }
   return {
     ...result,
-    relayCpuPct: cpuPct(cpuTicks(running.pid) - ticks0, seconds),
-    servingCpuPct: cpuPct(mainThreadTicks(running.pid) - serving0, seconds),
-    otherCpuPct: foreignCpuPct(before, cpuSnapshot(watched)),
-    wrkCalls: result.requests + (warm?.requests ?? 0),
+    relayCpuPct,
+    servingCpuPct,
+    otherCpuPct,
+    paced,
+    wrkCalls: result.requests + (warm?.requests ?? 0) + pacedCalls,
   };
 }
 
@@ -577,6 +614,7 @@ async function runTarget(
     receiver: Receiver;
     receiverUrl: string;
     script: string;
+    pacedScript: string;
   },
 ): Promise<RoundResult> {
   const { file, auditDir } = writeConfig(id, round, ctx.keysFile, ctx.origin.port, ctx.receiverUrl);
@@ -586,7 +624,7 @@ async function runTarget(
   let catchUpMs: number | undefined;
   try {
     await sanityCheck(running.url);
-    measured = await measure(running, ctx.origin, ctx.script);
+    measured = await measure(running, ctx.origin, ctx.script, ctx.pacedScript);
     log(
       `  ${measured.requestsPerSec.toFixed(0)} req/s, relay CPU ${measured.relayCpuPct.toFixed(0)}%, other CPU ${measured.otherCpuPct.toFixed(0)}%`,
     );
@@ -633,6 +671,11 @@ async function main(): Promise<void> {
   const receiver = new Receiver();
   const receiverUrl = await receiver.listen();
   const script = writeWrkScript(tmpDir, toolCall(TOOL_ECHO));
+  // The same request, each connection pausing before each one: about the same rate for every
+  // target, well under what any of them sustains, so the serving thread's CPU per call compares
+  // like with like (closed-loop, the load generator's own share of the cores sets the rate).
+  const pacedScript = writeWrkScript(tmpDir, toolCall(TOOL_ECHO), 'tools-call-paced.lua');
+  appendFileSync(pacedScript, `function delay()\n  return ${pacedDelayMs}\nend\n`);
   const byTarget = new Map<TargetId, RoundResult[]>(targets.map((t) => [t, []]));
   try {
     for (let round = 0; round < rounds; round++) {
@@ -646,6 +689,7 @@ async function main(): Promise<void> {
           receiver,
           receiverUrl,
           script,
+          pacedScript,
         });
         byTarget.get(id)?.push(result);
       }
@@ -667,14 +711,21 @@ function writeReport(byTarget: ReadonlyMap<TargetId, RoundResult[]>): void {
   const has = (a: TargetId, b: TargetId) => targets.includes(a) && targets.includes(b);
   /** The serving thread's CPU per call (µs): what bounds one process's throughput. */
   const servingUs = (m: Measured) => (m.servingCpuPct / 100 / m.requestsPerSec) * 1e6;
-  const servingRow = (a: TargetId, b: TargetId, what: string) => {
+  const pacedUs = (m: Measured) =>
+    m.paced === undefined ? NaN : (m.paced.servingCpuPct / 100 / m.paced.requestsPerSec) * 1e6;
+  const servingRow = (a: TargetId, b: TargetId, what: string, us: (m: Measured) => number) => {
     if (!has(a, b)) return `| ${what} | n/a | n/a | n/a |`;
     const per = results(a).map(
-      (r, i) => servingUs((results(b)[i] as RoundResult).measured) / servingUs(r.measured),
+      (r, i) => us((results(b)[i] as RoundResult).measured) / us(r.measured),
     );
-    const ua = median(results(a).map((r) => servingUs(r.measured)));
-    const ub = median(results(b).map((r) => servingUs(r.measured)));
+    const ua = median(results(a).map((r) => us(r.measured)));
+    const ub = median(results(b).map((r) => us(r.measured)));
     return `| ${what} | ${(ub / ua).toFixed(3)} | ${median(per).toFixed(3)} | ${per.map((r) => r.toFixed(2)).join(', ')} |`;
+  };
+  const pacedRow = (id: TargetId) => {
+    const ms = results(id).map((r) => r.measured);
+    const rates = ms.map((m) => m.paced?.requestsPerSec ?? NaN);
+    return `| ${label[id]} | ${median(rates).toFixed(0)} | ${median(ms.map((m) => m.paced?.servingCpuPct ?? NaN)).toFixed(0)} | ${median(ms.map(pacedUs)).toFixed(0)} | ${ms.map((m) => pacedUs(m).toFixed(0)).join(', ')} |`;
   };
   const ratioRow = (a: TargetId, b: TargetId, what: string) => {
     if (!has(a, b)) return `| ${what} | n/a | n/a | n/a |`;
@@ -743,13 +794,20 @@ function writeReport(byTarget: ReadonlyMap<TargetId, RoundResult[]>): void {
     ratioRow('file', 'off', 'file / off'),
     ratioRow('http', 'off', 'http / off'),
     '',
-    "The serving thread's capacity: its CPU per call with audit off / with the audit trail on (1.0 = the audit trail costs the thread that serves requests nothing; a process is bound by this thread when it has a core to itself and its other threads have cores of their own).",
+    `The serving thread at an equal rate: after the measured step, ${pacedS} s more of the same calls with each connection pausing ${pacedDelayMs} ms before each one (wrk's \`delay()\`), so every target runs at about the same rate, below what any of them sustains; the serving thread's CPU per call is then the audit trail's cost to the thread that bounds a gateway process's throughput, apart from how much of the shared cores the load generator gets.`,
+    '',
+    '| target | paced req/s (median) | serving thread CPU % | serving thread µs per call | per round |',
+    '| --- | ---: | ---: | ---: | --- |',
+    ...targets.map(pacedRow),
+    '',
+    "The serving thread's capacity: its CPU per call with audit off / with the audit trail on (1.0 = the audit trail costs the thread that serves requests nothing). A gateway process is bound by this thread when it has a core to itself and its other threads (the audit thread above all) have cores of their own.",
     '',
     '| capacity of the serving thread | of the medians | median of the rounds | per round |',
     '| --- | ---: | ---: | --- |',
-    servingRow('both', 'off', 'file + http vs off'),
-    servingRow('file', 'off', 'file vs off'),
-    servingRow('http', 'off', 'http vs off'),
+    servingRow('both', 'off', 'file + http vs off, at an equal rate', pacedUs),
+    servingRow('file', 'off', 'file vs off, at an equal rate', pacedUs),
+    servingRow('http', 'off', 'http vs off, at an equal rate', pacedUs),
+    servingRow('both', 'off', 'file + http vs off, closed loop', servingUs),
     '',
     `Records, summed over the rounds. wrk calls: answered (warm-up, measured, the sanity check) / recorded in and out in every sink (wrk stops with up to ${connections} calls in flight: recorded, not counted). Distinct calls: \`--calls\` calls with their own ids after the measured step, each checked for its inbound and outbound record in every sink. Duplicates: records the receiver got twice (the http sink is at least once). Catch-up: how long after wrk stopped the receiver still got records (median). Bytes per record: the audit files' bytes / their records; on the wire, the POST bodies' bytes / the records in them. Lost: records one sink holds and the other lacks, calls without their records, sinks whose records do not verify as one closed chain from its genesis with every checkpoint signed, and records the gateway reported undelivered at exit.`,
     '',
