@@ -10,7 +10,7 @@
  * queue has no hard bound; `full` tells the gateway to stop admitting
  * requests while it holds more than `queueMax`.
  */
-import type { AuditRecord } from '../types.js';
+import type { AuditRecord, SinkStats } from '../types.js';
 
 /** Records per batch, for sinks whose destination takes many records in one round trip. */
 export const DEFAULT_BATCH_MAX_RECORDS = 500;
@@ -170,5 +170,70 @@ export function reportError(onError: ((err: Error) => void) | undefined, err: un
     onError?.(err instanceof Error ? err : new Error(String(err)));
   } catch {
     // The records matter more than the report.
+  }
+}
+
+export interface BatchedSinkOptions {
+  name: string;
+  batchMaxRecords?: number;
+  flushIntervalMs?: number;
+  queueMax?: number;
+  onError?: (err: Error) => void;
+}
+
+/**
+ * A sink that delivers through a BatchQueue (Redis stream, PostgreSQL): the
+ * queue keeps the order, the bound and the retries; the sink says how a
+ * batch is stored (`deliver`), what stops before the queue is closed
+ * (`stopping`, its timers) and what it lets go of after (`release`, its
+ * connection).
+ */
+export abstract class BatchedSink {
+  readonly name: string;
+  protected readonly queue: BatchQueue;
+  private closed = false;
+
+  protected constructor(options: BatchedSinkOptions) {
+    this.name = options.name;
+    this.queue = new BatchQueue({
+      batchMaxRecords: options.batchMaxRecords ?? DEFAULT_BATCH_MAX_RECORDS,
+      flushIntervalMs: options.flushIntervalMs ?? DEFAULT_FLUSH_INTERVAL_MS,
+      queueMax: options.queueMax ?? DEFAULT_QUEUE_MAX_RECORDS,
+      deliver: (batch) => this.deliver(batch),
+      ...(options.onError ? { onError: options.onError } : {}),
+    });
+  }
+
+  /** Stores the whole batch, in order, or rejects (it is offered again). */
+  protected abstract deliver(batch: readonly QueuedRecord[]): Promise<void>;
+
+  /** At close, before the queue's last deliveries: the sink's own timers stop. */
+  protected abstract stopping(): void;
+
+  /** After the queue is closed: the sink lets its connection go by `deadline`. */
+  protected abstract release(deadline: number): Promise<void>;
+
+  get full(): boolean {
+    return this.queue.full;
+  }
+
+  write(record: AuditRecord, line: string): void {
+    this.queue.push({ record, line });
+  }
+
+  flush(deadline: number): Promise<void> {
+    return this.queue.flush(deadline);
+  }
+
+  async close(deadline: number): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.stopping();
+    await this.queue.close(deadline);
+    await this.release(deadline);
+  }
+
+  stats(): SinkStats {
+    return { ...this.queue.counts, spoolBytes: 0 };
   }
 }

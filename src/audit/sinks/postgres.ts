@@ -26,15 +26,8 @@
  * a crash.
  */
 import pg from 'pg';
-import type { AuditRecord, AuditSink, SinkStats } from '../types.js';
-import {
-  BatchQueue,
-  DEFAULT_BATCH_MAX_RECORDS,
-  DEFAULT_FLUSH_INTERVAL_MS,
-  DEFAULT_QUEUE_MAX_RECORDS,
-  reportError,
-  type QueuedRecord,
-} from './batch-queue.js';
+import type { AuditRecord, AuditSink } from '../types.js';
+import { BatchedSink, reportError, type QueuedRecord } from './batch-queue.js';
 import { untilDeadline } from './timing.js';
 
 export const DEFAULT_POSTGRES_TABLE = 'portcullis_audit';
@@ -204,24 +197,21 @@ export interface PostgresSinkOptions {
   onError?: (err: Error) => void;
 }
 
-export class PostgresSink implements AuditSink {
+export class PostgresSink extends BatchedSink implements AuditSink {
   readonly kind = 'postgres' as const;
-  readonly name: string;
   private readonly table: AuditTable;
   private readonly retentionDays: number;
   private readonly pool: pg.Pool;
-  private readonly queue: BatchQueue;
   private readonly insertSql: string;
   private readonly maintenanceTimer: NodeJS.Timeout;
   /** Set up once per sink; cleared on failure so the next delivery tries again. */
   private schemaReady: Promise<void> | undefined;
   /** UTC midnights (ms) whose partition is known to exist. */
   private readonly partitions = new Set<number>();
-  private closed = false;
 
   /** Validates the names (throws RangeError); connects on first use. */
   constructor(private readonly options: PostgresSinkOptions) {
-    this.name = options.name;
+    super(options);
     this.table = auditTable(options.table ?? DEFAULT_POSTGRES_TABLE, options.schema);
     this.retentionDays = options.retentionDays ?? DEFAULT_POSTGRES_RETENTION_DAYS;
     this.pool = new pg.Pool({
@@ -241,20 +231,9 @@ export class PostgresSink implements AuditSink {
     this.insertSql =
       `INSERT INTO ${this.table.sql} (${COLUMNS.map((c) => c.name).join(', ')}) ` +
       `SELECT * FROM unnest(${placeholders}) ON CONFLICT DO NOTHING`;
-    this.queue = new BatchQueue({
-      batchMaxRecords: options.batchMaxRecords ?? DEFAULT_BATCH_MAX_RECORDS,
-      flushIntervalMs: options.flushIntervalMs ?? DEFAULT_FLUSH_INTERVAL_MS,
-      queueMax: options.queueMax ?? DEFAULT_QUEUE_MAX_RECORDS,
-      deliver: (batch) => this.deliver(batch),
-      ...(options.onError ? { onError: options.onError } : {}),
-    });
     this.maintenanceTimer = setInterval(() => {
       this.maintain().catch((err: unknown) => reportError(options.onError, err));
     }, DEFAULT_POSTGRES_MAINTENANCE_INTERVAL_MS).unref();
-  }
-
-  get full(): boolean {
-    return this.queue.full;
   }
 
   /**
@@ -271,27 +250,15 @@ export class PostgresSink implements AuditSink {
     return line === undefined ? undefined : (JSON.parse(line) as AuditRecord);
   }
 
-  write(record: AuditRecord, line: string): void {
-    this.queue.push({ record, line });
-  }
-
-  flush(deadline: number): Promise<void> {
-    return this.queue.flush(deadline);
-  }
-
-  async close(deadline: number): Promise<void> {
-    if (this.closed) return;
-    this.closed = true;
+  protected stopping(): void {
     clearInterval(this.maintenanceTimer);
-    await this.queue.close(deadline);
+  }
+
+  protected async release(deadline: number): Promise<void> {
     await untilDeadline(this.pool.end(), deadline);
   }
 
-  stats(): SinkStats {
-    return { ...this.queue.counts, spoolBytes: 0 };
-  }
-
-  private async deliver(batch: readonly QueuedRecord[]): Promise<void> {
+  protected async deliver(batch: readonly QueuedRecord[]): Promise<void> {
     await this.ensureSchema();
     await this.ensurePartitions(batch.map((e) => dayOf(e.record.time)));
     const values = COLUMNS.map((c) => batch.map((e) => c.value(e.record, e.line)));

@@ -18,15 +18,8 @@
  * duplicate, which `audit verify` reports as a repeated `seq` (never a gap).
  */
 import { Redis } from 'ioredis';
-import type { AuditRecord, AuditSink, SinkStats } from '../types.js';
-import {
-  BatchQueue,
-  DEFAULT_BATCH_MAX_RECORDS,
-  DEFAULT_FLUSH_INTERVAL_MS,
-  DEFAULT_QUEUE_MAX_RECORDS,
-  reportError,
-  type QueuedRecord,
-} from './batch-queue.js';
+import type { AuditRecord, AuditSink } from '../types.js';
+import { BatchedSink, reportError, type QueuedRecord } from './batch-queue.js';
 import { untilDeadline } from './timing.js';
 
 export const DEFAULT_REDIS_STREAM_KEY = 'portcullis:audit';
@@ -56,24 +49,21 @@ export interface RedisStreamSinkOptions {
   onError?: (err: Error) => void;
 }
 
-export class RedisStreamSink implements AuditSink {
+export class RedisStreamSink extends BatchedSink implements AuditSink {
   readonly kind = 'redis-stream' as const;
-  readonly name: string;
   private readonly key: string;
   private readonly retentionMs: number;
   private readonly commandTimeoutMs: number;
   private readonly client: Redis;
-  private readonly queue: BatchQueue;
   private readonly trimTimer: NodeJS.Timeout;
   /** The newest entry known to be in the stream: where the search for a batch whose reply was lost begins. */
   private knownId: string | undefined;
   /** A batch failed after it may have reached Redis: the next attempt looks before it sends. */
   private maybeStored = false;
-  private closed = false;
 
   /** Starts connecting at once; reconnects until closed. */
   constructor(private readonly options: RedisStreamSinkOptions) {
-    this.name = options.name;
+    super(options);
     this.key = options.key ?? DEFAULT_REDIS_STREAM_KEY;
     this.retentionMs = options.retentionMs ?? DEFAULT_REDIS_STREAM_RETENTION_MS;
     this.commandTimeoutMs = options.commandTimeoutMs ?? DEFAULT_REDIS_STREAM_COMMAND_TIMEOUT_MS;
@@ -92,21 +82,10 @@ export class RedisStreamSink implements AuditSink {
     // Reported through the failed batch or trim instead; each reconnect attempt would repeat it.
     this.client.on('error', () => undefined);
     this.client.connect().catch(() => undefined);
-    this.queue = new BatchQueue({
-      batchMaxRecords: options.batchMaxRecords ?? DEFAULT_BATCH_MAX_RECORDS,
-      flushIntervalMs: options.flushIntervalMs ?? DEFAULT_FLUSH_INTERVAL_MS,
-      queueMax: options.queueMax ?? DEFAULT_QUEUE_MAX_RECORDS,
-      deliver: (batch) => this.deliver(batch),
-      ...(options.onError ? { onError: options.onError } : {}),
-    });
     this.trimTimer = setInterval(
       () => void this.trim(),
       DEFAULT_REDIS_STREAM_TRIM_INTERVAL_MS,
     ).unref();
-  }
-
-  get full(): boolean {
-    return this.queue.full;
   }
 
   /**
@@ -126,29 +105,17 @@ export class RedisStreamSink implements AuditSink {
     return JSON.parse(line) as AuditRecord;
   }
 
-  write(record: AuditRecord, line: string): void {
-    this.queue.push({ record, line });
-  }
-
-  flush(deadline: number): Promise<void> {
-    return this.queue.flush(deadline);
-  }
-
-  async close(deadline: number): Promise<void> {
-    if (this.closed) return;
-    this.closed = true;
+  protected stopping(): void {
     clearInterval(this.trimTimer);
-    await this.queue.close(deadline);
+  }
+
+  protected async release(deadline: number): Promise<void> {
     // QUIT lets replies in flight arrive; past the deadline the socket is just dropped.
     if (this.client.status === 'ready') await untilDeadline(this.client.quit(), deadline);
     this.client.disconnect();
   }
 
-  stats(): SinkStats {
-    return { ...this.queue.counts, spoolBytes: 0 };
-  }
-
-  private async deliver(batch: readonly QueuedRecord[]): Promise<void> {
+  protected async deliver(batch: readonly QueuedRecord[]): Promise<void> {
     let fresh = batch;
     if (this.maybeStored) {
       fresh = batch.slice(await this.storedPrefix(batch));
