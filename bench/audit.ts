@@ -60,6 +60,9 @@ import { readAuditFiles, verifyLines, type SourceLine } from '../src/audit/verif
 import { TOOL_ECHO, toolCall } from './mcp.js';
 import {
   compileBenchChildren,
+  QUIET_CPU_PCT,
+  QUIET_WAIT_MS,
+  GATEWAY_READY_LOG,
   cpuPct,
   cpuSnapshot,
   cpuTicks,
@@ -73,11 +76,9 @@ import {
   waitForQuiet,
   type Server,
 } from './proc.js';
-import { runWrk, writeWrkScript, type WrkResult } from './wrk.js';
+import { writeRawResults, writeResultsSection } from './results.js';
+import { runWrk, wrkVersion, writeWrkScript, type WrkResult } from './wrk.js';
 
-const QUIET_CPU_PCT = 20;
-const QUIET_WAIT_MS = 15_000;
-const GATEWAY_READY_LOG = 'gateway listening';
 /** The gateway's default drain bound; its exit is awaited a little longer before SIGKILL. */
 const DRAIN_TIMEOUT_MS = 10_000;
 const EXIT_WAIT_MS = DRAIN_TIMEOUT_MS + 10_000;
@@ -578,20 +579,6 @@ async function account(
   };
 }
 
-/** wrk prints its version and exits 1. */
-function wrkVersion(): string {
-  let out = '';
-  try {
-    out = execFileSync('wrk', ['--version'], {
-      encoding: 'utf8',
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-  } catch (err) {
-    out = String((err as { stdout?: unknown }).stdout ?? '');
-  }
-  return out.split('\n')[0]?.split(' Copyright')[0]?.trim() || 'wrk';
-}
-
 // ---- main --------------------------------------------------------------------------------------
 const median = (xs: readonly number[]): number => {
   const s = [...xs].sort((a, b) => a - b);
@@ -817,23 +804,8 @@ function writeReport(byTarget: ReadonlyMap<TargetId, RoundResult[]>): void {
     '',
   ].join('\n');
   console.log(section);
-  const BEGIN = '<!-- bench/audit.ts -->';
-  const END = '<!-- /bench/audit.ts -->';
-  const block = `${BEGIN}\n${section}${END}`;
-  const existing = existsSync(outFile) ? readFileSync(outFile, 'utf8') : '# Audit trail\n\n';
-  const at = existing.indexOf(BEGIN);
-  writeFileSync(
-    outFile,
-    at === -1
-      ? `${existing.trimEnd()}\n\n${block}\n`
-      : `${existing.slice(0, at)}${block}${existing.slice(existing.indexOf(END) + END.length)}`,
-  );
-  const rawDir = path.join(benchDir, 'results/raw');
-  mkdirSync(rawDir, { recursive: true });
-  writeFileSync(
-    path.join(rawDir, `audit-${new Date().toISOString().replace(/[:.]/g, '-')}.json`),
-    `${JSON.stringify(Object.fromEntries(byTarget), null, 2)}\n`,
-  );
+  writeResultsSection(outFile, 'audit', section, 'Audit trail');
+  writeRawResults('audit', Object.fromEntries(byTarget));
   log(`wrote ${path.relative(repoDir, outFile)}`);
 }
 

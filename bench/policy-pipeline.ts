@@ -25,7 +25,7 @@
 //
 // Usage: npm run bench:policy-pipeline -- --base DIR [--rounds 5 --duration 10 --warmup 3]
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -42,6 +42,9 @@ import {
 } from './policy-fixture.js';
 import {
   compileBenchChildren,
+  QUIET_CPU_PCT,
+  QUIET_WAIT_MS,
+  GATEWAY_READY_LOG,
   cpuPct,
   cpuSnapshot,
   cpuTicks,
@@ -55,11 +58,8 @@ import {
   waitForQuiet,
   type Server,
 } from './proc.js';
-import { runWrk, writeWrkScript, type WrkResult } from './wrk.js';
-
-const QUIET_CPU_PCT = 20;
-const QUIET_WAIT_MS = 15_000;
-const GATEWAY_READY_LOG = 'gateway listening';
+import { writeRawResults, writeResultsSection } from './results.js';
+import { runWrk, wrkVersion, writeWrkScript, type WrkResult } from './wrk.js';
 
 const benchDir = path.dirname(fileURLToPath(import.meta.url));
 const repoDir = path.resolve(benchDir, '..');
@@ -250,20 +250,6 @@ async function measure(running: Running, origin: Server, script: string): Promis
   };
 }
 
-/** wrk prints its version and exits 1. */
-function wrkVersion(): string {
-  let out = '';
-  try {
-    out = execFileSync('wrk', ['--version'], {
-      encoding: 'utf8',
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-  } catch (err) {
-    out = String((err as { stdout?: unknown }).stdout ?? '');
-  }
-  return out.split('\n')[0]?.split(' Copyright')[0]?.trim() || 'wrk';
-}
-
 // ---- main --------------------------------------------------------------------------------------
 const median = (xs: readonly number[]): number => {
   const s = [...xs].sort((a, b) => a - b);
@@ -361,23 +347,8 @@ async function main(): Promise<void> {
     '',
   ].join('\n');
   console.log(section);
-  const BEGIN = '<!-- bench/policy-pipeline.ts -->';
-  const END = '<!-- /bench/policy-pipeline.ts -->';
-  const block = `${BEGIN}\n${section}${END}`;
-  const existing = existsSync(outFile) ? readFileSync(outFile, 'utf8') : '# Policy benchmarks\n\n';
-  const at = existing.indexOf(BEGIN);
-  writeFileSync(
-    outFile,
-    at === -1
-      ? `${existing.trimEnd()}\n\n${block}\n`
-      : `${existing.slice(0, at)}${block}${existing.slice(existing.indexOf(END) + END.length)}`,
-  );
-  const rawDir = path.join(benchDir, 'results/raw');
-  mkdirSync(rawDir, { recursive: true });
-  writeFileSync(
-    path.join(rawDir, `policy-pipeline-${new Date().toISOString().replace(/[:.]/g, '-')}.json`),
-    `${JSON.stringify(Object.fromEntries(byTarget), null, 2)}\n`,
-  );
+  writeResultsSection(outFile, 'policy-pipeline', section, 'Policy benchmarks');
+  writeRawResults('policy-pipeline', Object.fromEntries(byTarget));
   log(`wrote ${path.relative(repoDir, outFile)}`);
 }
 

@@ -14,7 +14,6 @@
 // tests.
 //
 // Usage: npm run bench:policy [-- --iterations 200000 --list-iterations 2000]
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -25,7 +24,8 @@ import { toFrame, type Frame } from '../src/mcp/frame.js';
 import { compilePolicy, type DecisionContext, type Policy } from '../src/policy/policy.js';
 import { MemoryPinBook } from '../src/policy/tools.js';
 import { LiveTools } from '../src/server/decide.js';
-import { cpuSnapshot, foreignCpuPct, waitForQuiet } from './proc.js';
+import { cpuSnapshot, foreignCpuPct, QUIET_CPU_PCT, QUIET_WAIT_MS, waitForQuiet } from './proc.js';
+import { writeResultsSection } from './results.js';
 import {
   GRANT,
   OTHER_SERVER,
@@ -52,8 +52,6 @@ const WARMUP_SHARE = 0.1;
 const POOL = 1024;
 const TARGET_P99_US = 20;
 /** Each line starts once other processes use less than this share of one core (or after the wait). */
-const QUIET_CPU_PCT = 20;
-const QUIET_WAIT_MS = 15_000;
 
 const repoDir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const outFile = flags.out ?? path.join(repoDir, 'bench/RESULTS-policy.md');
@@ -418,14 +416,5 @@ const section = [
 ].join('\n');
 
 console.log(section);
-const BEGIN = '<!-- bench/policy.ts -->';
-const END = '<!-- /bench/policy.ts -->';
-const block = `${BEGIN}\n${section}${END}`;
-const existing = existsSync(outFile) ? readFileSync(outFile, 'utf8') : '# Policy benchmarks\n\n';
-const at = existing.indexOf(BEGIN);
-const next =
-  at === -1
-    ? `${existing.trimEnd()}\n\n${block}\n`
-    : `${existing.slice(0, at)}${block}${existing.slice(existing.indexOf(END) + END.length)}`;
-writeFileSync(outFile, next);
+writeResultsSection(outFile, 'policy', section, 'Policy benchmarks');
 console.log(`wrote ${path.relative(repoDir, outFile)}`);

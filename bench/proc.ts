@@ -16,6 +16,13 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import ts from 'typescript';
 
+/** Before a measured step: other processes must be under this much of a core … */
+export const QUIET_CPU_PCT = 20;
+/** … waited for at most this long. */
+export const QUIET_WAIT_MS = 15_000;
+/** What the gateway logs once it listens. */
+export const GATEWAY_READY_LOG = 'gateway listening';
+
 export const READY_TIMEOUT_MS = 20_000;
 const STOP_GRACE_MS = 3_000;
 const POLL_INTERVAL_MS = 50;

@@ -41,7 +41,9 @@ import {
   cpuTicks,
   foreignCpuPct,
   freePort,
+  GATEWAY_READY_LOG,
   launch,
+  QUIET_CPU_PCT,
   rssKiB,
   startJsonPortServer,
   startLogged,
@@ -82,10 +84,7 @@ const UPSTREAM_DRAIN_TIMEOUT_MS = 10_000;
 const SSE_CONCURRENCY = 16;
 /** File descriptors a process needs beyond its held sockets. */
 const FD_HEADROOM = 1_000;
-const GATEWAY_READY_LOG = 'gateway listening';
-/** A measurement starts once other processes use less than this share of one core... */
-const QUIET_CPU_PCT = 20;
-/** ...and is repeated (up to --retries) if they took more than this while it ran. */
+/** A measurement starts once other processes use less than QUIET_CPU_PCT of one core, and is repeated (up to --retries) if they took more than this while it ran. */
 const NOISY_CPU_PCT = 25;
 
 const benchDir = path.dirname(fileURLToPath(import.meta.url));

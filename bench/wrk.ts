@@ -1,6 +1,6 @@
 // Closed-loop throughput with wrk (C, Debian package): a generated Lua script makes every
 // request the same valid modern-era tools/call POST.
-import { execFile } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -92,4 +92,18 @@ export async function runWrk(o: {
     killSignal: 'SIGKILL',
   });
   return parseWrk(stdout);
+}
+
+/** wrk prints its version and exits 1. */
+export function wrkVersion(): string {
+  let out = '';
+  try {
+    out = execFileSync('wrk', ['--version'], {
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+  } catch (err) {
+    out = String((err as { stdout?: unknown }).stdout ?? '');
+  }
+  return out.split('\n')[0]?.split(' Copyright')[0]?.trim() || 'wrk';
 }
