@@ -56,8 +56,6 @@ const signer: CheckpointSigner | undefined = init.signed
 
 let audit: AuditLog | undefined;
 let capture: CaptureSink | undefined;
-/** What came before the log was open (nothing should: the gateway waits for `ready`). */
-const early: ToWorker[] = [];
 
 function refreshFull(): void {
   if (audit) Atomics.store(state, STATE_FULL, audit.full ? 1 : 0);
@@ -71,10 +69,8 @@ function handle(m: ToWorker): void {
     else waiting?.reject(new Error(m.error ?? 'not signed'));
     return;
   }
-  if (!audit) {
-    early.push(m);
-    return;
-  }
+  // Before `ready` the gateway sends nothing but signatures (it waits for the log to open).
+  if (!audit) return;
   const trail = audit;
   if (m.t === 'records') {
     for (const [kind, fields, at, args, message] of m.batch) {
@@ -109,5 +105,4 @@ if (audit) {
   setInterval(refreshFull, FULL_REFRESH_MS).unref();
   setInterval(() => post({ t: 'stats', stats: opened.stats() }), STATS_MS).unref();
   post({ t: 'ready', chain: opened.chainId, sinks: Object.keys(opened.stats()), tid: threadId() });
-  for (const m of early.splice(0)) handle(m);
 }
