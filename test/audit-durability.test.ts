@@ -12,8 +12,6 @@
 import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -25,6 +23,7 @@ import type { JSONWebKeySet } from 'jose';
 import { Agent, request, type Dispatcher } from 'undici';
 import { stringify } from 'yaml';
 import { startModernServer } from './fixtures/modern-server.js';
+import { Receiver } from './helpers/receiver.js';
 import { ACCEPT_BOTH, modernCall, modernHeaders } from './helpers/requests.js';
 import { writeKeys } from '../src/cli/dev.js';
 import { argsHash } from '../src/audit/record.js';
@@ -46,51 +45,18 @@ const EXIT_BOUND_MS = DRAIN_TIMEOUT_MS + 1_500;
 const WAIT_MS = 15_000;
 
 /**
- * Stands in for a SIEM's collector (a JSON webhook, the sink's `format:
- * json`): it takes each POSTed array of records with a 200, and can be
- * stopped and started again on the same port, as a collector that goes away
- * and comes back does. A POST cut off by a stop is not counted; one it
- * answered whose answer was lost on the way is sent again, and counted twice.
+ * A SIEM's collector (a JSON webhook, the sink's `format: json`) on the
+ * shared receiver: each POSTed array of records taken with a 200. A POST cut
+ * off by a stop is not counted; one it answered whose answer was lost on the
+ * way is sent again, and counted twice.
  */
-class Collector {
+class Collector extends Receiver {
   /** Every record it acknowledged, with the line the gateway sealed, in arrival order. */
-  readonly received: Array<{ readonly line: string; readonly record: AuditRecord }> = [];
-  /** POSTs acknowledged since the last start. */
-  batchesSinceStart = 0;
-  private server: Server | undefined;
-  private port = 0;
-
-  get url(): string {
-    return `http://127.0.0.1:${this.port}/audit`;
-  }
-
-  async start(): Promise<void> {
-    const server = createServer((req, res) => {
-      const chunks: Buffer[] = [];
-      // A stop cuts requests off mid-body; that is the point, not a failure of the test.
-      req.on('error', () => {});
-      req.on('data', (chunk: Buffer) => chunks.push(chunk));
-      req.on('end', () => {
-        const records = JSON.parse(Buffer.concat(chunks).toString('utf8')) as AuditRecord[];
-        // Records are canonical JSON with no integer-like keys: stringify gives the sealed bytes back.
-        for (const record of records) this.received.push({ line: JSON.stringify(record), record });
-        this.batchesSinceStart++;
-        res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
-      });
-    });
-    await new Promise<void>((resolve) => server.listen(this.port, '127.0.0.1', resolve));
-    this.port = (server.address() as AddressInfo).port;
-    this.server = server;
-    this.batchesSinceStart = 0;
-  }
-
-  async stop(): Promise<void> {
-    const server = this.server;
-    if (!server) return;
-    this.server = undefined;
-    const closed = new Promise((resolve) => server.close(resolve));
-    server.closeAllConnections();
-    await closed;
+  get records(): Array<{ readonly line: string; readonly record: AuditRecord }> {
+    // Records are canonical JSON with no integer-like keys: stringify gives the sealed bytes back.
+    return this.accepted
+      .flatMap((r) => JSON.parse(r.body) as AuditRecord[])
+      .map((record) => ({ line: JSON.stringify(record), record }));
   }
 }
 
@@ -252,7 +218,7 @@ test(
           checkpointRecords: CHECKPOINT_RECORDS,
           file: { dir: auditDir },
           http: {
-            url: collector.url,
+            url: `${collector.url}/audit`,
             format: 'json',
             spoolDir: join(dir, 'spool'),
             flushIntervalMs: 20,
@@ -272,7 +238,7 @@ test(
     await callRange(client, first.url, 2_000, 3_000);
     await collector.start();
     await callRange(client, first.url, 3_000, 4_000);
-    await until(() => collector.batchesSinceStart > 0, 'the collector to take a batch again');
+    await until(() => collector.acceptedSinceStart > 0, 'the collector to take a batch again');
     await collector.stop();
     await callRange(client, first.url, 4_000, CALLS);
     const firstExit = await first.stop();
@@ -284,7 +250,7 @@ test(
     );
     const left = first.logs.find((l) => l.event === 'audit.undelivered' && l.sink === 'http');
     assert.ok(typeof left?.records === 'number' && left.records > 0, 'records left in the spool');
-    const deliveredInFirstRun = new Set(collector.received.map((r) => keyOf(r.record))).size;
+    const deliveredInFirstRun = new Set(collector.records.map((r) => keyOf(r.record))).size;
 
     // Second run, on the same file and spool directories, with the collector back.
     const lastOfFirstRun = (await linesIn(auditDir)).at(-1);
@@ -296,7 +262,7 @@ test(
     // The spool ships in order: once the second run's start checkpoint is in, so is all before it.
     await until(
       () =>
-        collector.received.some(
+        collector.records.some(
           ({ record: r }) =>
             r.kind === 'checkpoint' && r.reason === 'start' && r.seq > lastSeqOfFirstRun,
         ),
@@ -315,7 +281,7 @@ test(
     // The collector: at least once. A copy must be the same bytes; the set must be the files'.
     const delivered = new Map<string, string>();
     let duplicates = 0;
-    for (const { line, record } of collector.received) {
+    for (const { line, record } of collector.records) {
       const key = keyOf(record);
       const before = delivered.get(key);
       if (before === undefined) delivered.set(key, line);

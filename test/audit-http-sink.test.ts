@@ -8,8 +8,6 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { appendFile, mkdtemp, readdir, rm } from 'node:fs/promises';
-import { createServer, type IncomingHttpHeaders, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -18,83 +16,12 @@ import { setImmediate as yieldToLoop, setTimeout as sleep } from 'node:timers/pr
 import { HttpSink, HttpSinkError, type HttpSinkOptions } from '../src/audit/sinks/http.js';
 import { Spool } from '../src/audit/spool.js';
 import { AUDIT_SCHEMA_VERSION, type AuditRecord } from '../src/audit/types.js';
+import { Receiver, type Answer } from './helpers/receiver.js';
 
 /** Base of the records' `time`: each record is one ms after the one before. */
 const BASE_TIME_MS = Date.parse('2026-12-03T10:00:00.000Z');
 const FLUSH_MS = 10_000;
 const CRASH_WRITER = fileURLToPath(new URL('./fixtures/spool-crash-writer.ts', import.meta.url));
-
-interface Received {
-  readonly path: string;
-  readonly headers: IncomingHttpHeaders;
-  readonly body: string;
-  readonly status: number;
-}
-
-interface Answer {
-  readonly status: number;
-  readonly body: string;
-}
-
-/**
- * Stands in for a SIEM's collector endpoint (Splunk HEC, Elasticsearch
- * `_bulk`, a JSON webhook): records every body it answers, can be stopped
- * and started again on the same port, and answers what `answer` says
- * (undefined: never answers).
- */
-class Receiver {
-  readonly received: Received[] = [];
-  answer: (body: string) => Answer | undefined = () => ({ status: 200, body: '{}' });
-  private server: Server | undefined;
-  private port = 0;
-
-  static async start(t: TestContext): Promise<Receiver> {
-    const receiver = new Receiver();
-    await receiver.start();
-    t.after(() => receiver.stop());
-    return receiver;
-  }
-
-  get url(): string {
-    return `http://127.0.0.1:${this.port}`;
-  }
-
-  /** The bodies it answered with a 2xx, in arrival order. */
-  get accepted(): Received[] {
-    return this.received.filter((r) => r.status >= 200 && r.status < 300);
-  }
-
-  async start(): Promise<void> {
-    const server = createServer((req, res) => {
-      const chunks: Buffer[] = [];
-      req.on('data', (chunk: Buffer) => chunks.push(chunk));
-      req.on('end', () => {
-        const body = Buffer.concat(chunks).toString('utf8');
-        const answer = this.answer(body);
-        if (answer === undefined) return;
-        this.received.push({
-          path: req.url ?? '',
-          headers: req.headers,
-          body,
-          status: answer.status,
-        });
-        res.writeHead(answer.status, { 'content-type': 'application/json' }).end(answer.body);
-      });
-    });
-    await new Promise<void>((resolve) => server.listen(this.port, '127.0.0.1', resolve));
-    this.port = (server.address() as AddressInfo).port;
-    this.server = server;
-  }
-
-  async stop(): Promise<void> {
-    const server = this.server;
-    if (!server) return;
-    this.server = undefined;
-    const closed = new Promise((resolve) => server.close(resolve));
-    server.closeAllConnections();
-    await closed;
-  }
-}
 
 function record(seq: number): { record: AuditRecord; line: string } {
   const record: AuditRecord = {
