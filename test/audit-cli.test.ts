@@ -26,6 +26,7 @@ import { mint, newKey, writeJwks, type SigningKey } from './helpers/tokens.js';
 import { modernCall, modernHeaders, post } from './helpers/requests.js';
 import { readAuditFiles } from '../src/audit/verify.js';
 import type { AuditRecord } from '../src/audit/types.js';
+import { ACME_TENANT } from './fixtures/audit-tenants.js';
 
 const CLI = fileURLToPath(new URL('../dist/cli/main.js', import.meta.url));
 const run = promisify(execFile);
@@ -70,20 +71,9 @@ let written: Array<{ line: string; record: AuditRecord }>;
 /** Records written after this were sent after it: calls 4 and 5. */
 let boundary: Date;
 
-/** Each tenant may call echo and slow; acme denies echoing a secret and watches long ones. */
+/** acme as the audit tests have it (allowed, denied and shadow-denied calls); globex may echo. */
 const TENANTS = {
-  acme: {
-    servers: { everything: { tools: ['echo', 'slow'] } },
-    rules: [
-      { id: 'no-secrets', when: 'arguments.text.contains("secret")', targets: ['echo'] },
-      {
-        id: 'watch-long-echo',
-        when: 'arguments.text.size() > 20',
-        targets: ['echo'],
-        mode: 'shadow',
-      },
-    ],
-  },
+  acme: ACME_TENANT,
   globex: { servers: { everything: { tools: ['echo'] } } },
 };
 

@@ -120,15 +120,20 @@ async function replayCli(...args: string[]): Promise<{ code: number; out: string
   }
 }
 
-const base = (...extra: string[]) => [
+/** The replay's sources: the run's trail, capture and key unless one is named. */
+const sources = (
+  over: { from?: string; capture?: string; key?: string },
+  ...extra: string[]
+): string[] => [
   '--from',
-  auditDir(),
+  over.from ?? auditDir(),
   '--capture',
-  captureDir(),
+  over.capture ?? captureDir(),
   '--key-file',
-  keyFile,
+  over.key ?? keyFile,
   ...extra,
 ];
+const base = (...extra: string[]) => sources({}, ...extra);
 
 /** A modern upstream on the SDK whose echo answers in capitals: the same calls, other answers. */
 async function startShoutingServer(): Promise<{ url: string; close(): Promise<void> }> {
@@ -435,18 +440,7 @@ describe('replay', () => {
       ) as AuditRecord;
 
     const replayWith = (capture: string) =>
-      replayCli(
-        '--from',
-        auditDir(),
-        '--capture',
-        capture,
-        '--key-file',
-        keyFile,
-        '--trace',
-        TRACE_ID,
-        '--target',
-        modern.url,
-      );
+      replayCli(...sources({ capture }, '--trace', TRACE_ID, '--target', modern.url));
 
     test('a byte of ct flipped: the entry does not decrypt, and the call is not sent', async () => {
       const { seq } = await firstEcho();
@@ -511,16 +505,7 @@ describe('replay', () => {
         });
       await writeFile(file as string, lines.join('\n') + '\n');
       const { code, out } = await replayCli(
-        '--from',
-        copy,
-        '--capture',
-        captureDir(),
-        '--key-file',
-        keyFile,
-        '--trace',
-        TRACE_ID,
-        '--target',
-        modern.url,
+        ...sources({ from: copy }, '--trace', TRACE_ID, '--target', modern.url),
       );
       assert.equal(code, 1, out);
       assert.match(out, /trail: \d+ records verified/);
@@ -530,8 +515,8 @@ describe('replay', () => {
       );
       // With the gateway's keys, the re-chained trail is refused before anything is sent.
       const signed = await replayCli(
-        ...['--from', copy, '--capture', captureDir(), '--key-file', keyFile],
-        ...['--trace', TRACE_ID, '--target', modern.url, '--jwks', publicJwks],
+        ...sources({ from: copy }, '--trace', TRACE_ID, '--target', modern.url),
+        ...['--jwks', publicJwks],
       );
       assert.equal(signed.code, 1, signed.out);
       assert.match(signed.out, /BAD .*checkpoint[^\n]*\n(.*\n)*.*nothing was replayed/);
@@ -545,16 +530,7 @@ describe('replay', () => {
       await writeFile(file as string, text.replace('"subject":"alice"', '"subject":"mallory"'));
       const sentBefore = modern.events.requests.length;
       const { code, out } = await replayCli(
-        '--from',
-        copy,
-        '--capture',
-        captureDir(),
-        '--key-file',
-        keyFile,
-        '--trace',
-        TRACE_ID,
-        '--target',
-        modern.url,
+        ...sources({ from: copy }, '--trace', TRACE_ID, '--target', modern.url),
       );
       assert.equal(code, 1, out);
       assert.match(out, /BAD .*altered/);
@@ -574,16 +550,7 @@ describe('replay', () => {
     const noTarget = await replayCli(...base('--trace', TRACE_ID));
     assert.match(noTarget.out, /--target is required/);
     const badKey = await replayCli(
-      '--from',
-      auditDir(),
-      '--capture',
-      captureDir(),
-      '--key-file',
-      join(dir, 'none.key'),
-      '--trace',
-      TRACE_ID,
-      '--target',
-      modern.url,
+      ...sources({ key: join(dir, 'none.key') }, '--trace', TRACE_ID, '--target', modern.url),
     );
     assert.equal(badKey.code, 2);
     assert.match(badKey.out, /does not exist/);

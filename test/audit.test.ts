@@ -24,6 +24,7 @@ import { argsHash, sealRecord } from '../src/audit/record.js';
 import { auditFiles } from '../src/audit/sinks/file.js';
 import { readAuditFiles, verifyLines } from '../src/audit/verify.js';
 import type { AuditRecord } from '../src/audit/types.js';
+import { ACME_TENANT } from './fixtures/audit-tenants.js';
 
 const CLI = fileURLToPath(new URL('../dist/cli/main.js', import.meta.url));
 const run = promisify(execFile);
@@ -51,20 +52,7 @@ function gatewayConfig(auditDir: string): Record<string, unknown> {
   return {
     signing: { keysFile: signingFile },
     audit: { file: { dir: auditDir }, checkpointRecords: 5 },
-    tenants: {
-      acme: {
-        servers: { everything: { tools: ['echo', 'slow'] } },
-        rules: [
-          { id: 'no-secrets', when: 'arguments.text.contains("secret")', targets: ['echo'] },
-          {
-            id: 'watch-long-echo',
-            when: 'arguments.text.size() > 20',
-            targets: ['echo'],
-            mode: 'shadow',
-          },
-        ],
-      },
-    },
+    tenants: { acme: ACME_TENANT },
   };
 }
 
