@@ -19,7 +19,6 @@
  */
 import { ANONYMOUS } from '../auth/principal.js';
 import type { Frame } from '../mcp/frame.js';
-import { TRACEPARENT } from '../telemetry/trace-context.js';
 import type { Exchange, ExchangeObserver, MessageOutcome } from '../server/exchange.js';
 import type { AuditAction, AuditDecision, AuditKind, MessageFields } from './types.js';
 
@@ -84,9 +83,7 @@ const ACTION: Record<MessageOutcome, AuditAction> = {
 
 /** The W3C trace id of the request (its `traceparent`), if it sent a well-formed one. */
 function traceIdOf(x: Exchange): string | undefined {
-  const header = x.reply.request.headers.traceparent;
-  if (typeof header !== 'string') return undefined;
-  return TRACEPARENT.exec(header)?.[1];
+  return x.callerTrace()?.[1];
 }
 
 /**

@@ -50,7 +50,6 @@ import type { VerifiedToken } from '../auth/jwt.js';
 import type { UpstreamCredential } from '../auth/credentials.js';
 import type { SigningKeys } from '../auth/keys.js';
 import type { Metrics } from '../telemetry/metrics.js';
-import { TRACEPARENT } from '../telemetry/trace-context.js';
 import { authHooks, PRM_PATH, registerMetadataRoutes, type ResourceInfo } from './auth-http.js';
 import { relayResponse } from './relay.js';
 import { Exchange, type ExchangeObserver, type RelayRoute } from './exchange.js';
@@ -222,10 +221,10 @@ function upstreamHeaders(
   }
   // W3C Trace Context: the caller's trace goes on upstream, when it is well-formed; with
   // tracing on, as a child of the gateway's span for the request.
-  const traceparent = h.traceparent;
-  const callerTraced = typeof traceparent === 'string' && TRACEPARENT.test(traceparent);
+  const caller = req.exchange.callerTrace();
+  const callerTraced = caller !== null;
   if (traceparentFor) out.traceparent = traceparentFor(req.exchange);
-  else if (callerTraced) out.traceparent = traceparent;
+  else if (caller !== null) out.traceparent = caller[0];
   const tracestate = h.tracestate;
   if (callerTraced && typeof tracestate === 'string' && tracestate.length <= MAX_TRACESTATE)
     out.tracestate = tracestate;

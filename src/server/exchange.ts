@@ -37,6 +37,7 @@ import type { Metrics } from '../telemetry/metrics.js';
 import type { UpstreamCall } from '../upstream/types.js';
 import type { OutboundExchange } from './decide.js';
 import { newLinks, type ListLinks, type PendingCall } from './streams.js';
+import { TRACEPARENT } from '../telemetry/trace-context.js';
 
 /** What became of one message at a decision point. */
 export type MessageOutcome = 'allow' | 'deny' | 'replace' | 'drop';
@@ -147,6 +148,8 @@ export class Exchange implements PendingCall, OutboundExchange {
   errorCode: string | undefined = undefined;
 
   private context: DecisionContext | undefined = undefined;
+  /** The caller's `traceparent`, parsed at first use (undefined: not yet). */
+  private trace: RegExpExecArray | null | undefined = undefined;
   private readonly res: ServerResponse;
 
   constructor(
@@ -161,6 +164,19 @@ export class Exchange implements PendingCall, OutboundExchange {
       (this.res as ExchangeResponse)[EXCHANGE] = this;
       this.res.once('close', endOfExchange);
     }
+  }
+
+  /**
+   * The caller's `traceparent` if it is well-formed (W3C Trace Context,
+   * trace-context.ts), parsed once for the relay, the span and the audit
+   * records: `[, traceId, parentId, flags]`, or null.
+   */
+  callerTrace(): RegExpExecArray | null {
+    if (this.trace === undefined) {
+      const header = this.reply.request.headers.traceparent;
+      this.trace = typeof header === 'string' ? TRACEPARENT.exec(header) : null;
+    }
+    return this.trace;
   }
 
   /** The request's body size in bytes (0 without a body). */

@@ -33,7 +33,6 @@ import { performance } from 'node:perf_hooks';
 import { ANONYMOUS } from '../auth/principal.js';
 import type { Frame } from '../mcp/frame.js';
 import type { Exchange, ExchangeObserver } from '../server/exchange.js';
-import { TRACEPARENT } from './trace-context.js';
 
 export interface TracingConfig {
   otlp?: { url: string; headers: Record<string, string>; timeoutMs: number };
@@ -53,8 +52,7 @@ export interface Tracing {
 }
 
 function parentOf(x: Exchange): Context {
-  const header = x.reply.request.headers.traceparent;
-  const m = typeof header === 'string' ? TRACEPARENT.exec(header) : null;
+  const m = x.callerTrace();
   if (!m) return ROOT_CONTEXT;
   return trace.setSpanContext(ROOT_CONTEXT, {
     traceId: m[1] as string,
