@@ -13,7 +13,12 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { test, type TestContext } from 'node:test';
 import { setImmediate as yieldToLoop, setTimeout as sleep } from 'node:timers/promises';
-import { HttpSink, HttpSinkError, type HttpSinkOptions } from '../src/audit/sinks/http.js';
+import {
+  HttpSink,
+  HttpSinkError,
+  MAX_ANSWER_BYTES,
+  type HttpSinkOptions,
+} from '../src/audit/sinks/http.js';
 import { Spool } from '../src/audit/spool.js';
 import { AUDIT_SCHEMA_VERSION, type AuditRecord } from '../src/audit/types.js';
 import { Receiver, type Answer } from './helpers/receiver.js';
@@ -438,4 +443,21 @@ test('a 4xx refusal is reported and retried; a silent receiver times out and is 
   assert.equal((errors[0]?.err as HttpSinkError).status, 401);
   assert.deepEqual(deliveredLines(receiver, 'json'), linesOf(0, 10));
   assert.equal(sink.stats().failed, 20);
+});
+
+test('an answer past MAX_ANSWER_BYTES fails the POST instead of being held, and the batch is sent again', async (t) => {
+  const receiver = await Receiver.start(t);
+  const huge = { status: 200, body: `{"pad":"${'x'.repeat(MAX_ANSWER_BYTES)}"}` };
+  let answered = 0;
+  receiver.answer = () => (answered++ === 0 ? huge : { status: 200, body: '{}' });
+  const { sink, errors } = await openSink(t, { url: receiver.url, spoolDir: await tempDir(t) });
+  await writeRange(sink, 0, 10);
+  await sink.flush(Date.now() + FLUSH_MS);
+
+  assert.equal(errors.length, 1, 'one failed POST');
+  assert.match((errors[0]?.err as Error).message, /answer larger than 16777216 bytes/);
+  // The collector took the first copy; the sink could not know, and sent it again.
+  assert.equal(receiver.accepted.length, 2);
+  assert.equal(receiver.accepted[1]?.body, receiver.accepted[0]?.body);
+  assert.equal(sink.stats().queued, 0);
 });

@@ -22,6 +22,7 @@ import type { SigningKeys } from './keys.js';
 import { compositeKey } from './principal.js';
 import type { Revocations } from './revocation.js';
 import type { Verb } from '../policy/manifest.js';
+import { readBounded } from '../upstream/bounded-read.js';
 
 /** A cached credential is replaced this long before it expires, so none expires in flight. */
 export const CREDENTIAL_REFRESH_MARGIN_MS = 30_000;
@@ -308,7 +309,7 @@ class ExchangedCredential extends CachingCredential {
         bodyTimeout: options.timeoutMs,
         signal: AbortSignal.timeout(options.timeoutMs),
       });
-      const text = await readLimited(res.body, MAX_TOKEN_RESPONSE_BYTES);
+      const text = await readBounded(res.body, MAX_TOKEN_RESPONSE_BYTES);
       const body = JSON.parse(text) as {
         access_token?: unknown;
         expires_in?: unknown;
@@ -338,23 +339,6 @@ class ExchangedCredential extends CachingCredential {
       );
     }
   }
-}
-
-async function readLimited(
-  body: AsyncIterable<Buffer> & { destroy(): void },
-  limit: number,
-): Promise<string> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of body) {
-    size += chunk.length;
-    if (size > limit) {
-      body.destroy();
-      throw new Error(`response larger than ${limit} bytes`);
-    }
-    chunks.push(chunk);
-  }
-  return Buffer.concat(chunks).toString('utf8');
 }
 
 function readSecret(file: string): string {

@@ -23,6 +23,7 @@ import {
   type CryptoKey,
   type FlattenedJWSInput,
 } from 'jose';
+import { readBounded } from '../upstream/bounded-read.js';
 
 /** Largest JWKS document accepted. */
 const MAX_JWKS_BYTES = 512 * 1024;
@@ -142,17 +143,7 @@ export class RemoteJwks implements KeySource {
         await res.body.dump();
         throw new Error(`HTTP ${res.statusCode}`);
       }
-      let size = 0;
-      const chunks: Buffer[] = [];
-      for await (const chunk of res.body as AsyncIterable<Buffer>) {
-        size += chunk.length;
-        if (size > MAX_JWKS_BYTES) {
-          res.body.destroy();
-          throw new Error(`larger than ${MAX_JWKS_BYTES} bytes`);
-        }
-        chunks.push(chunk);
-      }
-      const jwks = parseJwks(Buffer.concat(chunks).toString('utf8'));
+      const jwks = parseJwks(await readBounded(res.body, MAX_JWKS_BYTES));
       this.keys = createLocalJWKSet(jwks);
       onFetch?.('ok', { keys: jwks.keys.length });
     } catch (err) {

@@ -37,6 +37,7 @@ import {
   Spool,
   type SpoolBatch,
 } from '../spool.js';
+import { readBounded } from '../../upstream/bounded-read.js';
 
 export const DEFAULT_HTTP_BATCH_MAX_RECORDS = 500;
 export const DEFAULT_HTTP_BATCH_MAX_BYTES = 1024 * 1024;
@@ -49,6 +50,12 @@ export const DEFAULT_HTTP_QUEUE_MAX_RECORDS = 100_000;
 const KEEP_ALIVE_TIMEOUT_MS = 10_000;
 /** How much of a collector's error body goes into an error message. */
 const ERROR_BODY_CHARS = 200;
+/**
+ * The collector's answer is read whole (an Elasticsearch `_bulk` answer says
+ * per item whether it was taken) up to this size; a larger one fails the POST,
+ * which is sent again.
+ */
+export const MAX_ANSWER_BYTES = 16 * 1024 * 1024;
 const SPLUNK_SOURCETYPE = 'portcullis:audit';
 
 export type HttpSinkFormat = 'splunk-hec' | 'elastic-bulk' | 'json';
@@ -370,7 +377,7 @@ export class HttpSink implements AuditSink {
         body: this.format.body(batch.lines),
         signal: abort.signal,
       });
-      const answer = await response.body.text();
+      const answer = await readBounded(response.body, MAX_ANSWER_BYTES);
       const status = response.statusCode;
       if (status < 200 || status > 299) throw this.statusError(status, answer);
       const failure = this.format.failure?.(answer);
