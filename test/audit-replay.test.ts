@@ -411,6 +411,26 @@ describe('replay', () => {
     }
   });
 
+  test('a target answering more than 16 MiB: the read stops there and the call is reported', async () => {
+    const huge = createServer((req, res) => {
+      req.resume();
+      req.on('end', () => {
+        res.writeHead(200, { 'content-type': 'application/json' });
+        res.end(`{"jsonrpc":"2.0","id":1,"result":{"pad":"${'x'.repeat(17 * 1024 * 1024)}"}}`);
+      });
+    });
+    await new Promise<void>((resolve) => huge.listen(0, '127.0.0.1', resolve));
+    try {
+      const url = `http://127.0.0.1:${(huge.address() as AddressInfo).port}/mcp`;
+      const { code, out } = await replayCli(...base('--trace', TRACE_ID, '--target', url));
+      assert.equal(code, 1, out);
+      assert.match(out, /answer larger than 16777216 bytes/);
+    } finally {
+      huge.closeAllConnections();
+      await new Promise((resolve) => huge.close(resolve));
+    }
+  });
+
   describe('lineage', () => {
     /** The capture directory copied, with `edit` applied to its entries (as parsed objects). */
     async function tamperedCapture(

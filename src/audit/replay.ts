@@ -33,9 +33,16 @@ import { argumentsOf, isErrorAnswer, recordedText } from './observer.js';
 import { argsHash, parseLine } from './record.js';
 import type { AuditRecord } from './types.js';
 import { readAuditFiles, verifyLines, type VerifyProblem } from './verify.js';
+import { DEFAULT_UPSTREAM_MAX_RESPONSE_BYTES } from '../config/schema.js';
+import { readBounded } from '../upstream/bounded-read.js';
 
 /** Bound on waiting for one answer, by default. */
 export const DEFAULT_REPLAY_TIMEOUT_MS = 30_000;
+/**
+ * What is read of one answer, a JSON body or a stream up to the answer: the
+ * target is an MCP server, as hostile as any upstream.
+ */
+const MAX_ANSWER_BYTES = DEFAULT_UPSTREAM_MAX_RESPONSE_BYTES;
 /** Differences kept per call (a wholly different answer has many). */
 const MAX_DIFFERENCES = 100;
 /** Pages of `tools/list` read to learn the tools' `Mcp-Param-*` headers. */
@@ -343,7 +350,10 @@ class Sender {
           ? { ...base, answer }
           : { ...base, problem: `HTTP ${res.status}: the stream ended without the answer` };
       }
-      const text = await res.text();
+      const text =
+        res.body === null
+          ? ''
+          : await readBounded(res.body as AsyncIterable<Uint8Array>, MAX_ANSWER_BYTES);
       let value: unknown;
       try {
         value = JSON.parse(text);
@@ -415,10 +425,13 @@ async function answerFromStream(
   });
   const reader = (res.body as ReadableStream<Uint8Array>).getReader();
   const decoder = new TextDecoder();
+  let size = 0;
   try {
     while (answer === undefined) {
       const { done, value } = await reader.read();
       if (done) break;
+      size += value.length;
+      if (size > MAX_ANSWER_BYTES) throw new Error(`answer larger than ${MAX_ANSWER_BYTES} bytes`);
       parser.feed(decoder.decode(value, { stream: true }));
     }
   } finally {
