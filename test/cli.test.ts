@@ -194,6 +194,7 @@ test('config check on the example file exits 0', async (t) => {
     SEARCH_API_TOKEN: 'example-token',
     PORTCULLIS_ADMIN_TOKEN: 'a'.repeat(64),
     TICKETS_CLIENT_SECRET: 'example-secret',
+    PORTCULLIS_CLUSTER_SECRET: 'c'.repeat(48),
   });
   assert.equal(r.code, 0, r.stderr);
   assert.equal(r.stdout, 'config/portcullis.example.yaml: ok (5 server(s))\n');

@@ -65,6 +65,7 @@ const EXAMPLE_ENV: NodeJS.ProcessEnv = {
   SEARCH_API_TOKEN: 'example-token',
   PORTCULLIS_ADMIN_TOKEN: 'a'.repeat(64),
   TICKETS_CLIENT_SECRET: 'example-secret',
+  PORTCULLIS_CLUSTER_SECRET: 'c'.repeat(48),
 };
 
 /**
@@ -74,6 +75,7 @@ const EXAMPLE_ENV: NodeJS.ProcessEnv = {
 const EXAMPLE_COMMENTED = [
   'listen.tls',
   'admin.tokenFile',
+  'cluster.secretFile',
   'auth.jwt.jwksFile',
   'auth.jwt.hmacSecret',
   'servers.<name>.credential.file',
@@ -879,6 +881,30 @@ test('the admin credential is one of token and tokenFile, and at least 32 charac
     paths(problemsOf(() => buildConfig({ auth: NO_AUTH, admin: { token: 'short' }, servers }))),
     ['admin.token'],
   );
+});
+
+test('cluster needs one secret, a shared store, and an address others can reach', () => {
+  const servers = { a: { url: URL_A } };
+  const redis = { kind: 'redis' };
+  const secret = 's'.repeat(32);
+  assert.deepEqual(
+    paths(problemsOf(() => buildConfig({ auth: NO_AUTH, store: redis, cluster: {}, servers }))),
+    ['cluster.secret'],
+  );
+  assert.deepEqual(
+    paths(problemsOf(() => buildConfig({ auth: NO_AUTH, cluster: { secret }, servers }))),
+    ['cluster'],
+  );
+  assert.deepEqual(
+    paths(
+      problemsOf(() =>
+        buildConfig({ auth: NO_AUTH, store: redis, cluster: { host: '0.0.0.0', secret }, servers }),
+      ),
+    ),
+    ['cluster.advertise'],
+  );
+  const ok = buildConfig({ auth: NO_AUTH, store: redis, cluster: { secret }, servers });
+  assert.equal(ok.cluster?.port, 9091);
 });
 
 // --- the documentation --------------------------------------------------------

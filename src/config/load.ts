@@ -427,6 +427,27 @@ function authChecks(config: Config): ConfigProblem[] {
       });
     }
   }
+  if (config.cluster !== undefined) {
+    const { secret, secretFile } = config.cluster;
+    if ((secret === undefined) === (secretFile === undefined))
+      problems.push({
+        path: 'cluster.secret',
+        message: 'give cluster.secret or cluster.secretFile (exactly one)',
+      });
+    if (config.store.kind !== 'redis')
+      problems.push({
+        path: 'cluster',
+        message: 'replicas share sessions through the store: cluster needs store.kind redis',
+      });
+    if (
+      config.cluster.advertise === undefined &&
+      /^(0\.0\.0\.0|::|\[::\])$/.test(config.cluster.host)
+    )
+      problems.push({
+        path: 'cluster.advertise',
+        message: `cluster.host ${config.cluster.host} listens everywhere: say how the other replicas reach this one`,
+      });
+  }
   if (config.admin.token !== undefined && config.admin.tokenFile !== undefined) {
     problems.push({
       path: 'admin.tokenFile',

@@ -46,6 +46,8 @@ export const DEFAULT_QUOTAS_PER_TENANT = {
 } as const;
 export const DEFAULT_GLOBAL_INFLIGHT = 8_192;
 export const DEFAULT_DRAIN_TIMEOUT_MS = 10_000;
+/** The internal listener replicas forward to (cluster.port). */
+export const DEFAULT_CLUSTER_PORT = 9091;
 export const DEFAULT_RETRY_HINT_MS = 1_000;
 export const DEFAULT_JWKS_TIMEOUT_MS = 3_000;
 /** Least time between two JWKS fetches triggered by tokens naming an unknown key. */
@@ -1170,6 +1172,39 @@ export const configSchema = {
         },
       },
     },
+    cluster: {
+      type: 'object',
+      additionalProperties: false,
+      description:
+        "How replicas reach each other. A session whose upstream side lives in one replica's process (a stdio server, a legacy HTTP+SSE connection) is served there, whichever replica the client reached: the others forward its requests to this internal listener, signed with the shared secret. Absent: such sessions are served only by the replica that opened them. Needs store.kind redis.",
+      properties: {
+        host: {
+          type: 'string',
+          minLength: 1,
+          default: '127.0.0.1',
+          description:
+            "Address of the internal listener; the pod's own address (or 0.0.0.0) where replicas are on separate hosts.",
+        },
+        port: { type: 'integer', minimum: 0, maximum: 65535, default: DEFAULT_CLUSTER_PORT },
+        advertise: {
+          type: 'string',
+          pattern: '^https?://[^/#]+/?$',
+          description:
+            'How the other replicas reach this one, e.g. "http://${POD_IP}:9091". Default: http://<host>:<port>.',
+        },
+        secret: {
+          type: 'string',
+          minLength: 32,
+          description:
+            'The key every replica signs and checks forwarded requests with, e.g. "${PORTCULLIS_CLUSTER_SECRET}".',
+        },
+        secretFile: {
+          type: 'string',
+          minLength: 1,
+          description: 'File holding the cluster secret.',
+        },
+      },
+    },
     sessions: {
       type: 'object',
       additionalProperties: false,
@@ -1699,6 +1734,13 @@ export interface Config {
   };
   auth: AuthConfig;
   store: StoreConfig;
+  cluster?: {
+    host: string;
+    port: number;
+    advertise?: string;
+    secret?: string;
+    secretFile?: string;
+  };
   signing: { keysFile?: string; activeKid?: string; issuer?: string };
   sessions: { idleTimeoutMs: number; max: number };
   audit: AuditConfig;

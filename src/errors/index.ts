@@ -247,6 +247,12 @@ const SPECS = {
     rpc: JSONRPC_INTERNAL_ERROR,
     message: 'Too many open sessions on this gateway; retry later',
   },
+  PORTCULLIS_ERR_SESSION_STORE_UNAVAILABLE: {
+    status: 503,
+    rpc: JSONRPC_INTERNAL_ERROR,
+    message:
+      'The gateway cannot reach the shared store that holds sessions, so it cannot open or find one here; retry later',
+  },
   PORTCULLIS_ERR_PROTOCOL_VERSION: {
     status: 400,
     rpc: JSONRPC_INVALID_REQUEST,

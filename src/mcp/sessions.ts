@@ -8,8 +8,31 @@
  * spec/2025-11-25/basic/transports.mdx, "Session Management": the id SHOULD be
  * globally unique and cryptographically secure and MUST only contain visible
  * ASCII; requests for an ended session MUST get 404.
+ *
+ * Any replica serves any session. A session lives in the shared store (Redis
+ * with many replicas, the in-process store with one), and each replica keeps
+ * the sessions it has served in memory: a request for one of those costs the
+ * store nothing. The store is read on a replica's first request of a session
+ * (and when a client resumes a stream, to learn which answers it may get).
+ * Why the store and not a sealed id (the mapping encrypted into the id itself,
+ * needing no Redis): a session has state that changes and must be the same
+ * everywhere (that it ended, when it was last used, which answers a resumed
+ * stream may carry), and a sealed id cannot be taken back: ending a session
+ * would still need a shared list of ended ones. Sealing would also put the
+ * upstream's session id, encrypted, in the client's hands, under a key every
+ * replica must hold and rotate.
+ *
+ * What is shared, by key:
+ * - `session:<id>`: the mapping (server, owner, upstream id, negotiated
+ *   version, the replica holding a stdio process, resumable request ids);
+ * - `session-seen:<id>`: when it was last used, written by each replica's
+ *   sweep for the sessions it served since the last one (never per request);
+ * - `session-ended:<id>`: that it ended, so only one replica ends the
+ *   upstream's side of an expired session;
+ * - channel `sessions:ended`: every replica drops an ended session at once.
  */
 import { randomBytes } from 'node:crypto';
+import type { Store } from '../store/index.js';
 
 export interface Session {
   readonly id: string;
@@ -20,35 +43,56 @@ export interface Session {
   upstreamId: string | undefined;
   /** The protocol version the upstream answered `initialize` with. */
   protocolVersion: string | undefined;
+  /**
+   * The internal address of the replica that holds the session's upstream
+   * side (a stdio process); undefined where any replica can reach the
+   * upstream itself (HTTP).
+   */
+  readonly home?: string | undefined;
   readonly createdAt: number;
   lastSeenAt: number;
-  /** Open response streams; a session with one open is never idle. */
+  /** Open response streams on this replica; a session with one open is never idle. */
   streams: number;
-  /** The quota share the session holds, released when it ends. */
+  /** The quota share the session holds on the replica that opened it, released when it ends. */
   lease?: { release(): void } | undefined;
   /**
    * Requests whose stream the upstream closed to be resumed (Last-Event-ID):
    * their answers may come on a later stream of the session, and only theirs.
    */
   resumable?: Set<string | number>;
+  /** Shares what changed (`protocolVersion`, `resumable`) with the other replicas. */
+  save?: () => void;
 }
 
 export interface SessionStore {
-  /** A new session; `id` is one chosen before the upstream answered (see newSessionId). */
+  /**
+   * A new session, shared before this resolves (the client's next request
+   * may reach any replica); undefined if this replica holds `max` sessions.
+   * Rejects with StoreUnavailableError when the store cannot take it.
+   */
   create(
     server: string,
     owner: string,
     upstreamId: string | undefined,
     id?: string,
-  ): Session | undefined;
-  /** The session, if it exists, belongs to `server` and to `owner`; refreshes its idle timer. */
-  get(id: string, server: string, owner: string): Session | undefined;
+    home?: string,
+  ): Promise<Session | undefined>;
+  /**
+   * The session, if it exists, belongs to `server` and to `owner`; marks it
+   * used. `fresh` reads the store even when this replica holds it (a stream
+   * being resumed, which may have been closed on another replica). Rejects
+   * with StoreUnavailableError when the store must be read and cannot be.
+   */
+  get(id: string, server: string, owner: string, fresh?: boolean): Promise<Session | undefined>;
+  /** Ends the session on every replica; the shared part is best effort (logged). */
   delete(id: string): Session | undefined;
-  /** The session with this id, whoever owns it, without touching its idle timer (operator use). */
+  /** The session with this id as this replica holds it, without marking it used (operator use). */
   peek(id: string): Session | undefined;
-  /** Sessions idle longer than the timeout, removed from the store. */
-  sweep(now: number): Session[];
+  /** Shares which sessions were used, and ends those idle longer than the timeout. */
+  sweep(now?: number): Promise<void>;
+  /** The sessions this replica holds. */
   all(): Iterable<Session>;
+  /** Sessions opened on this replica and not ended: what `max` bounds. */
   readonly size: number;
 }
 
@@ -57,92 +101,366 @@ export function newSessionId(): string {
   return randomBytes(32).toString('base64url');
 }
 
-export class MemorySessionStore implements SessionStore {
-  private readonly sessions = new Map<string, Session>();
-  /**
-   * @param onEnd told of every session that ends, however it ends (DELETE,
-   *   idle expiry, the upstream forgetting it), so what was issued for it can
-   *   be revoked.
-   */
-  constructor(
-    private readonly idleTimeoutMs: number,
-    private readonly max: number,
-    private readonly onEnd: (session: Session) => void = () => undefined,
-  ) {}
+export const SESSION_KEY = 'session:';
+export const SESSION_SEEN_KEY = 'session-seen:';
+export const SESSION_ENDED_KEY = 'session-ended:';
+export const SESSIONS_ENDED_CHANNEL = 'sessions:ended';
+/** Request ids a session remembers for resumption, at most (a hostile upstream cannot grow it). */
+export const MAX_RESUMABLE = 1_024;
+/** Ended ids remembered on a replica, so a read racing the end cannot bring one back. */
+const MAX_RECENTLY_ENDED = 10_000;
 
-  private ended(session: Session): void {
-    session.lease?.release();
-    this.onEnd(session);
+export interface SharedSessionOptions {
+  readonly idleTimeoutMs: number;
+  /** Sessions this replica may open; those it only serves are held besides, up to as many. */
+  readonly max: number;
+  /** How often `sweep` runs: the shared life of a session is the idle timeout plus two of these. */
+  readonly sweepIntervalMs: number;
+  /**
+   * Told, on every replica that held it, of a session that ends however it
+   * ends (DELETE, idle expiry, the upstream forgetting it, another replica
+   * ending it), so what was issued for it here can be revoked.
+   */
+  readonly onEnd?: (session: Session) => void;
+  /** Told, on the one replica that ended it, of a session that expired idle: end its upstream side. */
+  readonly onExpire?: (session: Session) => void;
+  /** A store operation that failed outside a request (sharing a change, the sweep). */
+  readonly onStoreError?: (what: string, err: unknown) => void;
+}
+
+interface Held extends Session {
+  /** Opened here: counts against `max` and holds the lease. */
+  readonly mine: boolean;
+  /** `lastSeenAt` as last shared by this replica's sweep. */
+  sharedSeenAt: number;
+}
+
+interface SharedRecord {
+  readonly server: string;
+  readonly owner: string;
+  readonly upstreamId?: string;
+  readonly protocolVersion?: string;
+  readonly home?: string;
+  readonly createdAt: number;
+  readonly resumable?: Array<string | number>;
+}
+
+function encode(s: Session): string {
+  const record: SharedRecord = {
+    server: s.server,
+    owner: s.owner,
+    createdAt: s.createdAt,
+    ...(s.upstreamId !== undefined ? { upstreamId: s.upstreamId } : {}),
+    ...(s.protocolVersion !== undefined ? { protocolVersion: s.protocolVersion } : {}),
+    ...(s.home !== undefined ? { home: s.home } : {}),
+    ...(s.resumable && s.resumable.size > 0 ? { resumable: [...s.resumable] } : {}),
+  };
+  return JSON.stringify(record);
+}
+
+const optionalString = (v: unknown): v is string | undefined =>
+  v === undefined || typeof v === 'string';
+
+/** The record, if it has the shape this module writes; anything else is no session. */
+function decode(raw: string): SharedRecord | undefined {
+  let r: unknown;
+  try {
+    r = JSON.parse(raw);
+  } catch {
+    return undefined;
+  }
+  if (typeof r !== 'object' || r === null) return undefined;
+  const o = r as Record<string, unknown>;
+  if (typeof o.server !== 'string' || typeof o.owner !== 'string') return undefined;
+  if (typeof o.createdAt !== 'number') return undefined;
+  if (!optionalString(o.upstreamId) || !optionalString(o.protocolVersion)) return undefined;
+  if (!optionalString(o.home)) return undefined;
+  if (o.resumable !== undefined) {
+    if (!Array.isArray(o.resumable) || o.resumable.length > MAX_RESUMABLE) return undefined;
+    if (!o.resumable.every((id) => typeof id === 'string' || typeof id === 'number'))
+      return undefined;
+  }
+  return o as unknown as SharedRecord;
+}
+
+export class SharedSessionStore implements SessionStore {
+  private readonly held = new Map<string, Held>();
+  /** Ended ids, by when they ended (insertion order is age order). */
+  private readonly recentlyEnded = new Map<string, number>();
+  private opened = 0;
+  private readonly ttlMs: number;
+  /**
+   * How late another replica's use of a session may reach the store (its
+   * sweep shares it): none with the in-process store, where there is no other.
+   */
+  private readonly shareLagMs: number;
+
+  constructor(
+    private readonly store: Store,
+    private readonly options: SharedSessionOptions,
+  ) {
+    this.ttlMs = options.idleTimeoutMs + 2 * options.sweepIntervalMs;
+    this.shareLagMs = store.kind === 'memory' ? 0 : options.sweepIntervalMs;
+    store.subscribe(SESSIONS_ENDED_CHANNEL, (id) => this.endHere(id));
+    // Ends published while the store was away were not delivered: ask it about
+    // every held session at once rather than serve a stale one until the next sweep.
+    store.onHealth((healthy) => {
+      if (!healthy) return;
+      for (const s of this.held.values()) s.sharedSeenAt = -1;
+      void this.sweep();
+    });
   }
 
   get size(): number {
-    return this.sessions.size;
+    return this.opened;
   }
 
-  create(
+  async create(
     server: string,
     owner: string,
     upstreamId: string | undefined,
     id: string = newSessionId(),
-  ): Session | undefined {
-    if (this.sessions.size >= this.max || this.sessions.has(id)) return undefined;
+    home?: string,
+  ): Promise<Session | undefined> {
+    if (this.opened >= this.options.max || this.held.has(id)) return undefined;
     const now = Date.now();
-    const session: Session = {
-      id,
-      server,
-      owner,
-      upstreamId,
-      protocolVersion: undefined,
-      createdAt: now,
-      lastSeenAt: now,
-      streams: 0,
-    };
-    this.sessions.set(session.id, session);
+    const session = this.hold(
+      {
+        id,
+        server,
+        owner,
+        upstreamId,
+        protocolVersion: undefined,
+        home,
+        createdAt: now,
+        lastSeenAt: now,
+        streams: 0,
+      },
+      true,
+      now,
+    );
+    // Counted before the store answers, so a burst cannot get past `max`.
+    this.opened++;
+    try {
+      const [fresh] = await Promise.all([
+        this.store.setIfAbsent(SESSION_KEY + id, encode(session), this.ttlMs),
+        this.store.set(SESSION_SEEN_KEY + id, String(now), this.ttlMs),
+      ]);
+      if (!fresh) throw new Error('session id already in use');
+    } catch (err) {
+      this.opened--;
+      this.held.delete(id);
+      throw err;
+    }
     return session;
   }
 
-  get(id: string, server: string, owner: string): Session | undefined {
-    const session = this.sessions.get(id);
-    if (!session || session.server !== server || session.owner !== owner) return undefined;
+  async get(
+    id: string,
+    server: string,
+    owner: string,
+    fresh = false,
+  ): Promise<Session | undefined> {
     const now = Date.now();
-    if (this.isIdle(session, now)) {
-      this.sessions.delete(id);
-      this.ended(session);
+    let s = this.held.get(id);
+    if (s !== undefined && (s.server !== server || s.owner !== owner)) return undefined;
+    if (s !== undefined && !fresh && !this.idle(s, now)) {
+      s.lastSeenAt = now;
+      return s;
+    }
+    if (this.recentlyEnded.has(id)) return undefined;
+    const idleHere = s !== undefined && this.idle(s, now);
+    const [raw, seen] = await Promise.all([
+      this.store.get(SESSION_KEY + id),
+      idleHere ? this.store.get(SESSION_SEEN_KEY + id) : undefined,
+    ]);
+    // It may have ended while the store answered.
+    if (this.recentlyEnded.has(id)) return undefined;
+    if (raw === undefined && s !== undefined && !idleHere) {
+      // Held and in use here, yet not in the store: ended elsewhere, or lost by it.
+      if (!(await this.offerAgain(s))) return undefined;
+      s.lastSeenAt = now;
+      return s;
+    }
+    const record = raw === undefined ? undefined : decode(raw);
+    if (record === undefined || record.server !== server || record.owner !== owner) {
+      if (s !== undefined && raw === undefined) this.endHere(id);
       return undefined;
     }
-    session.lastSeenAt = now;
-    return session;
+    if (idleHere && s !== undefined && this.unusedSince(seen, now)) {
+      // Unused everywhere for longer than the timeout: it ends now, not at the next sweep.
+      await this.expire(s);
+      return undefined;
+    }
+    s ??= this.hold(
+      {
+        id,
+        server,
+        owner,
+        upstreamId: record.upstreamId,
+        protocolVersion: undefined,
+        home: record.home,
+        createdAt: record.createdAt,
+        lastSeenAt: now,
+        streams: 0,
+      },
+      false,
+      now,
+    );
+    s.protocolVersion ??= record.protocolVersion;
+    if (record.resumable !== undefined) {
+      s.resumable ??= new Set();
+      for (const r of record.resumable) s.resumable.add(r);
+    } else if (fresh) {
+      s.resumable?.clear();
+    }
+    s.lastSeenAt = now;
+    return s;
   }
 
   peek(id: string): Session | undefined {
-    return this.sessions.get(id);
-  }
-
-  delete(id: string): Session | undefined {
-    const session = this.sessions.get(id);
-    if (session === undefined) return undefined;
-    this.sessions.delete(id);
-    this.ended(session);
-    return session;
-  }
-
-  sweep(now: number): Session[] {
-    const expired: Session[] = [];
-    for (const session of this.sessions.values()) {
-      if (this.isIdle(session, now)) {
-        this.sessions.delete(session.id);
-        this.ended(session);
-        expired.push(session);
-      }
-    }
-    return expired;
+    return this.held.get(id);
   }
 
   all(): Iterable<Session> {
-    return this.sessions.values();
+    return this.held.values();
   }
 
-  private isIdle(session: Session, now: number): boolean {
-    return session.streams === 0 && now - session.lastSeenAt > this.idleTimeoutMs;
+  delete(id: string): Session | undefined {
+    const s = this.endHere(id);
+    this.share(
+      'end a session',
+      Promise.all([
+        this.store.delete(SESSION_KEY + id),
+        this.store.set(SESSION_ENDED_KEY + id, '1', this.ttlMs),
+      ]).then(() => this.store.publish(SESSIONS_ENDED_CHANNEL, id)),
+    );
+    return s;
+  }
+
+  async sweep(now = Date.now()): Promise<void> {
+    for (const [id, at] of this.recentlyEnded) {
+      if (now - at <= this.ttlMs && this.recentlyEnded.size <= MAX_RECENTLY_ENDED) break;
+      this.recentlyEnded.delete(id);
+    }
+    const work: Array<Promise<void>> = [];
+    for (const s of this.held.values()) {
+      if (s.streams > 0) s.lastSeenAt = now;
+      if (s.lastSeenAt > s.sharedSeenAt) work.push(this.shareSeen(s));
+      else if (this.idle(s, now)) work.push(this.checkIdle(s, now));
+    }
+    await Promise.all(work);
+  }
+
+  /** Tells the store this replica used the session; ends it here if the store no longer has it. */
+  private async shareSeen(s: Held): Promise<void> {
+    const seenAt = s.lastSeenAt;
+    try {
+      const [alive] = await Promise.all([
+        this.store.touch(SESSION_KEY + s.id, this.ttlMs),
+        this.store.set(SESSION_SEEN_KEY + s.id, String(seenAt), this.ttlMs),
+      ]);
+      if (!alive && !(await this.offerAgain(s))) {
+        await this.store.delete(SESSION_SEEN_KEY + s.id);
+        return;
+      }
+      s.sharedSeenAt = seenAt;
+    } catch (err) {
+      this.options.onStoreError?.('share that a session was used', err);
+    }
+  }
+
+  /**
+   * A session in use here that the store does not have. Ended elsewhere (its
+   * end is recorded): it ends here too, and this resolves false. Else the
+   * store lost it (a Redis restarted empty), or let it expire while this
+   * replica could not reach it: it is offered again, as this replica holds it.
+   */
+  private async offerAgain(s: Held): Promise<boolean> {
+    if ((await this.store.get(SESSION_ENDED_KEY + s.id)) !== undefined) {
+      this.endHere(s.id);
+      return false;
+    }
+    await this.store.setIfAbsent(SESSION_KEY + s.id, encode(s), this.ttlMs);
+    return true;
+  }
+
+  /** A session idle here: ended if idle everywhere, else only no longer held (unless opened here). */
+  private async checkIdle(s: Held, now: number): Promise<void> {
+    try {
+      const [raw, seen] = await Promise.all([
+        this.store.get(SESSION_KEY + s.id),
+        this.store.get(SESSION_SEEN_KEY + s.id),
+      ]);
+      if (raw === undefined || this.unusedSince(seen, now)) return this.expire(s);
+      if (!s.mine && this.held.get(s.id) === s) this.held.delete(s.id);
+    } catch (err) {
+      this.options.onStoreError?.('check an idle session', err);
+    }
+  }
+
+  /** Ends an expired session; the replica that claims it first ends the upstream's side. */
+  private async expire(s: Held): Promise<void> {
+    let claimed = false;
+    try {
+      claimed = await this.store.setIfAbsent(SESSION_ENDED_KEY + s.id, '1', this.ttlMs);
+    } catch (err) {
+      this.options.onStoreError?.('end an expired session', err);
+      return;
+    }
+    if (this.held.get(s.id) !== s) return;
+    this.delete(s.id);
+    if (claimed) this.options.onExpire?.(s);
+  }
+
+  /** Drops the session on this replica; what was issued for it here is revoked. */
+  private endHere(id: string): Session | undefined {
+    this.recentlyEnded.delete(id);
+    this.recentlyEnded.set(id, Date.now());
+    const s = this.held.get(id);
+    if (s === undefined) return undefined;
+    this.held.delete(id);
+    if (s.mine) this.opened--;
+    s.lease?.release();
+    this.options.onEnd?.(s);
+    return s;
+  }
+
+  private hold(session: Session, mine: boolean, now: number): Held {
+    const s: Held = { ...session, mine, sharedSeenAt: mine ? now : now - 1 };
+    s.save = () => {
+      if (this.held.get(s.id) === s)
+        this.share(
+          'share a session change',
+          this.store.set(SESSION_KEY + s.id, encode(s), this.ttlMs),
+        );
+    };
+    if (!mine) this.makeRoom();
+    this.held.set(s.id, s);
+    return s;
+  }
+
+  /** Sessions served but not opened here are held up to `max`: the one held longest goes. */
+  private makeRoom(): void {
+    let foreign = this.held.size - this.opened;
+    if (foreign < this.options.max) return;
+    for (const s of this.held.values()) {
+      if (s.mine || s.streams > 0) continue;
+      this.held.delete(s.id);
+      if (--foreign < this.options.max) return;
+    }
+  }
+
+  /** Whether the shared last use (`seen`, ms) is older than the timeout, allowing for sharing's lag. */
+  private unusedSince(seen: string | undefined, now: number): boolean {
+    return !(Number(seen) > now - this.options.idleTimeoutMs - this.shareLagMs);
+  }
+
+  private idle(s: Held, now: number): boolean {
+    return s.streams === 0 && now - s.lastSeenAt > this.options.idleTimeoutMs;
+  }
+
+  private share(what: string, op: Promise<unknown>): void {
+    op.catch((err: unknown) => this.options.onStoreError?.(what, err));
   }
 }

@@ -43,6 +43,8 @@ import type { RateLimits } from './rate-limits.js';
 import type { CredentialRequest } from '../auth/credentials.js';
 import type { Verb } from '../policy/manifest.js';
 import { toGatewayError } from '../upstream/http.js';
+import { StoreUnavailableError } from '../store/index.js';
+import type { ReplicaLink } from './replicas.js';
 import { INTERNAL_TICKET_HEADER, InternalTickets, registerLegacySse } from './legacy-sse.js';
 import { compileHostCheck, compileOriginCheck } from './allowlist.js';
 import type { Authenticator } from '../auth/authenticate.js';
@@ -71,6 +73,8 @@ export interface AppDeps {
   log: Logger;
   routes: ReadonlyMap<string, Route>;
   sessions: SessionStore;
+  /** With cluster configured: this replica's home, and the way to other replicas' sessions. */
+  replicas?: ReplicaLink | undefined;
   streams: StreamRegistry;
   isDraining: () => boolean;
   /** Hears every message with its decision, and every exchange's end (audit attaches here). */
@@ -146,6 +150,34 @@ declare module 'fastify' {
     /** The verified access token (auth.mode jwt). */
     token: VerifiedToken | undefined;
   }
+}
+
+/**
+ * Whether a legacy session's requests may be JSON-RPC batches: only in
+ * 2025-03-26. A replica that has not yet learned the negotiated version goes
+ * by the request's MCP-Protocol-Version, and without one assumes 2025-03-26,
+ * as spec/2025-11-25/basic/transports.mdx ("Protocol Version Header") says a
+ * server SHOULD: later clients MUST send the header.
+ */
+function batchingAllowed(session: Session | undefined, header: string | undefined): boolean {
+  if (session === undefined) return false;
+  const version = session.protocolVersion ?? header ?? BATCHING_VERSION;
+  return version === BATCHING_VERSION;
+}
+
+/** The store's failure, as the agent is told it; anything else is passed on as it is. */
+function sessionStoreError(err: unknown): unknown {
+  if (!(err instanceof StoreUnavailableError)) return err;
+  return new GatewayError('PORTCULLIS_ERR_SESSION_STORE_UNAVAILABLE', err.message);
+}
+
+/** The upstream's side of a session the gateway could not keep: a best-effort DELETE. */
+function endUpstreamSide(route: Route, upstreamId: string | undefined): void {
+  if (upstreamId === undefined) return;
+  route.upstream
+    .request({ method: 'DELETE', headers: { 'mcp-session-id': upstreamId } })
+    .response.then((r) => r.body.dump())
+    .catch(() => undefined);
 }
 
 function acceptsBoth(accept: string | undefined): boolean {
@@ -515,7 +547,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
           delete headers['last-event-id'];
           headers['content-type'] = 'application/json';
           headers.accept = UPSTREAM_ACCEPT;
-          return route.upstream.request({
+          return upstreamFor(route, session).request({
             method: 'POST',
             headers,
             body: message,
@@ -532,21 +564,39 @@ export function buildApp(deps: AppDeps): FastifyInstance {
         );
     };
 
-  const sessionFor = (
+  const sessionFor = async (
     req: FastifyRequest,
     route: Route,
-  ): { id: string | undefined; session: Session | undefined } => {
+  ): Promise<{ id: string | undefined; session: Session | undefined }> => {
     const id = headerValue(req.headers['mcp-session-id']);
     if (id === undefined) return { id, session: undefined };
-    return { id, session: sessions.get(id, route.name, ownerKey(req.principal)) };
+    // A stream being resumed may have been closed on another replica: ask the
+    // store which answers it may still carry.
+    const fresh = req.headers['last-event-id'] !== undefined;
+    try {
+      return { id, session: await sessions.get(id, route.name, ownerKey(req.principal), fresh) };
+    } catch (err) {
+      throw sessionStoreError(err);
+    }
   };
+
+  /**
+   * Where a session's requests go: the route's upstream, or, for a session
+   * whose upstream side another replica holds (a stdio process), that replica.
+   */
+  const upstreamFor = (route: Route, session: Session | undefined): Upstream =>
+    (session?.home !== undefined && deps.replicas?.toHome(session.home, route.name)) ||
+    route.upstream;
 
   /** Sends the request upstream and relays the answer; upstream failures answer every pending id. */
   const forward = async (
     x: Exchange,
     route: Route,
     req: UpstreamRequest,
-    onAnswer?: (status: number, upstreamSessionId: string | undefined) => Session | undefined,
+    onAnswer?: (
+      status: number,
+      upstreamSessionId: string | undefined,
+    ) => Promise<Session | undefined>,
   ): Promise<void> => {
     // Authentication was at the door; the body may have taken its time to come.
     // A revocation meanwhile is caught here, and from here on by the registry
@@ -559,7 +609,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     }
     if (x.longLived) req.idleMs = 0;
     x.upstreamSentAt = performance.now();
-    const call = route.upstream.request(req);
+    const call = upstreamFor(route, x.session).request(req);
     x.call = call;
     const res = x.response;
     const onClose = abortUnlessAnswered.bind(res, call);
@@ -572,7 +622,13 @@ export function buildApp(deps: AppDeps): FastifyInstance {
       const up = await call.response;
       if (pending) streams.removeCall(pending);
       if (onAnswer) {
-        const session = onAnswer(up.statusCode, headerValue(up.headers['mcp-session-id']));
+        let session: Session | undefined;
+        try {
+          session = await onAnswer(up.statusCode, headerValue(up.headers['mcp-session-id']));
+        } catch (err) {
+          void up.body.dump().catch(() => undefined);
+          throw err;
+        }
         if (session) {
           x.session = session;
           x.responseHeaders = { 'mcp-session-id': session.id };
@@ -589,6 +645,12 @@ export function buildApp(deps: AppDeps): FastifyInstance {
       if (x.revoked) return x.fail(x.revoked, ids);
       if (call.aborted && res.destroyed) return;
       const gerr = toGatewayError(err, route.name);
+      if (gerr.code === 'PORTCULLIS_ERR_SESSION_UNKNOWN' && x.session) {
+        // The replica holding the session's process is gone, and the session with it.
+        sessions.delete(x.session.id);
+        log.info({ server: route.name, session: x.session.id }, 'session ended: its home is gone');
+        return x.fail(gerr, ids);
+      }
       log.warn(
         { server: route.name, code: gerr.code, err: (err as Error).message },
         'upstream request failed',
@@ -606,7 +668,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
       throw new GatewayError('PORTCULLIS_ERR_HTTP_UNSUPPORTED_MEDIA_TYPE');
     if (!acceptsBoth(req.headers.accept))
       throw new GatewayError('PORTCULLIS_ERR_HTTP_NOT_ACCEPTABLE');
-    const { id: sessionId, session } = sessionFor(req, route);
+    const { id: sessionId, session } = await sessionFor(req, route);
 
     let frames: Frame[];
     let batch: boolean;
@@ -615,7 +677,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
       ({ frames, batch } = parseBody(
         req.body,
         'client-to-server',
-        session?.protocolVersion === BATCHING_VERSION,
+        batchingAllowed(session, headerValue(req.headers['mcp-protocol-version'])),
       ));
     } catch (err) {
       if (err instanceof GatewayError) return x.fail(err);
@@ -780,21 +842,31 @@ export function buildApp(deps: AppDeps): FastifyInstance {
           : undefined,
       },
       initialize
-        ? (status, upstreamId) => {
+        ? async (status, upstreamId) => {
             if (status !== 200) return undefined;
-            const created = sessions.create(route.name, owner, upstreamId, sessionIdToBe);
+            let created: Session | undefined;
+            try {
+              created = await sessions.create(
+                route.name,
+                owner,
+                upstreamId,
+                sessionIdToBe,
+                // Its upstream side (a process) lives here: other replicas forward to this one.
+                route.upstream.opensChannels ? deps.replicas?.home : undefined,
+              );
+            } catch (err) {
+              endUpstreamSide(route, upstreamId);
+              throw sessionStoreError(err);
+            }
             if (created) {
               // Released when the session ends, however it ends.
               created.lease = sessionLease;
               sessionLease = undefined;
               log.info({ server: route.name, session: created.id }, 'session opened');
-            } else if (upstreamId !== undefined) {
+            } else {
               // No room for it after all (a burst got past the count): the upstream's side
               // must not live on unreachable, holding a process.
-              route.upstream
-                .request({ method: 'DELETE', headers: { 'mcp-session-id': upstreamId } })
-                .response.then((r) => r.body.dump())
-                .catch(() => undefined);
+              endUpstreamSide(route, upstreamId);
             }
             return created;
           }
@@ -808,7 +880,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     const accept = req.headers.accept;
     if (!accept?.includes('text/event-stream'))
       throw new GatewayError('PORTCULLIS_ERR_HTTP_NOT_ACCEPTABLE_STREAM');
-    const { id: sessionId, session } = sessionFor(req, route);
+    const { id: sessionId, session } = await sessionFor(req, route);
     if (sessionId === undefined) {
       // A modern client has no GET stream (spec/2026-07-28: respond 405); a legacy one forgot its session.
       if (isModernVersion(headerValue(req.headers['mcp-protocol-version']))) {
@@ -836,7 +908,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
 
   app.delete<{ Params: { server: string } }>('/mcp/:server', async (req) => {
     const route = routeFor(req);
-    const { id: sessionId, session } = sessionFor(req, route);
+    const { id: sessionId, session } = await sessionFor(req, route);
     if (sessionId === undefined) throw new GatewayError('PORTCULLIS_ERR_SESSION_MISSING');
     if (!session) throw new GatewayError('PORTCULLIS_ERR_SESSION_UNKNOWN');
     const x = identify(req, req.exchange, policyNow(), deps.metrics, deps.toolMemory);
@@ -853,7 +925,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     if (headers === undefined) return x.sendEmpty(200);
     try {
       x.upstreamSentAt = performance.now();
-      const up = await route.upstream.request({ method: 'DELETE', headers }).response;
+      const up = await upstreamFor(route, session).request({ method: 'DELETE', headers }).response;
       x.upstreamAnsweredAt = performance.now();
       await up.body.dump();
       // 405 means the upstream does not let clients end sessions; the gateway's side has ended anyway.

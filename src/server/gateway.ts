@@ -17,7 +17,8 @@ import type { Config } from '../config/schema.js';
 import { GatewayError } from '../errors/index.js';
 import { ToolHeaderRegistry } from '../mcp/era.js';
 import type { ExchangeObserver } from './exchange.js';
-import { MemorySessionStore, type Session } from '../mcp/sessions.js';
+import { SharedSessionStore, type Session } from '../mcp/sessions.js';
+import { startReplicaLink } from './replicas.js';
 import { openStore } from '../store/index.js';
 import { createMetrics } from '../telemetry/metrics.js';
 import { metricsObserver } from '../telemetry/exchange-metrics.js';
@@ -129,6 +130,27 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
   });
   // Trust on first use, shared: each replica answers from its mirror of the store's pins.
   const pins = new StorePinBook(store, log);
+  // Subscribed before the mirrors load: a subscription made later would flap the store's health.
+  const sessionSweepMs = Math.min(
+    60_000,
+    Math.max(1_000, Math.floor(config.sessions.idleTimeoutMs / 4)),
+  );
+  // Declared before the store is built: an expiry calls it.
+  let endUpstreamSession: (s: Session) => void = () => undefined;
+  const sessions = new SharedSessionStore(store, {
+    idleTimeoutMs: config.sessions.idleTimeoutMs,
+    max: config.sessions.max,
+    sweepIntervalMs: sessionSweepMs,
+    onEnd: (session) => credentials.get(session.server)?.sessionEnded(session.id),
+    onExpire: (s) => {
+      log.info({ server: s.server, session: s.id }, 'session expired');
+      endUpstreamSession(s);
+    },
+    onStoreError: (what, err) => {
+      metrics.storeErrors.inc({ component: 'sessions' });
+      log.warn({ event: 'sessions.store_error', err: (err as Error).message }, `could not ${what}`);
+    },
+  });
   await Promise.all([revocations.start(), pins.start()]);
   const storeTrusted = (): boolean => revocations.current;
   metrics.storeHealthy.set(storeTrusted() ? 1 : 0);
@@ -147,11 +169,6 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
       tracing?.observer,
     ),
     options.observer,
-  );
-  const sessions = new MemorySessionStore(
-    config.sessions.idleTimeoutMs,
-    config.sessions.max,
-    (session) => credentials.get(session.server)?.sessionEnded(session.id),
   );
   const streams = new StreamRegistry(
     config.listen.heartbeatIntervalMs,
@@ -231,9 +248,35 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
       toolMemory.remember(server, new Map([[tool, undefined]]));
   });
 
+  const replicas =
+    config.cluster === undefined
+      ? undefined
+      : await startReplicaLink(
+          {
+            host: config.cluster.host,
+            port: config.cluster.port,
+            advertise: config.cluster.advertise,
+            secret:
+              config.cluster.secret ??
+              readFileSync(config.cluster.secretFile as string, 'utf8').trim(),
+            // A forwarded request is the client's body and the headers, in JSON.
+            maxRequestBytes: 2 * config.listen.bodyLimitBytes + 64 * 1024,
+          },
+          (server) => {
+            const up = routes.get(server)?.upstream;
+            return up?.opensChannels ? up : undefined;
+          },
+          {
+            maxResponseBytes: config.upstreamDefaults.maxResponseBytes,
+            idleMs: config.upstreamDefaults.timeouts.idleMs,
+          },
+          log,
+        );
+
   let authenticator: Authenticator | undefined;
   let resourceInfo: ResourceInfo | undefined;
   const app = buildApp({
+    replicas,
     policy: () => policy,
     rateLimits: () => rateLimits,
     toolMemory,
@@ -261,10 +304,12 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
   });
 
   /** The upstream's side of an ended session: a best-effort DELETE (a stdio process stops). */
-  const endUpstreamSession = (s: Session): void => {
+  endUpstreamSession = (s: Session): void => {
     const route = routes.get(s.server);
     if (route && s.upstreamId !== undefined) {
-      route.upstream
+      const upstream =
+        (s.home !== undefined && replicas?.toHome(s.home, route.name)) || route.upstream;
+      upstream
         .request({ method: 'DELETE', headers: { 'mcp-session-id': s.upstreamId } })
         .response.then((r) => r.body.dump())
         .catch(() => undefined);
@@ -311,15 +356,7 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
   });
 
   // Idle sessions are ended on both sides: the upstream gets a best-effort DELETE.
-  const sweeper = setInterval(
-    () => {
-      for (const s of sessions.sweep(Date.now())) {
-        log.info({ server: s.server, session: s.id }, 'session expired');
-        endUpstreamSession(s);
-      }
-    },
-    Math.min(60_000, Math.max(1_000, Math.floor(config.sessions.idleTimeoutMs / 4))),
-  );
+  const sweeper = setInterval(() => void sessions.sweep(), sessionSweepMs);
   sweeper.unref();
 
   const idleSockets = trackIdleSockets(app.server, Boolean(config.listen.tls));
@@ -437,6 +474,7 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
       clearInterval(sweeper);
       streams.close();
       await Promise.all([...routes.values()].map((r) => r.upstream.close()));
+      await replicas?.close();
       // Within the drain bound (at least a second): what is left stays in a spool for the next start.
       await audit?.log.close(
         Math.max(drainStarted + config.shutdown.drainTimeoutMs, Date.now() + 1_000),

@@ -30,6 +30,7 @@ import { MAX_JSON_DEPTH, nestedDeeperThan, responseIds } from '../mcp/depth.js';
 import { toFrame, type Frame } from '../mcp/frame.js';
 import { encodeEvent, encodeMessage, encodeRetry } from '../mcp/sse.js';
 import type { UpstreamResponse } from '../upstream/types.js';
+import { MAX_RESUMABLE } from '../mcp/sessions.js';
 import { newLinks, type ClientStream, type StreamRegistry } from './streams.js';
 import { decideOutbound, toldObserver } from './decide.js';
 import { errorPayload, type Exchange } from './exchange.js';
@@ -42,6 +43,7 @@ function observe(x: Exchange, frame: Frame): void {
   const result = frame.message.result as { protocolVersion?: unknown } | undefined;
   if (method === 'initialize' && x.session && typeof result?.protocolVersion === 'string') {
     x.session.protocolVersion = result.protocolVersion;
+    x.session.save?.();
   }
 }
 
@@ -73,7 +75,9 @@ function awaited(
   if (id === undefined || id === null || seen?.has(id)) return false;
   seen?.add(id);
   if (x.pending.has(id)) return true;
-  return x.session?.resumable?.delete(id) === true;
+  if (x.session?.resumable?.delete(id) !== true) return false;
+  x.session.save?.();
+  return true;
 }
 
 /**
@@ -121,9 +125,6 @@ function tooDeep(x: Exchange): GatewayError {
     { server: x.server },
   );
 }
-
-/** Requests a session keeps waiting for across resumed streams, at most. */
-const MAX_RESUMABLE = 1_000;
 
 /** Upstream statuses passed on to the client as they are; others become 502. */
 const PASSED_CLIENT_ERRORS = new Set([400, 404, 405, 406, 409, 413, 415, 422, 429]);
@@ -460,6 +461,8 @@ function relayStream(x: Exchange, up: UpstreamResponse, streams: StreamRegistry)
           const resumable = (x.session.resumable ??= new Set());
           for (const id of x.pending)
             if (id !== null && resumable.size < MAX_RESUMABLE) resumable.add(id);
+          // The stream may be resumed on another replica.
+          x.session.save?.();
         }
         return finish(undefined);
       }

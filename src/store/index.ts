@@ -14,6 +14,8 @@ export interface Store {
   setIfAbsent(key: string, value: string, ttlMs: number): Promise<boolean>;
   set(key: string, value: string, ttlMs: number): Promise<void>;
   get(key: string): Promise<string | undefined>;
+  /** Gives `key` a new life of `ttlMs`; resolves false if it does not exist (expired or deleted). */
+  touch(key: string, ttlMs: number): Promise<boolean>;
   delete(key: string): Promise<void>;
   /** Every live key starting with `prefix`, with its value and remaining life in ms. */
   entries(prefix: string): Promise<StoreEntry[]>;
@@ -30,6 +32,8 @@ export interface Store {
   /** Called on every change of `healthy`. */
   onHealth(listener: (healthy: boolean) => void): void;
   close(): Promise<void>;
+  /** Commands sent so far (subscriptions not counted): what a request costs the store. */
+  readonly operations: number;
 }
 
 export interface StoreEntry {

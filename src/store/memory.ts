@@ -26,6 +26,7 @@ export interface MemoryStoreInit {
 export class MemoryStore implements Store {
   readonly kind = 'memory' as const;
   readonly healthy = true;
+  operations = 0;
   private readonly slots = new Map<string, Slot>();
   private readonly channels = new Map<string, Set<(message: string) => void>>();
   private readonly sweeper: NodeJS.Timeout;
@@ -41,6 +42,7 @@ export class MemoryStore implements Store {
   }
 
   async setIfAbsent(key: string, value: string, ttlMs: number): Promise<boolean> {
+    this.operations++;
     checkTtl(ttlMs);
     if (this.live(key, performance.now())) return false;
     this.slots.set(key, { value, expiresAt: performance.now() + ttlMs });
@@ -48,19 +50,32 @@ export class MemoryStore implements Store {
   }
 
   async set(key: string, value: string, ttlMs: number): Promise<void> {
+    this.operations++;
     checkTtl(ttlMs);
     this.slots.set(key, { value, expiresAt: performance.now() + ttlMs });
   }
 
   async get(key: string): Promise<string | undefined> {
+    this.operations++;
     return this.live(key, performance.now())?.value;
   }
 
+  async touch(key: string, ttlMs: number): Promise<boolean> {
+    this.operations++;
+    checkTtl(ttlMs);
+    const slot = this.live(key, performance.now());
+    if (slot === undefined) return false;
+    this.slots.set(key, { value: slot.value, expiresAt: performance.now() + ttlMs });
+    return true;
+  }
+
   async delete(key: string): Promise<void> {
+    this.operations++;
     this.slots.delete(key);
   }
 
   async entries(prefix: string): Promise<StoreEntry[]> {
+    this.operations++;
     const now = performance.now();
     const out: StoreEntry[] = [];
     for (const key of this.slots.keys()) {
@@ -73,6 +88,7 @@ export class MemoryStore implements Store {
   }
 
   async publish(channel: string, message: string): Promise<void> {
+    this.operations++;
     const listeners = this.channels.get(channel);
     if (!listeners) return;
     // A snapshot, delivered after the caller's turn: a subscriber that publishes

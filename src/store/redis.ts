@@ -49,6 +49,7 @@ export async function openRedisStore(
 /** A `Store` on Redis; most callers want `openRedisStore` or `openStore`. */
 export class RedisStore implements Store {
   readonly kind = 'redis' as const;
+  operations = 0;
   /** Settles once the store is healthy or a connection's attempt failed; never rejects. */
   readonly firstAttempt: Promise<void>;
   private readonly prefix: string;
@@ -161,6 +162,14 @@ export class RedisStore implements Store {
     return this.run('GET', async () => (await this.commands.get(this.prefix + key)) ?? undefined);
   }
 
+  touch(key: string, ttlMs: number): Promise<boolean> {
+    const px = checkTtl(ttlMs);
+    return this.run(
+      'PEXPIRE',
+      async () => (await this.commands.pexpire(this.prefix + key, px)) === 1,
+    );
+  }
+
   delete(key: string): Promise<void> {
     return this.run('DEL', async () => {
       await this.commands.del(this.prefix + key);
@@ -229,6 +238,7 @@ export class RedisStore implements Store {
 
   private async run<T>(op: string, command: () => Promise<T>): Promise<T> {
     if (this.closed) throw new StoreUnavailableError('the store is closed');
+    this.operations++;
     try {
       return await command();
     } catch (err) {

@@ -76,7 +76,7 @@ export function toGatewayError(err: unknown, server: string): GatewayError {
  * and scavenges took 10-30 ms under load (measured: bench/README.md, "What
  * makes the numbers move").
  */
-class DispatchedCall implements UpstreamCall, Dispatcher.DispatchHandler {
+export class DispatchedCall implements UpstreamCall, Dispatcher.DispatchHandler {
   readonly response: Promise<UpstreamResponse>;
   aborted = false;
   private controller: Dispatcher.DispatchController | undefined;
