@@ -10,19 +10,18 @@
  * both trails verify, signatures included, from their genesis.
  */
 import assert from 'node:assert/strict';
-import { execFile, spawn } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import { test, type TestContext } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import type { JSONWebKeySet } from 'jose';
 import { Agent, request, type Dispatcher } from 'undici';
 import { stringify } from 'yaml';
 import { startModernServer } from './fixtures/modern-server.js';
+import { CLI, startChildGateway, type ChildGateway } from './helpers/child-gateway.js';
 import { Receiver } from './helpers/receiver.js';
 import { ACCEPT_BOTH, modernCall, modernHeaders } from './helpers/requests.js';
 import { writeKeys } from '../src/cli/dev.js';
@@ -30,7 +29,6 @@ import { argsHash } from '../src/audit/record.js';
 import { readAuditFiles, verifyLines, type VerifyReport } from '../src/audit/verify.js';
 import type { AuditRecord } from '../src/audit/types.js';
 
-const CLI = fileURLToPath(new URL('../dist/cli/main.js', import.meta.url));
 const run = promisify(execFile);
 
 const CALLS = 5_000;
@@ -41,7 +39,7 @@ const CHECKPOINT_RECORDS = 1_000;
 const DRAIN_TIMEOUT_MS = 2_000;
 /** From SIGTERM to exit: the drain bound, plus the process's own start of shutdown and exit. */
 const EXIT_BOUND_MS = DRAIN_TIMEOUT_MS + 1_500;
-/** A cold start of Node and the gateway, or a backlog shipped after the collector came back. */
+/** A backlog shipped after the collector came back. */
 const WAIT_MS = 15_000;
 
 /**
@@ -60,64 +58,10 @@ class Collector extends Receiver {
   }
 }
 
-interface Gateway {
-  readonly url: string;
-  /** The gateway's JSON log records so far. */
-  readonly logs: ReadonlyArray<Record<string, unknown>>;
-  /** SIGTERM; resolves with the exit code and how long the exit took. */
-  stop(): Promise<{ code: number | null; ms: number }>;
-}
-
-/** `portcullis start --config FILE` in a child process, once it listens. */
-async function startGateway(t: TestContext, config: string): Promise<Gateway> {
-  const env = { ...process.env };
-  delete env.NODE_OPTIONS;
-  const child = spawn(
-    process.execPath,
-    [CLI, 'start', '--config', config, '--port', '0', '--admin-port', '0'],
-    { env, stdio: ['ignore', 'pipe', 'pipe'] },
-  );
-  t.after(() => {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-  });
-  let stderr = '';
-  child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-  const exited = new Promise<number | null>((resolve) => child.once('close', resolve));
-  const logs: Array<Record<string, unknown>> = [];
-  const listening = new Promise<string>((resolve, reject) => {
-    const timer = setTimeout(
-      () => reject(new Error(`no "gateway listening":\n${stderr}`)),
-      WAIT_MS,
-    );
-    createInterface({ input: child.stdout }).on('line', (line) => {
-      let record: Record<string, unknown>;
-      try {
-        record = JSON.parse(line) as Record<string, unknown>;
-      } catch {
-        return;
-      }
-      logs.push(record);
-      if (record.msg === 'gateway listening') {
-        clearTimeout(timer);
-        resolve(record.url as string);
-      }
-    });
-    void exited.then((code) => {
-      clearTimeout(timer);
-      reject(new Error(`the gateway exited (${code}):\n${stderr}`));
-    });
-  });
-  const url = `${await listening}/mcp/echo`;
-  return {
-    url,
-    logs,
-    async stop() {
-      const signalled = Date.now();
-      child.kill('SIGTERM');
-      const code = await exited;
-      return { code, ms: Date.now() - signalled };
-    },
-  };
+/** `portcullis start --config FILE` in a child process, once it listens; `url` is its echo server. */
+async function startGateway(t: TestContext, config: string): Promise<ChildGateway> {
+  const gw = await startChildGateway(t, config);
+  return { ...gw, url: `${gw.url}/mcp/echo`, stop: () => gw.stop() };
 }
 
 const idOf = (call: number): number => call + 1;

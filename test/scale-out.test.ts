@@ -63,6 +63,13 @@ async function requestsServed(gw: TestGateway): Promise<number> {
   return n;
 }
 
+/** The commands a replica sent to the store so far, from its own /metrics. */
+async function storeOperations(gw: TestGateway): Promise<number> {
+  const text = await (await fetch(`${gw.adminUrl as string}/metrics`)).text();
+  const line = text.split('\n').find((l) => l.startsWith('portcullis_store_operations_total '));
+  return Number(line?.split(' ').pop());
+}
+
 /**
  * A fetch for the SDK's transport that sends each request to the replica
  * `pick` names, so a test decides which replica sees what.
@@ -153,6 +160,24 @@ describe('two replicas behind nginx round-robin, Streamable HTTP upstream', () =
         .some((f) => f.direction === 'client-to-server' && f.kind === 'response'),
       'the answer was framed on its way up',
     );
+  });
+
+  test('a session a replica holds costs the store nothing per request', async () => {
+    const init = await post(`${a.url}/mcp/everything`, INITIALIZE);
+    const sid = init.headers.get('mcp-session-id') as string;
+    await init.body?.cancel();
+    const ping = (id: number) => ({ jsonrpc: '2.0', id, method: 'ping' });
+    // B's first request of the session reads it from the store; the rest do not.
+    const first = await post(`${b.url}/mcp/everything`, ping(1), { 'mcp-session-id': sid });
+    assert.equal(first.status, 200);
+    await first.body?.cancel();
+    const before = await storeOperations(b);
+    for (let i = 2; i < 22; i++) {
+      const res = await post(`${b.url}/mcp/everything`, ping(i), { 'mcp-session-id': sid });
+      assert.equal(res.status, 200);
+      await res.body?.cancel();
+    }
+    assert.equal(await storeOperations(b), before, '20 requests, 0 store operations');
   });
 
   test('a session opened on one replica is ended by a DELETE on the other: 404 on both', async () => {

@@ -25,9 +25,9 @@ import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { createInterface } from 'node:readline';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
+import { onJsonLines } from './helpers/child-gateway.js';
 import { openSse } from './helpers/sse.js';
 import {
   initializeBody,
@@ -74,13 +74,7 @@ async function startCli(
   const listening = await new Promise<{ url: string; adminUrl: string }>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error('the gateway did not start in 15 s')), 15_000);
     started.once('exit', (code) => reject(new Error(`the gateway exited (${code})`)));
-    createInterface({ input: started.stdout as NodeJS.ReadableStream }).on('line', (line) => {
-      let record: Record<string, unknown>;
-      try {
-        record = JSON.parse(line) as Record<string, unknown>;
-      } catch {
-        return;
-      }
+    onJsonLines(started.stdout as NodeJS.ReadableStream, (record) => {
       logs.push(record);
       if (record.msg === 'gateway listening') {
         clearTimeout(timer);

@@ -1486,6 +1486,10 @@ export const configSchema = {
       additionalProperties: false,
       default: {},
       properties: {
+        leaveRotationMs: ms(
+          0,
+          'After SIGTERM, how long the gateway goes on serving with /readyz at 503 and every response closing its connection, before it stops accepting: time for load balancers to take it out of rotation.',
+        ),
         drainTimeoutMs: ms(DEFAULT_DRAIN_TIMEOUT_MS, 'Bound on letting in-flight calls finish.'),
         retryHintMs: ms(DEFAULT_RETRY_HINT_MS, 'SSE retry field sent on streams closed by drain.'),
       },
@@ -1755,7 +1759,7 @@ export interface Config {
   tenants?: Record<string, TenantConfig>;
   rateLimits?: RateLimitSettings;
   redaction: { mode: 'redact' | 'off'; disable: string[] };
-  shutdown: { drainTimeoutMs: number; retryHintMs: number };
+  shutdown: { leaveRotationMs: number; drainTimeoutMs: number; retryHintMs: number };
   log: { level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent' };
   tracing: {
     serviceName: string;

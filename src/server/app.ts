@@ -22,6 +22,7 @@ import Fastify, {
 import type { Logger } from 'pino';
 import { readFileSync } from 'node:fs';
 import type { ServerResponse } from 'node:http';
+import { Server } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { GatewayError, type JsonRpcId } from '../errors/index.js';
 import type { Config } from '../config/schema.js';
@@ -77,6 +78,8 @@ export interface AppDeps {
   replicas?: ReplicaLink | undefined;
   streams: StreamRegistry;
   isDraining: () => boolean;
+  /** Shutting down but still serving (shutdown.leaveRotationMs): each answer closes its connection. */
+  isLeaving?: () => boolean;
   /** Hears every message with its decision, and every exchange's end (audit attaches here). */
   observer?: ExchangeObserver | undefined;
   /** With tracing on: starts the request's span, and names it as the upstream's parent. */
@@ -343,10 +346,20 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     keepAliveTimeout: listen.keepAliveTimeoutMs,
     // Bounds receiving the request only; a response stream is never cut by it.
     requestTimeout: listen.requestTimeoutMs,
-    return503OnClosing: true,
+    // The drain decides what a request arriving while closing gets (the onRequest hook below).
+    return503OnClosing: false,
     forceCloseConnections: 'idle',
     ...(https ? { https } : {}),
   }) as unknown as FastifyInstance;
+  // Node's http close destroys every connection with no request in progress,
+  // one accepted a moment ago whose request is on the wire included: its
+  // sender (a load balancer) cannot tell whether the request was sent, and
+  // will not retry a POST elsewhere. Closing only stops accepting here; the
+  // drain (idle-sockets.ts) ends each connection once it is idle for sure.
+  app.server.close = function (this: Server, callback?: (err?: Error) => void) {
+    Server.prototype.close.call(this, callback);
+    return this;
+  } as typeof app.server.close;
   app.server.headersTimeout = Math.min(
     listen.headersTimeoutMs,
     listen.requestTimeoutMs || Infinity,
@@ -426,10 +439,18 @@ export function buildApp(deps: AppDeps): FastifyInstance {
       );
       return x.fail(new GatewayError('PORTCULLIS_ERR_HTTP_FORBIDDEN_ORIGIN'));
     }
+    // On the raw response: relayed answers are written past Fastify's reply.
     if (deps.isDraining()) {
-      reply.header('connection', 'close');
-      return x.fail(new GatewayError('PORTCULLIS_ERR_HTTP_SHUTTING_DOWN'));
+      reply.raw.setHeader('connection', 'close');
+      // No new connection is accepted now; a call on one already open is still
+      // answered (a load balancer cannot send a POST elsewhere once it has sent
+      // it here), but a new stream, which would outlive the drain, is refused.
+      if (req.method === 'GET')
+        return x.fail(new GatewayError('PORTCULLIS_ERR_HTTP_SHUTTING_DOWN'));
     }
+    // A load balancer reusing a kept-alive connection gets this answer, then opens a new one,
+    // to a replica in rotation: none is left idle here to be cut under a request.
+    else if (deps.isLeaving?.()) reply.raw.setHeader('connection', 'close');
     // Nothing runs that could not be recorded; the refusal itself is counted by the log.
     if (deps.auditFull?.() && !isPublicRoute(req)) {
       return x.fail(

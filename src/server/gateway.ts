@@ -4,6 +4,7 @@
  * imports this module but the CLI and the tests.
  */
 import { readFileSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { bothObservers, openAudit } from '../audit/index.js';
 import type { AddressInfo } from 'node:net';
 import type { FastifyInstance } from 'fastify';
@@ -176,7 +177,10 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
   );
   metrics.live.sessions = () => sessions.size;
   metrics.live.streams = () => streams.size;
+  metrics.live.storeOperations = () => store.operations;
   let draining = false;
+  /** From SIGTERM on: not ready, and no connection kept open after its answer. */
+  let leaving = false;
   let listening = false;
   const globalInflight = inflightCap(config.quotas.global.inflight);
   if (globalInflight < config.quotas.global.inflight) {
@@ -286,6 +290,7 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
     sessions,
     streams,
     isDraining: () => draining,
+    isLeaving: () => leaving,
     quotas,
     isRevoked: (who) => revocations.check(who.jti, who.owner, who.sessionId()) === 'revoked',
     observer,
@@ -391,7 +396,7 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
       log,
       metrics,
       notReady: () => {
-        if (!listening || draining) return 'draining';
+        if (!listening || leaving) return 'draining';
         if (audit?.log.full) return 'an audit sink is behind';
         // Failing closed, this replica refuses every authenticated request: take it out of rotation.
         if (config.auth.mode === 'jwt' && config.auth.revocation.failClosed && !storeTrusted()) {
@@ -454,6 +459,19 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
   let closing: Promise<void> | undefined;
   const close = (): Promise<void> => {
     closing ??= (async () => {
+      leaving = true;
+      if (config.shutdown.leaveRotationMs > 0) {
+        // Still serving: load balancers see /readyz fail and connections close after each answer.
+        log.info(
+          {
+            event: 'shutdown.leaving_rotation',
+            ms: config.shutdown.leaveRotationMs,
+            streamsEnded: streams.endIdle(),
+          },
+          'leaving rotation',
+        );
+        await sleep(config.shutdown.leaveRotationMs);
+      }
       draining = true;
       const drainStarted = Date.now();
       await reloader?.close();

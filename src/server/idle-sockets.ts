@@ -15,6 +15,9 @@ import type { IncomingMessage, Server as HttpServer, ServerResponse } from 'node
 import type { Server as HttpsServer } from 'node:https';
 import type { Socket } from 'node:net';
 
+/** How long a socket accepted but silent when the drain starts may still bring its request. */
+const FIRST_REQUEST_GRACE_MS = 1_000;
+
 export interface IdleSockets {
   /** From now on, no socket stays open without a response in progress. */
   closeIdle(): void;
@@ -27,8 +30,10 @@ function responseOf(socket: Socket): ServerResponse | undefined {
 
 export function trackIdleSockets(server: HttpServer | HttpsServer, tls: boolean): IdleSockets {
   const sockets = new Set<Socket>();
+  /** Sockets that have carried a request: between two, one is idle for sure. */
+  const spoke = new WeakSet<Socket>();
   let closing = false;
-  const endIfIdle = (socket: Socket): void => {
+  const endIfIdle = (socket: Socket, waited = false): void => {
     if (!closing || socket.destroyed) return;
     const res = responseOf(socket);
     if (res !== undefined && !res.writableFinished) {
@@ -36,9 +41,16 @@ export function trackIdleSockets(server: HttpServer | HttpsServer, tls: boolean)
       res.once('close', () => endIfIdle(socket));
       return;
     }
+    if (!spoke.has(socket) && !waited) {
+      // Accepted just now, its request may be on the wire: cut, a load balancer
+      // could not tell whether it was sent, and would not retry a POST elsewhere.
+      setTimeout(() => endIfIdle(socket, true), FIRST_REQUEST_GRACE_MS).unref();
+      return;
+    }
     // What was written is flushed before the socket goes.
     socket.end(() => socket.destroy());
   };
+  server.on('request', (req: IncomingMessage) => spoke.add(req.socket));
   // With TLS, the socket requests arrive on is the TLS one, known after the handshake.
   server.on(tls ? 'secureConnection' : 'connection', (socket: Socket) => {
     sockets.add(socket);
@@ -49,10 +61,12 @@ export function trackIdleSockets(server: HttpServer | HttpsServer, tls: boolean)
     closeIdle() {
       if (closing) return;
       closing = true;
-      // A request that still arrives is answered (503) and its socket closed after it.
-      server.on('request', (_req: IncomingMessage, res: ServerResponse) =>
-        res.once('close', () => endIfIdle(res.socket as Socket)),
-      );
+      // A request that still arrives is answered and its socket closed after it.
+      server.on('request', (req: IncomingMessage, res: ServerResponse) => {
+        // Taken now: a closed response no longer names its socket.
+        const socket = req.socket;
+        res.once('close', () => endIfIdle(socket));
+      });
       for (const socket of sockets) endIfIdle(socket);
     },
   };

@@ -136,6 +136,23 @@ export class StreamRegistry {
     if (this.draining) this.closeIdle(stream);
   }
 
+  /**
+   * Ends, with the retry hint, every stream that waits for nothing now; the
+   * clients reconnect. For a replica leaving rotation: these streams' answers
+   * began before it did, on connections kept alive, which a load balancer
+   * would reuse the moment they end; ended now, while the replica still
+   * serves, a request that comes on one is answered.
+   */
+  endIdle(): number {
+    let ended = 0;
+    for (const s of this.streams.items())
+      if (s.pending.size === 0 && s.open) {
+        this.closeIdle(s);
+        ended++;
+      }
+    return ended;
+  }
+
   private closeIdle(stream: ClientStream): void {
     if (stream.open) stream.end(encodeRetry(this.retryHintMs));
   }

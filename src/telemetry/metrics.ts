@@ -31,8 +31,13 @@ export interface Metrics {
   readonly upstreamDuration: Histogram<'server' | 'method'>;
   readonly activeSessions: Gauge;
   readonly activeStreams: Gauge;
+  readonly storeOperations: Counter;
   /** What the active-session and stream gauges read at each scrape (set by the gateway). */
-  readonly live: { sessions?: () => number; streams?: () => number };
+  readonly live: {
+    sessions?: () => number;
+    streams?: () => number;
+    storeOperations?: () => number;
+  };
   /** Calls that failed upstream (unreachable, timed out, a 5xx, an oversized answer), by server and code. */
   readonly upstreamErrors: Counter<'server' | 'code'>;
   /** Audit records per sink: `written` (the destination has them) or `failed` (a delivery attempt failed; retried). */
@@ -166,6 +171,16 @@ export function createMetrics(): Metrics {
       registers: [registry],
       collect() {
         this.set(live.streams?.() ?? 0);
+      },
+    }),
+    storeOperations: new Counter({
+      name: 'portcullis_store_operations_total',
+      help: 'Commands this replica sent to the shared store (Redis), or ran on the in-process one.',
+      registers: [registry],
+      collect() {
+        // The store counts; a scrape reads its count.
+        this.reset();
+        this.inc(live.storeOperations?.() ?? 0);
       },
     }),
     upstreamErrors: new Counter({

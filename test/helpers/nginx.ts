@@ -15,10 +15,20 @@ import { freePort } from './redis.js';
 
 const NGINX = '/usr/sbin/nginx';
 const START_TIMEOUT_MS = 10_000;
+/** How long nginx keeps an idle connection to a replica; below LEAVE_ROTATION_MS. */
+const UPSTREAM_IDLE_TIMEOUT_S = 1;
+/** The shutdown.leaveRotationMs that replicas behind this balancer need, at least. */
+export const LEAVE_ROTATION_MS = 2_000;
 
 export interface Balancer {
   readonly port: number;
   readonly url: string;
+  /**
+   * Spreads requests over `replicas` from now on: the configuration rewritten
+   * and reloaded (SIGHUP), as an ingress controller does when a replica's
+   * readiness changes. Old workers finish what they have in flight.
+   */
+  setReplicas(replicas: readonly number[]): void;
   stop(): Promise<void>;
 }
 
@@ -41,7 +51,13 @@ http {
   upstream replicas {
 ${replicas.map((p) => `    server 127.0.0.1:${p} max_fails=0;`).join('\n')}
     keepalive 16;
+    # Shorter than the gateways' shutdown.leaveRotationMs, as deployment.md asks:
+    # nginx closes a kept-alive connection itself before a draining replica would.
+    keepalive_timeout ${UPSTREAM_IDLE_TIMEOUT_S}s;
   }
+  # No kept-alive client connections: a reload (setReplicas) closes the idle
+  # ones of its old workers, and a client reusing one just then would fail.
+  keepalive_timeout 0;
   server {
     listen 127.0.0.1:${port};
     location / {
@@ -87,6 +103,10 @@ export async function startBalancer(replicas: readonly number[]): Promise<Balanc
   return {
     port,
     url: `http://127.0.0.1:${port}`,
+    setReplicas(next) {
+      writeFileSync(file, config(dir, port, next));
+      child.kill('SIGHUP');
+    },
     async stop() {
       if (child.exitCode === null) {
         child.kill('SIGTERM');

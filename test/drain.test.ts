@@ -1,0 +1,112 @@
+/**
+ * A rolling update loses no call: two gateway processes share a real Redis
+ * behind a real nginx (round-robin, no affinity); clients call tools in a
+ * loop while one replica gets SIGTERM. It leaves rotation first (/readyz 503,
+ * every answer closing its connection, idle streams ended, still serving);
+ * nginx, told the replica is not ready, reloads without it, as an ingress
+ * controller does; then the replica stops accepting and drains. Every call of
+ * every client succeeds, in the same session, and the stopped replica exits 0.
+ */
+import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
+import { Redis } from 'ioredis';
+import { stringify } from 'yaml';
+import { startChildGateway } from './helpers/child-gateway.js';
+import { startEverything } from './helpers/everything.js';
+import { LEAVE_ROTATION_MS, startBalancer } from './helpers/nginx.js';
+import { freePort, SHARED_REDIS } from './helpers/redis.js';
+
+const CLIENTS = 3;
+/** Calls each client makes before the SIGTERM, and after the replica is gone. */
+const CALLS_AROUND = 15;
+
+test('a client calling in a loop loses no request while one of two replicas drains on SIGTERM', async (t) => {
+  const upstream = await startEverything();
+  t.after(() => upstream.stop());
+  const dir = await mkdtemp(join(tmpdir(), 'portcullis-drain-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  const prefix = `portcullis-test:${randomUUID()}:`;
+  t.after(async () => {
+    const redis = new Redis(SHARED_REDIS);
+    const keys = await redis.keys(`${prefix}*`);
+    if (keys.length > 0) await redis.del(...keys);
+    await redis.quit();
+  });
+  const config = join(dir, 'portcullis.yaml');
+  await writeFile(
+    config,
+    stringify({
+      listen: { host: '127.0.0.1' },
+      auth: { mode: 'none' },
+      store: { kind: 'redis', url: SHARED_REDIS, keyPrefix: prefix },
+      servers: { everything: { url: upstream.url } },
+      shutdown: { leaveRotationMs: LEAVE_ROTATION_MS, drainTimeoutMs: 5_000 },
+      log: { level: 'info' },
+    }),
+  );
+  const adminA = await freePort();
+  const a = await startChildGateway(t, config, ['--port', '0', '--admin-port', String(adminA)]);
+  const b = await startChildGateway(t, config, ['--port', '0', '--admin-port', '0']);
+  const lb = await startBalancer([Number(new URL(a.url).port), Number(new URL(b.url).port)]);
+  t.after(() => lb.stop());
+
+  const clients = await Promise.all(
+    Array.from({ length: CLIENTS }, async (_, i) => {
+      const client = new Client({ name: `looper-${i}`, version: '1.0.0' });
+      const transport = new StreamableHTTPClientTransport(new URL(`${lb.url}/mcp/everything`));
+      await client.connect(transport);
+      t.after(() => client.close());
+      return { client, transport, session: transport.sessionId };
+    }),
+  );
+  const failures: string[] = [];
+  let calls = 0;
+  let stopped = false;
+  const loop = async (client: Client, i: number): Promise<void> => {
+    let after = 0;
+    for (let n = 0; after < CALLS_AROUND; n++) {
+      const message = `client ${i} call ${n}`;
+      try {
+        const res = await client.callTool({ name: 'echo', arguments: { message } });
+        if (!JSON.stringify(res.content).includes(message))
+          failures.push(`${message}: wrong answer`);
+      } catch (err) {
+        failures.push(`${message}: ${(err as Error).message}`);
+      }
+      calls++;
+      if (stopped) after++;
+    }
+  };
+  const loops = clients.map((c, i) => loop(c.client, i));
+
+  while (calls < CLIENTS * CALLS_AROUND) await new Promise((r) => setTimeout(r, 10));
+  a.signal();
+  // Out of rotation at once, while still serving.
+  let ready = 0;
+  for (let i = 0; i < 50 && ready !== 503; i++) {
+    ready = (await fetch(`http://127.0.0.1:${adminA}/readyz`).catch(() => undefined))?.status ?? 0;
+    if (ready !== 503) await new Promise((r) => setTimeout(r, 20));
+  }
+  assert.equal(ready, 503, '/readyz of the stopped replica turned 503');
+  // What a load balancer that watches readiness does (an ingress controller, a
+  // cloud load balancer): the replica leaves its rotation, while it still serves.
+  lb.setReplicas([Number(new URL(b.url).port)]);
+  const code = await a.exited;
+  stopped = true;
+  await Promise.all(loops);
+
+  assert.deepEqual(failures, [], 'every call succeeded');
+  assert.equal(code, 0, `the stopped replica drained and exited 0: ${a.stderr()}`);
+  assert.ok(
+    a.logs.some((l) => l.event === 'shutdown.leaving_rotation'),
+    'it left rotation before it stopped accepting',
+  );
+  for (const c of clients)
+    assert.equal(c.transport.sessionId, c.session, 'each client kept its session throughout');
+});
