@@ -227,6 +227,7 @@ test('defaults are filled in and the result is deeply frozen', () => {
       requestTimeoutMs: DEFAULT_REQUEST_TIMEOUT_MS,
       keepAliveTimeoutMs: DEFAULT_KEEP_ALIVE_TIMEOUT_MS,
       heartbeatIntervalMs: DEFAULT_HEARTBEAT_INTERVAL_MS,
+      behindProxy: false,
     },
     admin: { enabled: true, host: '127.0.0.1', port: DEFAULT_ADMIN_PORT, publicMetrics: false },
     quotas: {
@@ -295,7 +296,11 @@ test('defaults are filled in and the result is deeply frozen', () => {
         },
       },
     },
-    shutdown: { drainTimeoutMs: DEFAULT_DRAIN_TIMEOUT_MS, retryHintMs: DEFAULT_RETRY_HINT_MS },
+    shutdown: {
+      leaveRotationMs: 0,
+      drainTimeoutMs: DEFAULT_DRAIN_TIMEOUT_MS,
+      retryHintMs: DEFAULT_RETRY_HINT_MS,
+    },
     log: { level: 'info' },
     tracing: { serviceName: 'portcullis', sampleRatio: 1 },
   });
@@ -880,6 +885,27 @@ test('the admin credential is one of token and tokenFile, and at least 32 charac
   assert.deepEqual(
     paths(problemsOf(() => buildConfig({ auth: NO_AUTH, admin: { token: 'short' }, servers }))),
     ['admin.token'],
+  );
+});
+
+test('plain HTTP off loopback only behind a TLS proxy, said so; and never without authentication', () => {
+  const servers = { a: { url: URL_A } };
+  const listen = { host: '0.0.0.0', allowedHosts: ['gw:8080'] };
+  const auth = { ...JWT_AUTH, resource: 'https://mcp.example.com' };
+  assert.deepEqual(paths(problemsOf(() => buildConfig({ auth, listen, servers }))), ['listen.tls']);
+  const behind = buildConfig({
+    auth,
+    listen: { ...listen, behindProxy: true },
+    servers,
+  });
+  assert.equal(behind.listen.behindProxy, true);
+  assert.deepEqual(
+    paths(
+      problemsOf(() =>
+        buildConfig({ auth: NO_AUTH, listen: { ...listen, behindProxy: true }, servers }),
+      ),
+    ),
+    ['auth.mode'],
   );
 });
 

@@ -213,11 +213,17 @@ function crossChecks(config: Config): ConfigProblem[] {
       message: `"none" is only allowed when listen.host is a loopback address (got ${config.listen.host})`,
     });
   }
-  if (!loopback && !config.listen.tls) {
+  if (!loopback && !config.listen.tls && !config.listen.behindProxy) {
     problems.push({
       path: 'listen.tls',
       message:
-        'is required when listen.host is not a loopback address (plain HTTP is loopback-only)',
+        'is required when listen.host is not a loopback address (plain HTTP is loopback-only, unless listen.behindProxy says a proxy in front is the only way in)',
+    });
+  }
+  if (config.listen.behindProxy && config.listen.tls) {
+    problems.push({
+      path: 'listen.behindProxy',
+      message: 'give listen.tls or listen.behindProxy, not both',
     });
   }
   if (!loopback && !config.listen.allowedHosts?.length) {

@@ -735,6 +735,12 @@ export const configSchema = {
             },
           },
         },
+        behindProxy: {
+          type: 'boolean',
+          default: false,
+          description:
+            "Serve plain HTTP off loopback, because a proxy in front is the only way in: one that terminates TLS (an ingress, a load balancer), or one itself reachable on loopback only (the compose file's nginx). Keep the port unreachable from anywhere else.",
+        },
         allowedHosts: {
           type: 'array',
           items: { type: 'string', minLength: 1 },
@@ -1719,6 +1725,7 @@ export interface Config {
     host: string;
     port: number;
     tls?: { cert: string; key: string; clientCa?: string };
+    behindProxy: boolean;
     allowedHosts?: string[];
     allowedOrigins?: string[];
     bodyLimitBytes: number;

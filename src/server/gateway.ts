@@ -13,7 +13,7 @@ import type { Authenticator } from '../auth/authenticate.js';
 import { createCredential, type UpstreamCredential } from '../auth/credentials.js';
 import { SigningKeys } from '../auth/keys.js';
 import { Revocations } from '../auth/revocation.js';
-import { loadConfigFile } from '../config/load.js';
+import { isLoopbackHost, loadConfigFile } from '../config/load.js';
 import type { Config } from '../config/schema.js';
 import { GatewayError } from '../errors/index.js';
 import { ToolHeaderRegistry } from '../mcp/era.js';
@@ -432,6 +432,12 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
     adminUrl = baseUrl(admin, false);
   }
   log.info({ url, adminUrl, servers: [...routes.keys()] }, 'gateway listening');
+  if (config.listen.behindProxy && !isLoopbackHost(config.listen.host)) {
+    log.warn(
+      { event: 'listen.plain_http', host: config.listen.host },
+      'serving plain HTTP off loopback (listen.behindProxy): only the proxy in front may reach this port',
+    );
+  }
 
   // After the listeners: a start that fails leaves no watch behind.
   const reloader =
