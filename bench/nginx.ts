@@ -11,7 +11,8 @@ const WORKER_CONNECTIONS = 16_384;
 export interface NginxOptions {
   readonly dir: string;
   readonly port: number;
-  readonly upstreamPort: number;
+  /** One or more origins, round-robin. */
+  readonly upstreamPorts: readonly number[];
   readonly workers: number;
   readonly maxOpenFiles: number;
 }
@@ -42,7 +43,7 @@ http {
   keepalive_requests 1000000;
 
   upstream origin {
-    server 127.0.0.1:${o.upstreamPort};
+${o.upstreamPorts.map((p) => `    server 127.0.0.1:${p};`).join('\n')}
     keepalive ${UPSTREAM_KEEPALIVE_CONNECTIONS};
     keepalive_requests 1000000;
     keepalive_timeout 60s;
@@ -54,6 +55,8 @@ http {
       proxy_pass http://origin;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
+      # What the client asked for: a gateway behind it checks the Host (DNS-rebinding protection).
+      proxy_set_header Host $http_host;
       proxy_buffering off;
       proxy_request_buffering off;
       proxy_read_timeout 300s;

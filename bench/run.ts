@@ -304,7 +304,7 @@ async function startNginx(originPort: number): Promise<Running> {
   const conf = writeNginxConfig({
     dir,
     port,
-    upstreamPort: originPort,
+    upstreamPorts: [originPort],
     workers: relayCpuCount,
     maxOpenFiles: Number.isFinite(hard) ? hard : 20_000,
   });

@@ -14,6 +14,7 @@ import { parseArgs } from 'node:util';
 import { format } from 'prettier';
 import { Agent, request } from 'undici';
 import { childrenByParent } from '../src/upstream/procfs.js';
+import { answerTo, openLegacySession, postLegacy, type Answer } from './legacy.js';
 import { freePort, startLogged, stop, waitForLog, waitForPort } from './proc.js';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
@@ -99,44 +100,11 @@ const START_GAP_MS = Number(opts['start-gap']);
 const ROUNDS = Math.max(1, Number(opts.rounds));
 
 const agent = new Agent({ connections: SESSIONS * 2, pipelining: 1, keepAliveTimeout: 30_000 });
-const ACCEPT = 'application/json, text/event-stream';
 
 // --- the client side: raw Streamable HTTP, a session per loop ----------------------------------
 
-interface Answer {
-  status: number;
-  sessionId: string | undefined;
-  text: string;
-}
-
-async function post(url: string, body: unknown, sessionId?: string): Promise<Answer> {
-  const res = await request(url, {
-    method: 'POST',
-    dispatcher: agent,
-    headers: {
-      'content-type': 'application/json',
-      accept: ACCEPT,
-      'mcp-protocol-version': '2025-11-25',
-      ...(sessionId === undefined ? {} : { 'mcp-session-id': sessionId }),
-    },
-    body: JSON.stringify(body),
-  });
-  const text = await res.body.text();
-  const sid = res.headers['mcp-session-id'];
-  return { status: res.statusCode, sessionId: typeof sid === 'string' ? sid : undefined, text };
-}
-
-/** The message answering `id` in a JSON or SSE body. */
-function answerTo(text: string, id: number): { result?: unknown; error?: unknown } {
-  if (text.startsWith('{')) return JSON.parse(text) as { result?: unknown };
-  for (const line of text.split('\n')) {
-    // An event with empty data only primes resumption.
-    if (!line.startsWith('data:') || line.slice(5).trim() === '') continue;
-    const m = JSON.parse(line.slice(5)) as { id?: unknown; result?: unknown; error?: unknown };
-    if (m.id === id) return m;
-  }
-  throw new Error(`no answer to ${id} in: ${text.slice(0, 200)}`);
-}
+const post = (url: string, body: unknown, sessionId?: string): Promise<Answer> =>
+  postLegacy(agent, url, body, sessionId);
 
 class Session {
   private nextId = 1;
@@ -146,27 +114,7 @@ class Session {
   ) {}
 
   static async open(url: string): Promise<Session> {
-    const init = await post(url, {
-      jsonrpc: '2.0',
-      id: 0,
-      method: 'initialize',
-      params: {
-        protocolVersion: '2025-11-25',
-        capabilities: {},
-        clientInfo: { name: 'bench', version: '1' },
-      },
-    });
-    if (init.status !== 200)
-      throw new Error(`initialize: ${init.status} ${init.text.slice(0, 200)}`);
-    answerTo(init.text, 0);
-    const session = new Session(url, init.sessionId);
-    const done = await post(
-      url,
-      { jsonrpc: '2.0', method: 'notifications/initialized' },
-      session.id,
-    );
-    if (done.status !== 202 && done.status !== 200) throw new Error(`initialized: ${done.status}`);
-    return session;
+    return new Session(url, await openLegacySession(agent, url));
   }
 
   async echo(): Promise<void> {
