@@ -8,19 +8,17 @@
  * every client succeeds, in the same session, and the stopped replica exits 0.
  */
 import assert from 'node:assert/strict';
-import { randomUUID } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
-import { Redis } from 'ioredis';
 import { stringify } from 'yaml';
 import { startChildGateway } from './helpers/child-gateway.js';
 import { startEverything } from './helpers/everything.js';
 import { LEAVE_ROTATION_MS, startBalancer } from './helpers/nginx.js';
-import { freePort, SHARED_REDIS } from './helpers/redis.js';
+import { freePort, isolatedPrefix, SHARED_REDIS } from './helpers/redis.js';
 
 const CLIENTS = 3;
 /** Calls each client makes before the SIGTERM, and after the replica is gone. */
@@ -31,13 +29,7 @@ test('a client calling in a loop loses no request while one of two replicas drai
   t.after(() => upstream.stop());
   const dir = await mkdtemp(join(tmpdir(), 'portcullis-drain-'));
   t.after(() => rm(dir, { recursive: true, force: true }));
-  const prefix = `portcullis-test:${randomUUID()}:`;
-  t.after(async () => {
-    const redis = new Redis(SHARED_REDIS);
-    const keys = await redis.keys(`${prefix}*`);
-    if (keys.length > 0) await redis.del(...keys);
-    await redis.quit();
-  });
+  const prefix = isolatedPrefix(t);
   const config = join(dir, 'portcullis.yaml');
   await writeFile(
     config,

@@ -7,18 +7,24 @@
  * other replica; a replica that goes away leaves its sessions to the other.
  */
 import assert from 'node:assert/strict';
-import { randomUUID } from 'node:crypto';
+import { createHmac, randomUUID } from 'node:crypto';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { request as httpRequest } from 'node:http';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { CreateMessageRequestSchema } from '@modelcontextprotocol/sdk/types.js';
 import { Redis } from 'ioredis';
+import { readAuditFiles } from '../src/audit/verify.js';
+import type { AuditRecord } from '../src/audit/types.js';
 import { startConformanceServer, type ConformanceServer } from './fixtures/conformance-server.js';
 import { everythingFeatures } from './helpers/everything-features.js';
 import { everythingStdio, startEverything } from './helpers/everything.js';
 import { SeenFrames, startTestGateway, type TestGateway } from './helpers/gateway.js';
 import { startBalancer, type Balancer } from './helpers/nginx.js';
-import { freePort, SHARED_REDIS, startRedisServer } from './helpers/redis.js';
+import { dropKeys, freePort, SHARED_REDIS, startRedisServer } from './helpers/redis.js';
 import { initializeBody, post } from './helpers/requests.js';
 
 const INITIALIZE = initializeBody(1);
@@ -26,15 +32,6 @@ const LIST_TOOLS = { jsonrpc: '2.0', id: 2, method: 'tools/list' };
 
 function portOf(url: string): number {
   return Number(new URL(url).port);
-}
-
-/** Every key under `prefix` in the shared Redis, deleted. */
-async function dropKeys(prefix: string): Promise<void> {
-  const redis = new Redis(SHARED_REDIS, { lazyConnect: true });
-  await redis.connect();
-  const keys = await redis.keys(`${prefix}*`);
-  if (keys.length > 0) await redis.del(...keys);
-  await redis.quit();
 }
 
 function replicaOptions(
@@ -180,6 +177,38 @@ describe('two replicas behind nginx round-robin, Streamable HTTP upstream', () =
     assert.equal(await storeOperations(b), before, '20 requests, 0 store operations');
   });
 
+  test('what a session negotiated holds on the other replica: batches in a 2025-03-26 session only', async () => {
+    const pings = [
+      { jsonrpc: '2.0', id: 11, method: 'ping' },
+      { jsonrpc: '2.0', id: 12, method: 'ping' },
+    ];
+    const open = async (version: string): Promise<string> => {
+      const init = await post(`${a.url}/mcp/everything`, initializeBody(1, version));
+      assert.equal(init.status, 200);
+      assert.match(await init.text(), new RegExp(`"protocolVersion":"${version}"`));
+      return init.headers.get('mcp-session-id') as string;
+    };
+    const old = await open('2025-03-26');
+    const batch = await post(`${b.url}/mcp/everything`, pings, {
+      'mcp-session-id': old,
+      'mcp-protocol-version': '2025-03-26',
+    });
+    assert.equal(batch.status, 200, 'B knows the session negotiated batching');
+    const text = await batch.text();
+    assert.match(text, /"id":11/);
+    assert.match(text, /"id":12/);
+
+    const current = await open('2025-06-18');
+    // The header claims the old version; the session's own, read from the store, decides.
+    const refused = await post(`${b.url}/mcp/everything`, pings, {
+      'mcp-session-id': current,
+      'mcp-protocol-version': '2025-03-26',
+    });
+    assert.equal(refused.status, 400);
+    const body = (await refused.json()) as { error: { data: { code: string } } };
+    assert.equal(body.error.data.code, 'PORTCULLIS_ERR_JSONRPC_BATCH');
+  });
+
   test('a session opened on one replica is ended by a DELETE on the other: 404 on both', async () => {
     const init = await post(`${a.url}/mcp/everything`, INITIALIZE);
     assert.equal(init.status, 200);
@@ -297,6 +326,90 @@ describe('two replicas behind nginx round-robin, stdio upstream (its process on 
     assert.equal(other.status, 404);
   });
 
+  test("a signed request reaches a session's process only in its owner's name, once", async () => {
+    const init = await post(`${a.url}/mcp/everything`, INITIALIZE);
+    const sid = init.headers.get('mcp-session-id') as string;
+    await init.body?.cancel();
+    const redis = new Redis(SHARED_REDIS);
+    const record = JSON.parse((await redis.get(`${prefix}session:${sid}`)) as string) as {
+      home: string;
+      owner: string;
+      upstreamId: string;
+    };
+    await redis.quit();
+    const origin = new URL(record.home.split('#')[0] as string).origin;
+    const send = (envelope: Record<string, unknown>, nonce = randomUUID()) => {
+      const body = JSON.stringify({
+        server: 'everything',
+        home: record.home,
+        method: 'POST',
+        body: JSON.stringify(LIST_TOOLS),
+        ...envelope,
+      });
+      const timestamp = String(Date.now());
+      const signature = createHmac('sha256', CLUSTER.cluster.secret)
+        .update(`${timestamp}.${nonce}.`)
+        .update(body)
+        .digest('hex');
+      return fetch(`${origin}/internal/v1/forward`, {
+        method: 'POST',
+        body,
+        headers: {
+          'x-portcullis-timestamp': timestamp,
+          'x-portcullis-nonce': nonce,
+          'x-portcullis-signature': signature,
+        },
+      });
+    };
+    const headers = { 'content-type': 'application/json', 'mcp-session-id': record.upstreamId };
+    const nonce = randomUUID();
+    const owned = await send({ headers, affinity: record.owner }, nonce);
+    assert.equal(owned.status, 200);
+    assert.match(await owned.text(), /"echo"/);
+    const replayed = await send({ headers, affinity: record.owner }, nonce);
+    assert.equal(replayed.status, 401, 'a nonce is good once');
+    const someoneElse = await send({ headers, affinity: JSON.stringify(['acme', 'mallory']) });
+    assert.equal(someoneElse.status, 404, "the process is the session owner's alone");
+    await someoneElse.body?.cancel();
+    const noSession = await send({
+      headers: { 'content-type': 'application/json' },
+      affinity: record.owner,
+    });
+    assert.equal(noSession.status, 400, 'only requests of a session are forwarded');
+    await noSession.body?.cancel();
+  });
+
+  test('the internal listener refuses a stale request before reading its body', async () => {
+    const redis = new Redis(SHARED_REDIS);
+    const keys = await redis.keys(`${prefix}session:*`);
+    const record = JSON.parse((await redis.get(keys[0] as string)) as string) as { home: string };
+    await redis.quit();
+    const target = new URL(record.home.split('#')[0] as string);
+    const status = await new Promise<number>((resolve, reject) => {
+      const req = httpRequest({
+        host: target.hostname,
+        port: target.port,
+        method: 'POST',
+        path: '/internal/v1/forward',
+        headers: {
+          'content-length': String(1024 * 1024),
+          'x-portcullis-timestamp': String(Date.now() - 10 * 60_000),
+          'x-portcullis-nonce': randomUUID(),
+          'x-portcullis-signature': '0'.repeat(64),
+        },
+      });
+      req.on('response', (res) => {
+        res.resume();
+        resolve(res.statusCode ?? 0);
+        req.destroy();
+      });
+      req.on('error', reject);
+      // A few bytes of the megabyte announced, and then nothing: the answer must not wait for it.
+      req.write('{"server":');
+    });
+    assert.equal(status, 401);
+  });
+
   test('the owner goes away: its sessions end with 404 on the other replica, and a new one works', async () => {
     const init = await post(`${a.url}/mcp/everything`, INITIALIZE);
     const sid = init.headers.get('mcp-session-id') as string;
@@ -367,12 +480,15 @@ describe('sessions when the shared store is down', () => {
     t.after(() => redis.kill());
     const upstream = await startEverything();
     t.after(() => upstream.stop());
+    const auditDir = await mkdtemp(path.join(tmpdir(), 'portcullis-audit-'));
+    t.after(() => rm(auditDir, { recursive: true, force: true }));
     const prefix = `portcullis-test:${randomUUID()}:`;
     const gw = await startTestGateway(
       { everything: upstream.url },
-      replicaOptions(prefix, redis.url),
+      replicaOptions(prefix, redis.url, { audit: { file: { dir: auditDir } } }),
     );
-    t.after(() => gw.close());
+    let closed = false;
+    t.after(() => (closed ? undefined : gw.close()));
     const init = await post(gw.urlFor('everything'), INITIALIZE);
     assert.equal(init.status, 200);
     const sid = init.headers.get('mcp-session-id') as string;
@@ -395,5 +511,53 @@ describe('sessions when the shared store is down', () => {
     assert.equal(unknown.status, 503, 'a session it does not hold cannot be looked up');
     const u = (await unknown.json()) as { error: { data: { code: string } } };
     assert.equal(u.error.data.code, 'PORTCULLIS_ERR_SESSION_STORE_UNAVAILABLE');
+
+    // Both refusals are in the audit trail, with the status and the code: the
+    // initialize as the message it was, the other as a refusal at the door
+    // (its session could not be looked up, so nothing of it was decided).
+    closed = true;
+    await gw.close();
+    const records: AuditRecord[] = [];
+    for await (const { line } of readAuditFiles([auditDir]))
+      records.push(JSON.parse(line) as AuditRecord);
+    const refusals = records.filter((r) => r.error === 'PORTCULLIS_ERR_SESSION_STORE_UNAVAILABLE');
+    assert.deepEqual(
+      refusals.map((r) => [r.kind, r.status, r.server, r.method ?? r.path]),
+      [
+        ['message', 503, 'everything', 'initialize'],
+        ['refusal', 503, 'everything', '/mcp/everything'],
+      ],
+    );
+  });
+});
+
+describe('the cluster secret', () => {
+  test('a secret file too short to be a key, or missing, stops the start with a clear error', async (t) => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'portcullis-cluster-'));
+    t.after(() => rm(dir, { recursive: true, force: true }));
+    const file = path.join(dir, 'secret');
+    await writeFile(file, 'short-secret\n');
+    const prefix = `portcullis-test:${randomUUID()}:`;
+    const options = (secretFile: string) =>
+      replicaOptions(prefix, SHARED_REDIS, {
+        cluster: { host: '127.0.0.1', port: 0, secretFile },
+      });
+    await assert.rejects(
+      startTestGateway({ everything: everythingStdio({ warmPool: 0 }) }, options(file)),
+      /cluster\.secretFile: the cluster secret is 12 bytes; it needs at least 32/,
+    );
+    await assert.rejects(
+      startTestGateway(
+        { everything: everythingStdio({ warmPool: 0 }) },
+        options(path.join(dir, 'absent')),
+      ),
+      /cluster\.secretFile: cannot read it: ENOENT/,
+    );
+    await writeFile(file, `${'k'.repeat(40)}\n`);
+    const gw = await startTestGateway(
+      { everything: everythingStdio({ warmPool: 0 }) },
+      options(file),
+    );
+    await gw.close();
   });
 });

@@ -147,6 +147,18 @@ for (const kind of ['memory', 'redis'] as const) {
     assert.equal((await store.entries('')).length, 5);
   });
 
+  test(`${kind}: replace sets a key that exists and never brings back one that does not`, async (t) => {
+    const store = await openKind(t);
+    assert.equal(await store.replace('absent', 'x', 10_000), false);
+    assert.equal(await store.get('absent'), undefined, 'replace did not create it');
+    await store.set('present', 'old', 10_000);
+    assert.equal(await store.replace('present', 'new', 10_000), true);
+    assert.equal(await store.get('present'), 'new');
+    await store.delete('present');
+    assert.equal(await store.replace('present', 'again', 10_000), false);
+    assert.equal(await store.get('present'), undefined);
+  });
+
   test(`${kind}: delete removes a key, and a missing key is no error`, async (t) => {
     const store = await openKind(t);
     await store.set('gone', 'x', 10_000);

@@ -1207,7 +1207,7 @@ export const configSchema = {
         secretFile: {
           type: 'string',
           minLength: 1,
-          description: 'File holding the cluster secret.',
+          description: 'File holding the cluster secret (at least 32 bytes; read at start).',
         },
       },
     },

@@ -109,6 +109,21 @@ export const SESSIONS_ENDED_CHANNEL = 'sessions:ended';
 export const MAX_RESUMABLE = 1_024;
 /** Ended ids remembered on a replica, so a read racing the end cannot bring one back. */
 const MAX_RECENTLY_ENDED = 10_000;
+/** A resumable request id's longest string form (JSON-RPC ids are the client's, bounded here). */
+const MAX_RESUMABLE_ID_LENGTH = 256;
+/** The shape of a home: the replica's internal URL and its boot id (src/server/replicas.ts). */
+const HOME = /^https?:\/\/[A-Za-z0-9.\-:[\]]+#[A-Za-z0-9_-]{16}$/;
+
+/**
+ * Seals a session's home to the cluster: a record naming a home another
+ * replica will forward to (with the client's request and the credentials
+ * issued for it) is one a replica wrote, not one anyone with write access to
+ * the store made up to point the cluster at an address of their own.
+ */
+export interface HomeSeal {
+  seal(id: string, home: string): string;
+  check(id: string, home: string, seal: string): boolean;
+}
 
 export interface SharedSessionOptions {
   readonly idleTimeoutMs: number;
@@ -126,6 +141,10 @@ export interface SharedSessionOptions {
   readonly onExpire?: (session: Session) => void;
   /** A store operation that failed outside a request (sharing a change, the sweep). */
   readonly onStoreError?: (what: string, err: unknown) => void;
+  /** With a cluster: how homes are sealed. Without, a record naming a home is no session. */
+  readonly homes?: HomeSeal | undefined;
+  /** A callback (`onEnd`, `onExpire`) that threw: logged, never the sweep's or a request's failure. */
+  readonly onCallbackError?: (what: string, err: unknown) => void;
 }
 
 interface Held extends Session {
@@ -141,28 +160,39 @@ interface SharedRecord {
   readonly upstreamId?: string;
   readonly protocolVersion?: string;
   readonly home?: string;
+  /** The home's seal (`HomeSeal`), present with `home`. */
+  readonly homeSeal?: string;
   readonly createdAt: number;
   readonly resumable?: Array<string | number>;
 }
 
-function encode(s: Session): string {
+function encode(s: Session, homes: HomeSeal | undefined): string {
   const record: SharedRecord = {
     server: s.server,
     owner: s.owner,
     createdAt: s.createdAt,
     ...(s.upstreamId !== undefined ? { upstreamId: s.upstreamId } : {}),
     ...(s.protocolVersion !== undefined ? { protocolVersion: s.protocolVersion } : {}),
-    ...(s.home !== undefined ? { home: s.home } : {}),
+    ...(s.home !== undefined && homes !== undefined
+      ? { home: s.home, homeSeal: homes.seal(s.id, s.home) }
+      : {}),
     ...(s.resumable && s.resumable.size > 0 ? { resumable: [...s.resumable] } : {}),
   };
   return JSON.stringify(record);
 }
 
+const resumableId = (id: unknown): id is string | number =>
+  (typeof id === 'string' && id.length <= MAX_RESUMABLE_ID_LENGTH) ||
+  (typeof id === 'number' && Number.isFinite(id));
+
 const optionalString = (v: unknown): v is string | undefined =>
   v === undefined || typeof v === 'string';
 
-/** The record, if it has the shape this module writes; anything else is no session. */
-function decode(raw: string): SharedRecord | undefined {
+/**
+ * The record, if it has the shape this module writes (and its home, if any,
+ * is sealed); anything else is no session.
+ */
+function decode(id: string, raw: string, homes: HomeSeal | undefined): SharedRecord | undefined {
   let r: unknown;
   try {
     r = JSON.parse(raw);
@@ -174,11 +204,14 @@ function decode(raw: string): SharedRecord | undefined {
   if (typeof o.server !== 'string' || typeof o.owner !== 'string') return undefined;
   if (typeof o.createdAt !== 'number') return undefined;
   if (!optionalString(o.upstreamId) || !optionalString(o.protocolVersion)) return undefined;
-  if (!optionalString(o.home)) return undefined;
+  if (o.home !== undefined) {
+    if (typeof o.home !== 'string' || !HOME.test(o.home) || typeof o.homeSeal !== 'string')
+      return undefined;
+    if (homes === undefined || !homes.check(id, o.home, o.homeSeal)) return undefined;
+  }
   if (o.resumable !== undefined) {
     if (!Array.isArray(o.resumable) || o.resumable.length > MAX_RESUMABLE) return undefined;
-    if (!o.resumable.every((id) => typeof id === 'string' || typeof id === 'number'))
-      return undefined;
+    if (!o.resumable.every(resumableId)) return undefined;
   }
   return o as unknown as SharedRecord;
 }
@@ -243,7 +276,7 @@ export class SharedSessionStore implements SessionStore {
     this.opened++;
     try {
       const [fresh] = await Promise.all([
-        this.store.setIfAbsent(SESSION_KEY + id, encode(session), this.ttlMs),
+        this.store.setIfAbsent(SESSION_KEY + id, this.encode(session), this.ttlMs),
         this.store.set(SESSION_SEEN_KEY + id, String(now), this.ttlMs),
       ]);
       if (!fresh) throw new Error('session id already in use');
@@ -270,19 +303,26 @@ export class SharedSessionStore implements SessionStore {
     }
     if (this.recentlyEnded.has(id)) return undefined;
     const idleHere = s !== undefined && this.idle(s, now);
-    const [raw, seen] = await Promise.all([
+    // The end is read with the record: a record brought back by a race with the
+    // end (a change shared as it ended) is no session, even past `recentlyEnded`.
+    const [raw, seen, ended] = await Promise.all([
       this.store.get(SESSION_KEY + id),
       idleHere ? this.store.get(SESSION_SEEN_KEY + id) : undefined,
+      this.store.get(SESSION_ENDED_KEY + id),
     ]);
     // It may have ended while the store answered.
     if (this.recentlyEnded.has(id)) return undefined;
+    if (ended !== undefined) {
+      this.endHere(id);
+      return undefined;
+    }
     if (raw === undefined && s !== undefined && !idleHere) {
       // Held and in use here, yet not in the store: ended elsewhere, or lost by it.
       if (!(await this.offerAgain(s))) return undefined;
       s.lastSeenAt = now;
       return s;
     }
-    const record = raw === undefined ? undefined : decode(raw);
+    const record = raw === undefined ? undefined : decode(id, raw, this.options.homes);
     if (record === undefined || record.server !== server || record.owner !== owner) {
       if (s !== undefined && raw === undefined) this.endHere(id);
       return undefined;
@@ -310,7 +350,10 @@ export class SharedSessionStore implements SessionStore {
     s.protocolVersion ??= record.protocolVersion;
     if (record.resumable !== undefined) {
       s.resumable ??= new Set();
-      for (const r of record.resumable) s.resumable.add(r);
+      for (const r of record.resumable) {
+        if (s.resumable.size >= MAX_RESUMABLE) break;
+        s.resumable.add(r);
+      }
     } else if (fresh) {
       s.resumable?.clear();
     }
@@ -328,12 +371,14 @@ export class SharedSessionStore implements SessionStore {
 
   delete(id: string): Session | undefined {
     const s = this.endHere(id);
+    // The end is recorded before the record goes: a replica that finds no
+    // record then always finds the end, and does not offer the session again.
     this.share(
       'end a session',
-      Promise.all([
-        this.store.delete(SESSION_KEY + id),
-        this.store.set(SESSION_ENDED_KEY + id, '1', this.ttlMs),
-      ]).then(() => this.store.publish(SESSIONS_ENDED_CHANNEL, id)),
+      this.store
+        .set(SESSION_ENDED_KEY + id, '1', this.ttlMs)
+        .then(() => this.store.delete(SESSION_KEY + id))
+        .then(() => this.store.publish(SESSIONS_ENDED_CHANNEL, id)),
     );
     return s;
   }
@@ -381,7 +426,13 @@ export class SharedSessionStore implements SessionStore {
       this.endHere(s.id);
       return false;
     }
-    await this.store.setIfAbsent(SESSION_KEY + s.id, encode(s), this.ttlMs);
+    const offered = await this.store.setIfAbsent(SESSION_KEY + s.id, this.encode(s), this.ttlMs);
+    // It may have ended between the two: then what was offered is taken back.
+    if (offered && (await this.store.get(SESSION_ENDED_KEY + s.id)) !== undefined) {
+      await this.store.delete(SESSION_KEY + s.id);
+      this.endHere(s.id);
+      return false;
+    }
     return true;
   }
 
@@ -392,7 +443,7 @@ export class SharedSessionStore implements SessionStore {
         this.store.get(SESSION_KEY + s.id),
         this.store.get(SESSION_SEEN_KEY + s.id),
       ]);
-      if (raw === undefined || this.unusedSince(seen, now)) return this.expire(s);
+      if (raw === undefined || this.unusedSince(seen, now)) return await this.expire(s);
       if (!s.mine && this.held.get(s.id) === s) this.held.delete(s.id);
     } catch (err) {
       this.options.onStoreError?.('check an idle session', err);
@@ -410,7 +461,7 @@ export class SharedSessionStore implements SessionStore {
     }
     if (this.held.get(s.id) !== s) return;
     this.delete(s.id);
-    if (claimed) this.options.onExpire?.(s);
+    if (claimed) this.callback('end an expired session upstream', () => this.options.onExpire?.(s));
   }
 
   /** Drops the session on this replica; what was issued for it here is revoked. */
@@ -422,17 +473,33 @@ export class SharedSessionStore implements SessionStore {
     this.held.delete(id);
     if (s.mine) this.opened--;
     s.lease?.release();
-    this.options.onEnd?.(s);
+    this.callback('end what was issued for a session', () => this.options.onEnd?.(s));
     return s;
+  }
+
+  private callback(what: string, run: () => void): void {
+    try {
+      run();
+    } catch (err) {
+      this.options.onCallbackError?.(what, err);
+    }
+  }
+
+  private encode(s: Session): string {
+    return encode(s, this.options.homes);
   }
 
   private hold(session: Session, mine: boolean, now: number): Held {
     const s: Held = { ...session, mine, sharedSeenAt: mine ? now : now - 1 };
+    // A change replaces the record, never writes one back: a session that ended
+    // meanwhile stays ended (one the store lost is offered again).
     s.save = () => {
       if (this.held.get(s.id) === s)
         this.share(
           'share a session change',
-          this.store.set(SESSION_KEY + s.id, encode(s), this.ttlMs),
+          this.store
+            .replace(SESSION_KEY + s.id, this.encode(s), this.ttlMs)
+            .then((kept) => kept || this.offerAgain(s)),
         );
     };
     if (!mine) this.makeRoom();

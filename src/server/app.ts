@@ -175,10 +175,10 @@ function sessionStoreError(err: unknown): unknown {
 }
 
 /** The upstream's side of a session the gateway could not keep: a best-effort DELETE. */
-function endUpstreamSide(route: Route, upstreamId: string | undefined): void {
+function endUpstreamSide(route: Route, upstreamId: string | undefined, owner: string): void {
   if (upstreamId === undefined) return;
   route.upstream
-    .request({ method: 'DELETE', headers: { 'mcp-session-id': upstreamId } })
+    .request({ method: 'DELETE', headers: { 'mcp-session-id': upstreamId }, affinity: owner })
     .response.then((r) => r.body.dump())
     .catch(() => undefined);
 }
@@ -876,7 +876,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
                 route.upstream.opensChannels ? deps.replicas?.home : undefined,
               );
             } catch (err) {
-              endUpstreamSide(route, upstreamId);
+              endUpstreamSide(route, upstreamId, owner);
               throw sessionStoreError(err);
             }
             if (created) {
@@ -887,7 +887,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
             } else {
               // No room for it after all (a burst got past the count): the upstream's side
               // must not live on unreachable, holding a process.
-              endUpstreamSide(route, upstreamId);
+              endUpstreamSide(route, upstreamId, owner);
             }
             return created;
           }
@@ -946,7 +946,11 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     if (headers === undefined) return x.sendEmpty(200);
     try {
       x.upstreamSentAt = performance.now();
-      const up = await upstreamFor(route, session).request({ method: 'DELETE', headers }).response;
+      const up = await upstreamFor(route, session).request({
+        method: 'DELETE',
+        headers,
+        affinity: session.owner,
+      }).response;
       x.upstreamAnsweredAt = performance.now();
       await up.body.dump();
       // 405 means the upstream does not let clients end sessions; the gateway's side has ended anyway.

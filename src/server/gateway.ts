@@ -19,7 +19,7 @@ import { GatewayError } from '../errors/index.js';
 import { ToolHeaderRegistry } from '../mcp/era.js';
 import type { ExchangeObserver } from './exchange.js';
 import { SharedSessionStore, type Session } from '../mcp/sessions.js';
-import { startReplicaLink } from './replicas.js';
+import { clusterSecret, homeSeal, startReplicaLink } from './replicas.js';
 import { openStore } from '../store/index.js';
 import { createMetrics } from '../telemetry/metrics.js';
 import { metricsObserver } from '../telemetry/exchange-metrics.js';
@@ -88,6 +88,8 @@ function baseUrl(app: FastifyInstance, tls: boolean): string {
 
 export async function startGateway(config: Config, options: StartOptions = {}): Promise<Gateway> {
   const log = options.log ?? pino({ level: config.log.level });
+  // Read before anything is opened: a bad secret stops the start with nothing to close.
+  const secret = config.cluster === undefined ? undefined : clusterSecret(config.cluster);
   const routes = new Map<string, Route>();
   // Credentials are made once the listener has its address (a minted token's
   // issuer defaults to the gateway's resource); no request is read before.
@@ -139,6 +141,9 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
   // Declared before the store is built: an expiry calls it.
   let endUpstreamSession: (s: Session) => void = () => undefined;
   const sessions = new SharedSessionStore(store, {
+    homes: secret === undefined ? undefined : homeSeal(secret),
+    onCallbackError: (what, err) =>
+      log.error({ err: (err as Error).message }, `sessions: could not ${what}`),
     idleTimeoutMs: config.sessions.idleTimeoutMs,
     max: config.sessions.max,
     sweepIntervalMs: sessionSweepMs,
@@ -260,11 +265,11 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
             host: config.cluster.host,
             port: config.cluster.port,
             advertise: config.cluster.advertise,
-            secret:
-              config.cluster.secret ??
-              readFileSync(config.cluster.secretFile as string, 'utf8').trim(),
+            secret: secret as string,
             // A forwarded request is the client's body and the headers, in JSON.
             maxRequestBytes: 2 * config.listen.bodyLimitBytes + 64 * 1024,
+            // A stream per session at most, for sessions opened here and served elsewhere.
+            maxConnections: 2 * config.sessions.max + 256,
           },
           (server) => {
             const up = routes.get(server)?.upstream;
@@ -315,7 +320,11 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
       const upstream =
         (s.home !== undefined && replicas?.toHome(s.home, route.name)) || route.upstream;
       upstream
-        .request({ method: 'DELETE', headers: { 'mcp-session-id': s.upstreamId } })
+        .request({
+          method: 'DELETE',
+          headers: { 'mcp-session-id': s.upstreamId },
+          affinity: s.owner,
+        })
         .response.then((r) => r.body.dump())
         .catch(() => undefined);
     }
@@ -334,6 +343,8 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
     if (r.kind === 'session') {
       const s = sessions.peek(r.id);
       if (s !== undefined) ended.push(s);
+      // Not held here: still ended in the store, so no replica serves it again.
+      else sessions.delete(r.id);
     } else if (r.kind === 'sub') {
       for (const s of sessions.all()) if (s.owner === r.id) ended.push(s);
     }

@@ -21,12 +21,15 @@
  */
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { once } from 'node:events';
+import { readFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import { Pool } from 'undici';
+import { ConfigError } from '../config/load.js';
 import { GatewayError } from '../errors/index.js';
-import { DispatchedCall } from '../upstream/http.js';
+import type { HomeSeal } from '../mcp/sessions.js';
+import { DispatchedCall, toGatewayError, transportErrorCode } from '../upstream/http.js';
 import type {
   Upstream,
   UpstreamCall,
@@ -41,6 +44,29 @@ export const SIGNATURE_WINDOW_MS = 30_000;
 const MAX_HOMES = 64;
 /** Nonces remembered against replay, at most (a window's worth at a high rate). */
 const MAX_NONCES = 200_000;
+/** The cluster secret's least length, in bytes (an HMAC key weaker than its hash is no key). */
+export const MIN_SECRET_BYTES = 32;
+/** Bytes of forwarded requests being read at once, across all of them, before one is checked. */
+const MAX_BUFFERED_BYTES = 64 * 1024 * 1024;
+/** Headers must come within this, and the whole request within the signature window. */
+const HEADERS_TIMEOUT_MS = 5_000;
+/** TCP keepalive on the links: a home that vanished is noticed on a stream that carries nothing. */
+const KEEPALIVE_DELAY_MS = 15_000;
+/**
+ * Failures that mean the home is not there: nothing listens, no such host, no
+ * route, or no answer to connecting. A connection reset or closed mid-way is
+ * not one (the home may be alive): the call fails, the session stays.
+ */
+const HOME_GONE = new Set([
+  'ECONNREFUSED',
+  'ENOTFOUND',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'UND_ERR_CONNECT_TIMEOUT',
+]);
+const NONCE = /^[A-Za-z0-9_-]{16,64}$/;
+const SIGNATURE = /^[0-9a-f]{64}$/;
+const TIMESTAMP = /^[0-9]{1,16}$/;
 const HEADER_SIGNATURE = 'x-portcullis-signature';
 const HEADER_TIMESTAMP = 'x-portcullis-timestamp';
 const HEADER_NONCE = 'x-portcullis-nonce';
@@ -57,6 +83,60 @@ export interface ClusterSettings {
   readonly secret: string;
   /** Largest forwarded request (the public body limit, plus its envelope). */
   readonly maxRequestBytes: number;
+  /** Connections the internal listener holds at most (each forwarded stream holds one). */
+  readonly maxConnections: number;
+}
+
+/** The cluster secret, from the config or its file, refused if too short to be a key. */
+export function clusterSecret(cluster: { secret?: string; secretFile?: string }): string {
+  let secret = cluster.secret;
+  const source = cluster.secretFile ?? 'cluster.secret';
+  if (secret === undefined) {
+    try {
+      secret = readFileSync(cluster.secretFile as string, 'utf8').trim();
+    } catch (err) {
+      throw new ConfigError(source, [
+        {
+          path: 'cluster.secretFile',
+          message: `cannot read it: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`,
+        },
+      ]);
+    }
+  }
+  const bytes = Buffer.byteLength(secret);
+  if (bytes < MIN_SECRET_BYTES)
+    throw new ConfigError(source, [
+      {
+        path: cluster.secretFile === undefined ? 'cluster.secret' : 'cluster.secretFile',
+        message: `the cluster secret is ${bytes} bytes; it needs at least ${MIN_SECRET_BYTES} (e.g. openssl rand -base64 48)`,
+      },
+    ]);
+  return secret;
+}
+
+/** Seals sessions' homes with a key of their own, derived from the cluster secret. */
+export function homeSeal(secret: string): HomeSeal {
+  const key = createHmac('sha256', secret).update('portcullis session home').digest();
+  const seal = (id: string, home: string): string =>
+    createHmac('sha256', key).update(`${id}\n${home}`).digest('base64url');
+  return {
+    seal,
+    check(id, home, given) {
+      const a = Buffer.from(seal(id, home));
+      const b = Buffer.from(given);
+      return a.length === b.length && timingSafeEqual(a, b);
+    },
+  };
+}
+
+/** The advertised address, as a URL origin; a configuration error if it is not one. */
+function advertisedOrigin(advertise: string): string {
+  const url = URL.canParse(advertise) ? new URL(advertise) : undefined;
+  if (url === undefined || !/^https?:$/.test(url.protocol) || url.pathname !== '/')
+    throw new ConfigError('cluster.advertise', [
+      { path: 'cluster.advertise', message: `"${advertise}" is not an http(s) origin` },
+    ]);
+  return url.origin;
 }
 
 /** What one replica sends another: an upstream request, as the relay built it. */
@@ -80,6 +160,10 @@ export interface ReplicaLink {
    */
   toHome(home: string, server: string): Upstream | undefined;
   close(): Promise<void>;
+}
+
+function hostForUrl(host: string): string {
+  return host.includes(':') && !host.startsWith('[') ? `[${host}]` : host;
 }
 
 function sign(secret: string, timestamp: string, nonce: string, body: string): string {
@@ -123,7 +207,12 @@ class HomeUpstream implements Upstream {
     const timestamp = String(Date.now());
     const nonce = randomBytes(16).toString('base64url');
     const idleMs = req.idleMs ?? this.idleMs;
-    const call = new DispatchedCall(this.name, idleMs);
+    const server = this.name;
+    // Nothing answers where the home was: it is gone, and so is the session.
+    const call = new DispatchedCall(server, idleMs, (err) => {
+      const code = transportErrorCode(err);
+      return code !== undefined && HOME_GONE.has(code) ? gone(server) : toGatewayError(err, server);
+    });
     this.pool.dispatch(
       {
         path: FORWARD_PATH,
@@ -139,21 +228,13 @@ class HomeUpstream implements Upstream {
       },
       call,
     );
-    const server = this.name;
-    const response = call.response.then(
-      async (up): Promise<UpstreamResponse> => {
-        if (up.statusCode === 404 && up.headers[HEADER_GONE] !== undefined) {
-          await up.body.dump();
-          throw gone(server);
-        }
-        return up;
-      },
-      (err: unknown) => {
-        // Nothing listens where the home was: it is gone, and so is the session.
-        if (err instanceof GatewayError && err.data.reason === 'connect') throw gone(server);
-        throw err;
-      },
-    );
+    const response = call.response.then(async (up): Promise<UpstreamResponse> => {
+      if (up.statusCode === 404 && up.headers[HEADER_GONE] !== undefined) {
+        await up.body.dump();
+        throw gone(server);
+      }
+      return up;
+    });
     return {
       response,
       get aborted() {
@@ -168,17 +249,22 @@ class HomeUpstream implements Upstream {
   }
 }
 
-/** Remembers nonces for the signature window; refuses one seen already. */
+/**
+ * Remembers nonces for the signature window; refuses one seen already. Full
+ * of nonces still inside the window, it refuses new ones ('full') rather than
+ * forget one that could then be replayed.
+ */
 class NonceBook {
   private readonly seen = new Map<string, number>();
-  fresh(nonce: string, now: number): boolean {
+  check(nonce: string, now: number): 'fresh' | 'replayed' | 'full' {
     for (const [n, at] of this.seen) {
-      if (now - at <= 2 * SIGNATURE_WINDOW_MS && this.seen.size < MAX_NONCES) break;
+      if (now - at <= 2 * SIGNATURE_WINDOW_MS) break;
       this.seen.delete(n);
     }
-    if (this.seen.has(nonce)) return false;
+    if (this.seen.has(nonce)) return 'replayed';
+    if (this.seen.size >= MAX_NONCES) return 'full';
     this.seen.set(nonce, now);
-    return true;
+    return 'fresh';
   }
 }
 
@@ -187,21 +273,49 @@ function refuse(res: ServerResponse, status: number, message: string, extra = {}
   res.end(JSON.stringify({ error: message }));
 }
 
-function readBody(req: IncomingMessage, limit: number): Promise<string | undefined> {
+/** Bytes being read, across every request on the listener. */
+class ByteBudget {
+  private used = 0;
+  constructor(private readonly limit: number) {}
+  take(n: number): boolean {
+    if (this.used + n > this.limit) return false;
+    this.used += n;
+    return true;
+  }
+  give(n: number): void {
+    this.used -= n;
+  }
+}
+
+/** The body, or why not: over `limit`, or over what the listener may hold at once. */
+function readBody(
+  req: IncomingMessage,
+  limit: number,
+  budget: ByteBudget,
+): Promise<string | 'too large' | 'busy'> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;
+    const done = (result: string | 'too large' | 'busy'): void => {
+      budget.give(size);
+      size = 0;
+      resolve(result);
+    };
     req.on('data', (chunk: Buffer) => {
-      size += chunk.length;
-      if (size > limit) {
-        resolve(undefined);
+      if (size + chunk.length > limit || !budget.take(chunk.length)) {
+        done(size + chunk.length > limit ? 'too large' : 'busy');
         req.destroy();
         return;
       }
+      size += chunk.length;
       chunks.push(chunk);
     });
-    req.once('end', () => resolve(Buffer.concat(chunks).toString('utf8')));
-    req.once('error', reject);
+    req.once('end', () => done(Buffer.concat(chunks).toString('utf8')));
+    req.once('error', (err) => {
+      budget.give(size);
+      size = 0;
+      reject(err);
+    });
   });
 }
 
@@ -221,6 +335,11 @@ function parseEnvelope(text: string): Envelope | undefined {
   if (!Object.values(e.headers).every((h) => typeof h === 'string')) return undefined;
   for (const k of ['body', 'affinity', 'tenant'] as const)
     if (e[k] !== undefined && typeof e[k] !== 'string') return undefined;
+  // Only a session's requests are forwarded, each in its owner's name: nothing
+  // else (a new session, a stateless call) is served here for another replica.
+  const headers = e.headers as Record<string, unknown>;
+  if (typeof headers['mcp-session-id'] !== 'string' || typeof e.affinity !== 'string')
+    return undefined;
   return e as unknown as Envelope;
 }
 
@@ -237,6 +356,9 @@ export async function startReplicaLink(
 ): Promise<ReplicaLink> {
   const boot = randomBytes(12).toString('base64url');
   const nonces = new NonceBook();
+  const budget = new ByteBudget(MAX_BUFFERED_BYTES);
+  const advertised =
+    settings.advertise === undefined ? undefined : advertisedOrigin(settings.advertise);
   let home = '';
 
   const serve = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
@@ -248,11 +370,20 @@ export async function startReplicaLink(
       typeof timestamp !== 'string' ||
       typeof nonce !== 'string' ||
       typeof signature !== 'string' ||
-      nonce.length > 64
+      !TIMESTAMP.test(timestamp) ||
+      !NONCE.test(nonce) ||
+      !SIGNATURE.test(signature)
     )
       return refuse(res, 401, 'unsigned');
-    const body = await readBody(req, settings.maxRequestBytes);
-    if (body === undefined) return refuse(res, 413, 'too large');
+    // A stale request is refused before its body is read; a fresh one's body is
+    // read within the bounds above, as its signature covers it.
+    if (!(Math.abs(Date.now() - Number(timestamp)) <= SIGNATURE_WINDOW_MS))
+      return refuse(res, 401, 'stale');
+    const declared = Number(req.headers['content-length'] ?? 0);
+    if (declared > settings.maxRequestBytes) return refuse(res, 413, 'too large');
+    const body = await readBody(req, settings.maxRequestBytes, budget);
+    if (body === 'too large') return refuse(res, 413, body);
+    if (body === 'busy') return refuse(res, 503, body, { 'retry-after': '1' });
     const expected = Buffer.from(sign(settings.secret, timestamp, nonce, body));
     const given = Buffer.from(signature);
     if (given.length !== expected.length || !timingSafeEqual(given, expected))
@@ -260,7 +391,9 @@ export async function startReplicaLink(
     const now = Date.now();
     if (!(Math.abs(now - Number(timestamp)) <= SIGNATURE_WINDOW_MS))
       return refuse(res, 401, 'stale');
-    if (!nonces.fresh(nonce, now)) return refuse(res, 401, 'replayed');
+    const seen = nonces.check(nonce, now);
+    if (seen === 'replayed') return refuse(res, 401, 'replayed');
+    if (seen === 'full') return refuse(res, 503, 'busy', { 'retry-after': '1' });
     const envelope = parseEnvelope(body);
     if (envelope === undefined) return refuse(res, 400, 'bad envelope');
     if (envelope.home !== home)
@@ -306,17 +439,27 @@ export async function startReplicaLink(
     );
   };
 
-  const server: Server = createServer((req, res) => {
-    serve(req, res).catch((err: unknown) => {
-      log.warn({ err: (err as Error).message }, 'internal listener: a forwarded request failed');
-      if (!res.headersSent) refuse(res, 500, 'internal error');
-      else res.destroy();
-    });
-  });
+  const server: Server = createServer(
+    {
+      headersTimeout: HEADERS_TIMEOUT_MS,
+      requestTimeout: SIGNATURE_WINDOW_MS,
+      // Longer than the links' own idle timeout: the forwarding side closes an idle link first.
+      keepAliveTimeout: 60_000,
+    },
+    (req, res) => {
+      serve(req, res).catch((err: unknown) => {
+        log.warn({ err: (err as Error).message }, 'internal listener: a forwarded request failed');
+        if (!res.headersSent) refuse(res, 500, 'internal error');
+        else res.destroy();
+      });
+    },
+  );
+  server.maxConnections = settings.maxConnections;
+  server.on('connection', (socket) => socket.setKeepAlive(true, KEEPALIVE_DELAY_MS));
   server.listen(settings.port, settings.host);
   await once(server, 'listening');
   const port = (server.address() as AddressInfo).port;
-  const advertise = (settings.advertise ?? `http://${settings.host}:${port}`).replace(/\/+$/, '');
+  const advertise = advertised ?? advertisedOrigin(`http://${hostForUrl(settings.host)}:${port}`);
   home = `${advertise}#${boot}`;
   log.info({ event: 'cluster.listening', home: advertise, port }, 'internal listener ready');
 
@@ -329,7 +472,13 @@ export async function startReplicaLink(
       const key = `${target}\n${name}`;
       let up = upstreams.get(key);
       if (up === undefined) {
-        const origin = new URL(target.split('#')[0] as string).origin;
+        // Homes come sealed from the store (src/mcp/sessions.ts); a bad one is no home.
+        let origin: string;
+        try {
+          origin = new URL(target.split('#')[0] as string).origin;
+        } catch {
+          throw gone(name);
+        }
         let pool = pools.get(origin);
         if (pool === undefined) {
           // Homes come and go with replicas: the links to the oldest go first.
@@ -339,7 +488,11 @@ export async function startReplicaLink(
             void stale.destroy();
             for (const [k, u] of upstreams) if (u.origin === oldest) upstreams.delete(k);
           }
-          pool = new Pool(origin, { connectTimeout: 2_000, keepAliveTimeout: 30_000 });
+          pool = new Pool(origin, {
+            connectTimeout: 2_000,
+            keepAliveTimeout: 30_000,
+            connect: { keepAlive: true, keepAliveInitialDelay: KEEPALIVE_DELAY_MS },
+          });
           pools.set(origin, pool);
         }
         up = new HomeUpstream(

@@ -99,6 +99,7 @@ export function gatewaySecrets(config: Config): string[] {
   const files = [
     config.signing.keysFile,
     config.admin.tokenFile,
+    config.cluster?.secretFile,
     config.listen.tls?.key,
     ...Object.values(config.servers).flatMap((s) => {
       const c = s.credential as { file?: string; clientSecretFile?: string };

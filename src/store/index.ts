@@ -13,6 +13,8 @@ export interface Store {
   /** Sets `key` unless it exists; resolves true if this call set it. Atomic across replicas. */
   setIfAbsent(key: string, value: string, ttlMs: number): Promise<boolean>;
   set(key: string, value: string, ttlMs: number): Promise<void>;
+  /** Sets `key` only if it exists; resolves false if it does not (a change never revives a key). */
+  replace(key: string, value: string, ttlMs: number): Promise<boolean>;
   get(key: string): Promise<string | undefined>;
   /** Gives `key` a new life of `ttlMs`; resolves false if it does not exist (expired or deleted). */
   touch(key: string, ttlMs: number): Promise<boolean>;

@@ -55,6 +55,14 @@ export class MemoryStore implements Store {
     this.slots.set(key, { value, expiresAt: performance.now() + ttlMs });
   }
 
+  async replace(key: string, value: string, ttlMs: number): Promise<boolean> {
+    this.operations++;
+    checkTtl(ttlMs);
+    if (!this.live(key, performance.now())) return false;
+    this.slots.set(key, { value, expiresAt: performance.now() + ttlMs });
+    return true;
+  }
+
   async get(key: string): Promise<string | undefined> {
     this.operations++;
     return this.live(key, performance.now())?.value;

@@ -158,6 +158,13 @@ export class RedisStore implements Store {
     });
   }
 
+  async replace(key: string, value: string, ttlMs: number): Promise<boolean> {
+    const px = checkTtl(ttlMs);
+    return this.run('SET XX', async () => {
+      return (await this.commands.set(this.prefix + key, value, 'PX', px, 'XX')) === 'OK';
+    });
+  }
+
   get(key: string): Promise<string | undefined> {
     return this.run('GET', async () => (await this.commands.get(this.prefix + key)) ?? undefined);
   }

@@ -261,7 +261,14 @@ class BridgeSession {
     readonly id: string,
     readonly conduit: Conduit,
     readonly affinity: string | undefined,
+    /** Whom the session was opened for: its requests come in that caller's name only. */
+    readonly caller: string | undefined,
   ) {}
+
+  /** Whether a request in `caller`'s name may use this session. */
+  servesCaller(caller: string | undefined): boolean {
+    return this.caller === undefined || this.caller === caller;
+  }
 }
 
 /** A server request delivered to a session of a shared channel, until the session answers it. */
@@ -376,8 +383,8 @@ export class ChannelUpstream implements Upstream {
     onStream: (s: EmulatedStream) => void,
   ): Promise<UpstreamResponse> {
     const sessionId = req.headers['mcp-session-id'];
-    if (req.method === 'DELETE') return this.deleteSession(sessionId);
-    if (req.method === 'GET') return this.openGetStream(sessionId, onStream);
+    if (req.method === 'DELETE') return this.deleteSession(sessionId, req.affinity);
+    if (req.method === 'GET') return this.openGetStream(sessionId, req.affinity, onStream);
 
     let parsed: unknown;
     try {
@@ -392,7 +399,8 @@ export class ChannelUpstream implements Upstream {
     let created = false;
     if (sessionId !== undefined) {
       const known = this.sessions.get(sessionId);
-      if (known === undefined) return sessionNotFound(messages);
+      if (known === undefined || !known.servesCaller(req.affinity))
+        return sessionNotFound(messages);
       session = known;
     } else if (initialize !== undefined) {
       session = await this.newSession(undefined, req, poolKey(req));
@@ -558,11 +566,21 @@ export class ChannelUpstream implements Upstream {
     stream.pending.clear();
   }
 
+  /** The session with this id, if `caller` may use it. */
+  private sessionFor(
+    sessionId: string | undefined,
+    caller: string | undefined,
+  ): BridgeSession | undefined {
+    const session = sessionId === undefined ? undefined : this.sessions.get(sessionId);
+    return session?.servesCaller(caller) ? session : undefined;
+  }
+
   private async openGetStream(
     sessionId: string | undefined,
+    caller: string | undefined,
     onStream: (s: EmulatedStream) => void,
   ): Promise<UpstreamResponse> {
-    const session = sessionId === undefined ? undefined : this.sessions.get(sessionId);
+    const session = this.sessionFor(sessionId, caller);
     if (session === undefined) return sessionNotFound([]);
     if (session.getStream !== undefined && !session.getStream.ended) {
       return json(409, {
@@ -579,8 +597,11 @@ export class ChannelUpstream implements Upstream {
     return stream.head;
   }
 
-  private async deleteSession(sessionId: string | undefined): Promise<UpstreamResponse> {
-    const session = sessionId === undefined ? undefined : this.sessions.get(sessionId);
+  private async deleteSession(
+    sessionId: string | undefined,
+    caller: string | undefined,
+  ): Promise<UpstreamResponse> {
+    const session = this.sessionFor(sessionId, caller);
     if (session === undefined) return sessionNotFound([]);
     this.dropSession(session);
     if (!session.conduit.shared) await session.conduit.channel.close();
@@ -624,7 +645,12 @@ export class ChannelUpstream implements Upstream {
       }
       if (lease) conduit.channel.onClose(() => lease.release());
     }
-    const session = new BridgeSession(randomBytes(16).toString('hex'), conduit, affinity);
+    const session = new BridgeSession(
+      randomBytes(16).toString('hex'),
+      conduit,
+      affinity,
+      req.affinity,
+    );
     this.sessions.set(session.id, session);
     if (affinity !== undefined) this.byAffinity.set(affinity, session);
     conduit.sessions.add(session);
@@ -695,7 +721,7 @@ export class ChannelUpstream implements Upstream {
           () => reject(new Error('no answer to initialize')),
           SHARED_INIT_TIMEOUT_MS,
         );
-        const probe = new BridgeSession('gateway', conduit, undefined);
+        const probe = new BridgeSession('gateway', conduit, undefined, undefined);
         const stream = this.newStream(probe);
         conduit.inflight.set(keyOf('pc-init'), { stream, clientId: 'pc-init', session: probe });
         stream.pending.add(keyOf('pc-init'));

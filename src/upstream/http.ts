@@ -87,6 +87,8 @@ export class DispatchedCall implements UpstreamCall, Dispatcher.DispatchHandler 
   constructor(
     private readonly server: string,
     private readonly idleMs: number,
+    /** What a failure before the answer began means to the caller: by default, toGatewayError. */
+    private readonly failure: (err: Error, server: string) => unknown = toGatewayError,
   ) {
     this.response = new Promise<UpstreamResponse>((resolve, reject) => {
       this.resolve = resolve;
@@ -125,7 +127,7 @@ export class DispatchedCall implements UpstreamCall, Dispatcher.DispatchHandler 
 
   onResponseError(_controller: Dispatcher.DispatchController, err: Error): void {
     if (this.body) this.body.fail(err);
-    else this.reject(toGatewayError(err, this.server));
+    else this.reject(this.failure(err, this.server));
     this.release();
   }
 

@@ -162,12 +162,14 @@ export const SHARED_REDIS = 'redis://127.0.0.1:6379';
 /** A key prefix of the test's own in the shared Redis, its keys deleted afterwards. */
 export function isolatedPrefix(t: TestContext): string {
   const prefix = `portcullis-test:${randomUUID()}:`;
-  t.after(async () => {
-    const redis = new Redis(SHARED_REDIS, { lazyConnect: true });
-    await redis.connect();
-    const keys = await redis.keys(`${prefix}*`);
-    if (keys.length > 0) await redis.del(...keys);
-    await redis.quit();
-  });
+  t.after(() => dropKeys(prefix));
   return prefix;
+}
+
+/** Deletes every key under `prefix` in the shared Redis (what a test left there). */
+export async function dropKeys(prefix: string): Promise<void> {
+  const redis = new Redis(SHARED_REDIS);
+  const keys = await redis.keys(`${prefix}*`);
+  if (keys.length > 0) await redis.del(...keys);
+  await redis.quit();
 }
