@@ -21,6 +21,8 @@ export interface ChildGateway {
   stop(): Promise<{ code: number | null; ms: number }>;
   /** Sends SIGTERM and returns at once; `exited` settles when the process is gone. */
   signal(): void;
+  /** SIGKILL: gone at once, nothing drained or cleaned up (a crash, an OOM kill). */
+  kill(): Promise<void>;
   readonly exited: Promise<number | null>;
   /** What it wrote on stderr so far (a crash's stack). */
   stderr(): string;
@@ -86,6 +88,10 @@ export async function startChildGateway(
     stderr: () => stderr,
     signal() {
       child.kill('SIGTERM');
+    },
+    async kill() {
+      child.kill('SIGKILL');
+      await exited;
     },
     async stop() {
       const signalled = Date.now();
