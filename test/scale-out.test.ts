@@ -351,6 +351,9 @@ describe('two replicas behind nginx round-robin, stdio upstream (its process on 
         .update(`${timestamp}.${nonce}.`)
         .update(body)
         .digest('hex');
+      const head = createHmac('sha256', CLUSTER.cluster.secret)
+        .update(`head.${timestamp}.${nonce}.${Buffer.byteLength(body)}`)
+        .digest('hex');
       return fetch(`${origin}/internal/v1/forward`, {
         method: 'POST',
         body,
@@ -358,6 +361,7 @@ describe('two replicas behind nginx round-robin, stdio upstream (its process on 
           'x-portcullis-timestamp': timestamp,
           'x-portcullis-nonce': nonce,
           'x-portcullis-signature': signature,
+          'x-portcullis-head-signature': head,
         },
       });
     };
@@ -379,35 +383,53 @@ describe('two replicas behind nginx round-robin, stdio upstream (its process on 
     await noSession.body?.cancel();
   });
 
-  test('the internal listener refuses a stale request before reading its body', async () => {
+  test('the internal listener refuses a stale or unsigned request before reading its body', async () => {
     const redis = new Redis(SHARED_REDIS);
     const keys = await redis.keys(`${prefix}session:*`);
     const record = JSON.parse((await redis.get(keys[0] as string)) as string) as { home: string };
     await redis.quit();
     const target = new URL(record.home.split('#')[0] as string);
-    const status = await new Promise<number>((resolve, reject) => {
-      const req = httpRequest({
-        host: target.hostname,
-        port: target.port,
-        method: 'POST',
-        path: '/internal/v1/forward',
-        headers: {
-          'content-length': String(1024 * 1024),
-          'x-portcullis-timestamp': String(Date.now() - 10 * 60_000),
-          'x-portcullis-nonce': randomUUID(),
-          'x-portcullis-signature': '0'.repeat(64),
-        },
+    const NONCE = randomUUID();
+    const refusal = (timestamp: number, length = 1024 * 1024, headSignature = '0'.repeat(64)) =>
+      new Promise<{ status: number; error: string }>((resolve, reject) => {
+        const req = httpRequest({
+          host: target.hostname,
+          port: target.port,
+          method: 'POST',
+          path: '/internal/v1/forward',
+          headers: {
+            'content-length': String(length),
+            'x-portcullis-timestamp': String(timestamp),
+            'x-portcullis-nonce': NONCE,
+            'x-portcullis-signature': '0'.repeat(64),
+            'x-portcullis-head-signature': headSignature,
+          },
+        });
+        req.on('response', (res) => {
+          let text = '';
+          res.setEncoding('utf8').on('data', (d: string) => (text += d));
+          res.on('end', () => {
+            resolve({
+              status: res.statusCode ?? 0,
+              error: (JSON.parse(text) as { error: string }).error,
+            });
+            req.destroy();
+          });
+        });
+        req.on('error', reject);
+        // A few bytes of the megabyte announced, and then nothing: the answer must not wait for it.
+        req.write('{"server":');
       });
-      req.on('response', (res) => {
-        res.resume();
-        resolve(res.statusCode ?? 0);
-        req.destroy();
-      });
-      req.on('error', reject);
-      // A few bytes of the megabyte announced, and then nothing: the answer must not wait for it.
-      req.write('{"server":');
-    });
-    assert.equal(status, 401);
+    assert.deepEqual(await refusal(Date.now() - 10 * 60_000), { status: 401, error: 'stale' });
+    // Fresh, but without the secret: its head's signature is refused, its body never read.
+    assert.deepEqual(await refusal(Date.now()), { status: 401, error: 'bad signature' });
+    // Signed, but larger than any forwarded request: told so (not a reset connection).
+    const now = Date.now();
+    const huge = 512 * 1024 * 1024;
+    const head = createHmac('sha256', CLUSTER.cluster.secret)
+      .update(`head.${now}.${NONCE}.${huge}`)
+      .digest('hex');
+    assert.deepEqual(await refusal(now, huge, head), { status: 413, error: 'too large' });
   });
 
   test('the owner goes away: its sessions end with 404 on the other replica, and a new one works', async () => {

@@ -16,13 +16,13 @@ import {
   SharedSessionStore,
   type SharedSessionOptions,
 } from '../src/mcp/sessions.js';
-import { homeSeal } from '../src/server/replicas.js';
+import { recordSeal } from '../src/server/replicas.js';
 import { openStore, type Store } from '../src/store/index.js';
 import { isolatedPrefix, SHARED_REDIS } from './helpers/redis.js';
 
 const OWNER = JSON.stringify(['acme', 'alice']);
 const HOME = 'http://10.0.0.7:9091#AAAAAAAAAAAAAAAA';
-const SEAL = homeSeal('a-test-cluster-secret-of-32-chars!');
+const SEAL = recordSeal('a-test-cluster-secret-of-32-chars!');
 
 interface Replica {
   readonly sessions: SharedSessionStore;
@@ -41,7 +41,7 @@ async function replica(
     idleTimeoutMs: 60_000,
     max: 100,
     sweepIntervalMs: 1_000,
-    homes: SEAL,
+    seal: SEAL,
     ...options,
   });
   return { sessions, store };
@@ -104,7 +104,7 @@ test('a record that came back after its session ended is no session on any repli
   assert.equal(await fresh.sessions.get(opened.id, 'everything', OWNER), undefined);
 });
 
-test("a session's home is only followed if the cluster sealed it", async (t) => {
+test('a record is a session only as the cluster sealed it: its owner, upstream session and home', async (t) => {
   const prefix = isolatedPrefix(t);
   const a = await replica(t, prefix);
   const redis = raw(t);
@@ -113,7 +113,7 @@ test("a session's home is only followed if the cluster sealed it", async (t) => 
   const key = `${prefix}${SESSION_KEY}${opened.id}`;
   const record = JSON.parse((await redis.get(key)) as string) as Record<string, unknown>;
   assert.equal(record.home, HOME);
-  assert.equal(typeof record.homeSeal, 'string');
+  assert.equal(typeof record.seal, 'string');
 
   const b = await replica(t, prefix);
   const served = await b.sessions.get(opened.id, 'everything', OWNER);
@@ -126,14 +126,22 @@ test("a session's home is only followed if the cluster sealed it", async (t) => 
   );
   const c = await replica(t, prefix);
   assert.equal(await c.sessions.get(opened.id, 'everything', OWNER), undefined);
-  // Or a home with no seal, or one that is not a home at all.
-  await redis.set(key, JSON.stringify({ ...record, homeSeal: undefined }));
+  // Or another owner, to take the session over, or another upstream session.
+  await redis.set(key, JSON.stringify({ ...record, owner: JSON.stringify(['acme', 'mallory']) }));
+  assert.equal(
+    await c.sessions.get(opened.id, 'everything', JSON.stringify(['acme', 'mallory'])),
+    undefined,
+  );
+  await redis.set(key, JSON.stringify({ ...record, upstreamId: 'up-2' }));
+  assert.equal(await c.sessions.get(opened.id, 'everything', OWNER), undefined);
+  // Or a record with no seal, or a home that is not a home at all.
+  await redis.set(key, JSON.stringify({ ...record, seal: undefined }));
   assert.equal(await c.sessions.get(opened.id, 'everything', OWNER), undefined);
   await redis.set(key, JSON.stringify({ ...record, home: 'not a url' }));
   assert.equal(await c.sessions.get(opened.id, 'everything', OWNER), undefined);
   // A replica with no cluster follows no home.
   await redis.set(key, JSON.stringify(record));
-  const alone = await replica(t, prefix, { homes: undefined });
+  const alone = await replica(t, prefix, { seal: undefined });
   assert.equal(await alone.sessions.get(opened.id, 'everything', OWNER), undefined);
   assert.ok(await c.sessions.get(opened.id, 'everything', OWNER), 'the untouched record is one');
 });

@@ -112,17 +112,18 @@ const MAX_RECENTLY_ENDED = 10_000;
 /** A resumable request id's longest string form (JSON-RPC ids are the client's, bounded here). */
 const MAX_RESUMABLE_ID_LENGTH = 256;
 /** The shape of a home: the replica's internal URL and its boot id (src/server/replicas.ts). */
-const HOME = /^https?:\/\/[A-Za-z0-9.\-:[\]]+#[A-Za-z0-9_-]{16}$/;
+export const HOME = /^https?:\/\/[A-Za-z0-9._\-:[\]]+#[A-Za-z0-9_-]{16}$/;
 
 /**
- * Seals a session's home to the cluster: a record naming a home another
- * replica will forward to (with the client's request and the credentials
- * issued for it) is one a replica wrote, not one anyone with write access to
- * the store made up to point the cluster at an address of their own.
+ * Seals a session's record to the cluster: what never changes in it (whose
+ * it is, the upstream's session id, the home another replica will forward
+ * to with the client's request and the credentials issued for it) is what a
+ * replica wrote, not what anyone with write access to the store made up:
+ * another owner, to take the session over, or an address of their own.
  */
-export interface HomeSeal {
-  seal(id: string, home: string): string;
-  check(id: string, home: string, seal: string): boolean;
+export interface RecordSeal {
+  seal(id: string, fields: string): string;
+  check(id: string, fields: string, seal: string): boolean;
 }
 
 export interface SharedSessionOptions {
@@ -141,8 +142,11 @@ export interface SharedSessionOptions {
   readonly onExpire?: (session: Session) => void;
   /** A store operation that failed outside a request (sharing a change, the sweep). */
   readonly onStoreError?: (what: string, err: unknown) => void;
-  /** With a cluster: how homes are sealed. Without, a record naming a home is no session. */
-  readonly homes?: HomeSeal | undefined;
+  /**
+   * With a cluster: how records are sealed; a record without a good seal is no
+   * session. Without, records are not sealed, and one naming a home is no session.
+   */
+  readonly seal?: RecordSeal | undefined;
   /** A callback (`onEnd`, `onExpire`) that threw: logged, never the sweep's or a request's failure. */
   readonly onCallbackError?: (what: string, err: unknown) => void;
 }
@@ -160,25 +164,32 @@ interface SharedRecord {
   readonly upstreamId?: string;
   readonly protocolVersion?: string;
   readonly home?: string;
-  /** The home's seal (`HomeSeal`), present with `home`. */
-  readonly homeSeal?: string;
+  /** The seal (`RecordSeal`) over what never changes, with a cluster. */
+  readonly seal?: string;
   readonly createdAt: number;
   readonly resumable?: Array<string | number>;
 }
 
-function encode(s: Session, homes: HomeSeal | undefined): string {
+/** What a record's seal covers: the fields that never change. */
+function sealed(
+  r: Pick<SharedRecord, 'server' | 'owner' | 'upstreamId' | 'home' | 'createdAt'>,
+): string {
+  return JSON.stringify([r.server, r.owner, r.upstreamId ?? null, r.home ?? null, r.createdAt]);
+}
+
+function encode(s: Session, seal: RecordSeal | undefined): string {
   const record: SharedRecord = {
     server: s.server,
     owner: s.owner,
     createdAt: s.createdAt,
     ...(s.upstreamId !== undefined ? { upstreamId: s.upstreamId } : {}),
     ...(s.protocolVersion !== undefined ? { protocolVersion: s.protocolVersion } : {}),
-    ...(s.home !== undefined && homes !== undefined
-      ? { home: s.home, homeSeal: homes.seal(s.id, s.home) }
-      : {}),
+    ...(s.home !== undefined && seal !== undefined ? { home: s.home } : {}),
     ...(s.resumable && s.resumable.size > 0 ? { resumable: [...s.resumable] } : {}),
   };
-  return JSON.stringify(record);
+  return JSON.stringify(
+    seal === undefined ? record : { ...record, seal: seal.seal(s.id, sealed(record)) },
+  );
 }
 
 const resumableId = (id: unknown): id is string | number =>
@@ -192,7 +203,7 @@ const optionalString = (v: unknown): v is string | undefined =>
  * The record, if it has the shape this module writes (and its home, if any,
  * is sealed); anything else is no session.
  */
-function decode(id: string, raw: string, homes: HomeSeal | undefined): SharedRecord | undefined {
+function decode(id: string, raw: string, seal: RecordSeal | undefined): SharedRecord | undefined {
   let r: unknown;
   try {
     r = JSON.parse(raw);
@@ -204,10 +215,14 @@ function decode(id: string, raw: string, homes: HomeSeal | undefined): SharedRec
   if (typeof o.server !== 'string' || typeof o.owner !== 'string') return undefined;
   if (typeof o.createdAt !== 'number') return undefined;
   if (!optionalString(o.upstreamId) || !optionalString(o.protocolVersion)) return undefined;
-  if (o.home !== undefined) {
-    if (typeof o.home !== 'string' || !HOME.test(o.home) || typeof o.homeSeal !== 'string')
-      return undefined;
-    if (homes === undefined || !homes.check(id, o.home, o.homeSeal)) return undefined;
+  if (o.home !== undefined && (typeof o.home !== 'string' || !HOME.test(o.home))) return undefined;
+  if (seal === undefined) {
+    if (o.home !== undefined) return undefined;
+  } else if (
+    typeof o.seal !== 'string' ||
+    !seal.check(id, sealed(o as unknown as SharedRecord), o.seal)
+  ) {
+    return undefined;
   }
   if (o.resumable !== undefined) {
     if (!Array.isArray(o.resumable) || o.resumable.length > MAX_RESUMABLE) return undefined;
@@ -322,7 +337,7 @@ export class SharedSessionStore implements SessionStore {
       s.lastSeenAt = now;
       return s;
     }
-    const record = raw === undefined ? undefined : decode(id, raw, this.options.homes);
+    const record = raw === undefined ? undefined : decode(id, raw, this.options.seal);
     if (record === undefined || record.server !== server || record.owner !== owner) {
       if (s !== undefined && raw === undefined) this.endHere(id);
       return undefined;
@@ -377,6 +392,8 @@ export class SharedSessionStore implements SessionStore {
       'end a session',
       this.store
         .set(SESSION_ENDED_KEY + id, '1', this.ttlMs)
+        // Gone from the store even if its end could not be recorded.
+        .catch((err: unknown) => this.options.onStoreError?.('record that a session ended', err))
         .then(() => this.store.delete(SESSION_KEY + id))
         .then(() => this.store.publish(SESSIONS_ENDED_CHANNEL, id)),
     );
@@ -459,7 +476,9 @@ export class SharedSessionStore implements SessionStore {
       this.options.onStoreError?.('end an expired session', err);
       return;
     }
-    if (this.held.get(s.id) !== s) return;
+    // The replica that claimed the end ends it, held here or not (it may have
+    // been let go meanwhile): no other replica will end its upstream side.
+    if (!claimed && this.held.get(s.id) !== s) return;
     this.delete(s.id);
     if (claimed) this.callback('end an expired session upstream', () => this.options.onExpire?.(s));
   }
@@ -486,7 +505,7 @@ export class SharedSessionStore implements SessionStore {
   }
 
   private encode(s: Session): string {
-    return encode(s, this.options.homes);
+    return encode(s, this.options.seal);
   }
 
   private hold(session: Session, mine: boolean, now: number): Held {

@@ -19,7 +19,7 @@ import { GatewayError } from '../errors/index.js';
 import { ToolHeaderRegistry } from '../mcp/era.js';
 import type { ExchangeObserver } from './exchange.js';
 import { SharedSessionStore, type Session } from '../mcp/sessions.js';
-import { clusterSecret, homeSeal, startReplicaLink } from './replicas.js';
+import { clusterSecret, recordSeal, startReplicaLink } from './replicas.js';
 import { openStore } from '../store/index.js';
 import { createMetrics } from '../telemetry/metrics.js';
 import { metricsObserver } from '../telemetry/exchange-metrics.js';
@@ -141,7 +141,7 @@ export async function startGateway(config: Config, options: StartOptions = {}): 
   // Declared before the store is built: an expiry calls it.
   let endUpstreamSession: (s: Session) => void = () => undefined;
   const sessions = new SharedSessionStore(store, {
-    homes: secret === undefined ? undefined : homeSeal(secret),
+    seal: secret === undefined ? undefined : recordSeal(secret),
     onCallbackError: (what, err) =>
       log.error({ err: (err as Error).message }, `sessions: could not ${what}`),
     idleTimeoutMs: config.sessions.idleTimeoutMs,

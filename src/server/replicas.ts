@@ -28,7 +28,7 @@ import type { Logger } from 'pino';
 import { Pool } from 'undici';
 import { ConfigError } from '../config/load.js';
 import { GatewayError } from '../errors/index.js';
-import type { HomeSeal } from '../mcp/sessions.js';
+import { HOME, type RecordSeal } from '../mcp/sessions.js';
 import { DispatchedCall, toGatewayError, transportErrorCode } from '../upstream/http.js';
 import type {
   Upstream,
@@ -68,6 +68,8 @@ const NONCE = /^[A-Za-z0-9_-]{16,64}$/;
 const SIGNATURE = /^[0-9a-f]{64}$/;
 const TIMESTAMP = /^[0-9]{1,16}$/;
 const HEADER_SIGNATURE = 'x-portcullis-signature';
+/** Signs the head (timestamp, nonce, length): checked before a byte of the body is read. */
+const HEADER_HEAD_SIGNATURE = 'x-portcullis-head-signature';
 const HEADER_TIMESTAMP = 'x-portcullis-timestamp';
 const HEADER_NONCE = 'x-portcullis-nonce';
 /** On a 404: the home named is not this replica's boot (it restarted, or never was). */
@@ -114,15 +116,15 @@ export function clusterSecret(cluster: { secret?: string; secretFile?: string })
   return secret;
 }
 
-/** Seals sessions' homes with a key of their own, derived from the cluster secret. */
-export function homeSeal(secret: string): HomeSeal {
-  const key = createHmac('sha256', secret).update('portcullis session home').digest();
-  const seal = (id: string, home: string): string =>
-    createHmac('sha256', key).update(`${id}\n${home}`).digest('base64url');
+/** Seals session records with a key of their own, derived from the cluster secret. */
+export function recordSeal(secret: string): RecordSeal {
+  const key = createHmac('sha256', secret).update('portcullis session record').digest();
+  const seal = (id: string, fields: string): string =>
+    createHmac('sha256', key).update(`${id}\n${fields}`).digest('base64url');
   return {
     seal,
-    check(id, home, given) {
-      const a = Buffer.from(seal(id, home));
+    check(id, fields, given) {
+      const a = Buffer.from(seal(id, fields));
       const b = Buffer.from(given);
       return a.length === b.length && timingSafeEqual(a, b);
     },
@@ -164,6 +166,10 @@ export interface ReplicaLink {
 
 function hostForUrl(host: string): string {
   return host.includes(':') && !host.startsWith('[') ? `[${host}]` : host;
+}
+
+function signHead(secret: string, timestamp: string, nonce: string, length: number): string {
+  return createHmac('sha256', secret).update(`head.${timestamp}.${nonce}.${length}`).digest('hex');
 }
 
 function sign(secret: string, timestamp: string, nonce: string, body: string): string {
@@ -222,6 +228,7 @@ class HomeUpstream implements Upstream {
           [HEADER_TIMESTAMP]: timestamp,
           [HEADER_NONCE]: nonce,
           [HEADER_SIGNATURE]: sign(this.secret, timestamp, nonce, body),
+          [HEADER_HEAD_SIGNATURE]: signHead(this.secret, timestamp, nonce, Buffer.byteLength(body)),
         },
         body,
         bodyTimeout: idleMs,
@@ -256,6 +263,7 @@ class HomeUpstream implements Upstream {
  */
 class NonceBook {
   private readonly seen = new Map<string, number>();
+  /** `now` is monotonic (performance.now()): a clock stepped back cannot keep old nonces for ever. */
   check(nonce: string, now: number): 'fresh' | 'replayed' | 'full' {
     for (const [n, at] of this.seen) {
       if (now - at <= 2 * SIGNATURE_WINDOW_MS) break;
@@ -271,6 +279,18 @@ class NonceBook {
 function refuse(res: ServerResponse, status: number, message: string, extra = {}): void {
   res.writeHead(status, { 'content-type': 'application/json', ...extra });
   res.end(JSON.stringify({ error: message }));
+}
+
+/** Refuses a request whose body is left unread: answered, then its connection closed. */
+function refuseUnread(
+  req: IncomingMessage,
+  res: ServerResponse,
+  status: number,
+  message: string,
+  extra = {},
+): void {
+  res.once('finish', () => req.socket.destroy());
+  refuse(res, status, message, { connection: 'close', ...extra });
 }
 
 /** Bytes being read, across every request on the listener. */
@@ -301,15 +321,18 @@ function readBody(
       size = 0;
       resolve(result);
     };
-    req.on('data', (chunk: Buffer) => {
+    const onData = (chunk: Buffer): void => {
       if (size + chunk.length > limit || !budget.take(chunk.length)) {
+        // Read no more; the caller answers, and closes the connection.
+        req.off('data', onData);
+        req.pause();
         done(size + chunk.length > limit ? 'too large' : 'busy');
-        req.destroy();
         return;
       }
       size += chunk.length;
       chunks.push(chunk);
-    });
+    };
+    req.on('data', onData);
     req.once('end', () => done(Buffer.concat(chunks).toString('utf8')));
     req.once('error', (err) => {
       budget.give(size);
@@ -356,7 +379,8 @@ export async function startReplicaLink(
 ): Promise<ReplicaLink> {
   const boot = randomBytes(12).toString('base64url');
   const nonces = new NonceBook();
-  const budget = new ByteBudget(MAX_BUFFERED_BYTES);
+  // Room for a few of the largest requests at once, whatever the body limit.
+  const budget = new ByteBudget(Math.max(MAX_BUFFERED_BYTES, 4 * settings.maxRequestBytes));
   const advertised =
     settings.advertise === undefined ? undefined : advertisedOrigin(settings.advertise);
   let home = '';
@@ -366,24 +390,35 @@ export async function startReplicaLink(
     const timestamp = req.headers[HEADER_TIMESTAMP];
     const nonce = req.headers[HEADER_NONCE];
     const signature = req.headers[HEADER_SIGNATURE];
+    const headSignature = req.headers[HEADER_HEAD_SIGNATURE];
     if (
       typeof timestamp !== 'string' ||
       typeof nonce !== 'string' ||
       typeof signature !== 'string' ||
       !TIMESTAMP.test(timestamp) ||
       !NONCE.test(nonce) ||
-      !SIGNATURE.test(signature)
+      !SIGNATURE.test(signature) ||
+      typeof headSignature !== 'string' ||
+      !SIGNATURE.test(headSignature)
     )
-      return refuse(res, 401, 'unsigned');
+      return refuseUnread(req, res, 401, 'unsigned');
     // A stale request is refused before its body is read; a fresh one's body is
     // read within the bounds above, as its signature covers it.
     if (!(Math.abs(Date.now() - Number(timestamp)) <= SIGNATURE_WINDOW_MS))
-      return refuse(res, 401, 'stale');
-    const declared = Number(req.headers['content-length'] ?? 0);
-    if (declared > settings.maxRequestBytes) return refuse(res, 413, 'too large');
+      return refuseUnread(req, res, 401, 'stale');
+    // The head is signed with the length: without the secret nothing gets as
+    // far as having its body read (and buffered).
+    const length = req.headers['content-length'];
+    if (length === undefined || !/^[0-9]{1,12}$/.test(length))
+      return refuseUnread(req, res, 411, 'a length is required');
+    const head = Buffer.from(signHead(settings.secret, timestamp, nonce, Number(length)));
+    const givenHead = Buffer.from(headSignature);
+    if (givenHead.length !== head.length || !timingSafeEqual(givenHead, head))
+      return refuseUnread(req, res, 401, 'bad signature');
+    if (Number(length) > settings.maxRequestBytes) return refuseUnread(req, res, 413, 'too large');
     const body = await readBody(req, settings.maxRequestBytes, budget);
-    if (body === 'too large') return refuse(res, 413, body);
-    if (body === 'busy') return refuse(res, 503, body, { 'retry-after': '1' });
+    if (body === 'too large') return refuseUnread(req, res, 413, body);
+    if (body === 'busy') return refuseUnread(req, res, 503, body, { 'retry-after': '1' });
     const expected = Buffer.from(sign(settings.secret, timestamp, nonce, body));
     const given = Buffer.from(signature);
     if (given.length !== expected.length || !timingSafeEqual(given, expected))
@@ -391,7 +426,7 @@ export async function startReplicaLink(
     const now = Date.now();
     if (!(Math.abs(now - Number(timestamp)) <= SIGNATURE_WINDOW_MS))
       return refuse(res, 401, 'stale');
-    const seen = nonces.check(nonce, now);
+    const seen = nonces.check(nonce, performance.now());
     if (seen === 'replayed') return refuse(res, 401, 'replayed');
     if (seen === 'full') return refuse(res, 503, 'busy', { 'retry-after': '1' });
     const envelope = parseEnvelope(body);
@@ -461,6 +496,15 @@ export async function startReplicaLink(
   const port = (server.address() as AddressInfo).port;
   const advertise = advertised ?? advertisedOrigin(`http://${hostForUrl(settings.host)}:${port}`);
   home = `${advertise}#${boot}`;
+  if (!HOME.test(home)) {
+    server.close();
+    throw new ConfigError('cluster.advertise', [
+      {
+        path: 'cluster.advertise',
+        message: `"${advertise}" is not an address other replicas can be sent to (letters, digits, . _ - : [ ] only)`,
+      },
+    ]);
+  }
   log.info({ event: 'cluster.listening', home: advertise, port }, 'internal listener ready');
 
   const pools = new Map<string, Pool>();
