@@ -42,6 +42,8 @@ export const FORWARD_PATH = '/internal/v1/forward';
 export const SIGNATURE_WINDOW_MS = 30_000;
 /** Other replicas' addresses this one keeps connections to, at most. */
 const MAX_HOMES = 64;
+/** The ways to a server at a home (one per home and server) kept, at most. */
+const MAX_HOME_UPSTREAMS = 4 * MAX_HOMES;
 /** Nonces remembered against replay, at most (a window's worth at a high rate). */
 const MAX_NONCES = 200_000;
 /** The cluster secret's least length, in bytes (an HMAC key weaker than its hash is no key). */
@@ -509,6 +511,26 @@ export async function startReplicaLink(
 
   const pools = new Map<string, Pool>();
   const upstreams = new Map<string, HomeUpstream>();
+  /**
+   * Homes come and go with replicas: the link used longest ago goes, one
+   * carrying nothing if there is one (a stream on a link is not cut for a
+   * new home while an idle link can go instead).
+   */
+  const dropLink = (): void => {
+    let victim: string | undefined;
+    for (const [origin, pool] of pools) {
+      victim ??= origin;
+      if (pool.stats.running === 0 && pool.stats.pending === 0) {
+        victim = origin;
+        break;
+      }
+    }
+    if (victim === undefined) return;
+    const stale = pools.get(victim) as Pool;
+    pools.delete(victim);
+    void stale.destroy();
+    for (const [k, u] of upstreams) if (u.origin === victim) upstreams.delete(k);
+  };
   return {
     home,
     toHome(target, name) {
@@ -525,13 +547,7 @@ export async function startReplicaLink(
         }
         let pool = pools.get(origin);
         if (pool === undefined) {
-          // Homes come and go with replicas: the links to the oldest go first.
-          if (pools.size >= MAX_HOMES) {
-            const [oldest, stale] = pools.entries().next().value as [string, Pool];
-            pools.delete(oldest);
-            void stale.destroy();
-            for (const [k, u] of upstreams) if (u.origin === oldest) upstreams.delete(k);
-          }
+          if (pools.size >= MAX_HOMES) dropLink();
           pool = new Pool(origin, {
             connectTimeout: 2_000,
             keepAliveTimeout: 30_000,
@@ -548,8 +564,16 @@ export async function startReplicaLink(
           defaults.maxResponseBytes,
           defaults.idleMs,
         );
-        upstreams.set(key, up);
+        // Each restart of a replica is a new home at the same origin: the oldest go.
+        if (upstreams.size >= MAX_HOME_UPSTREAMS)
+          upstreams.delete(upstreams.keys().next().value as string);
       }
+      // Least recently used last out: re-inserted on every use.
+      upstreams.delete(key);
+      upstreams.set(key, up);
+      const pool = pools.get(up.origin) as Pool;
+      pools.delete(up.origin);
+      pools.set(up.origin, pool);
       return up;
     },
     async close() {
